@@ -1,0 +1,69 @@
+"""Options shared by several commands, and the error boundary every command runs inside."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UserError
+from ..ui import console, setup_logging
+
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help="Hub id, local Hugging Face directory, .gguf file, or an `entrain pretrain` "
+        "checkpoint. Default: the embedded SmolLM2-135M-Instruct (offline).",
+        show_default=False,
+    ),
+]
+DataFile = Annotated[
+    Path | None,
+    typer.Option(help="Local .jsonl/.json/.parquet with the dataset's fields; skips the hub.",
+                 show_default=False),
+]  # fmt: skip
+BatchSize = Annotated[int, typer.Option(help="Prompts per forward pass.")]
+Device = Annotated[str, typer.Option(help="auto (GPU if any), cpu, cuda or cuda:N.")]
+Dtype = Annotated[
+    str, typer.Option(help="Model weights: auto (bfloat16 on GPU, float32 on CPU), float32, "
+                      "float16, bfloat16. Metrics are always float32.")
+]  # fmt: skip
+Seed = Annotated[int, typer.Option(help="Seeds every random choice (bootstrap included).")]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option("--run-dir", help="Exact run directory (required with --resume).",
+                 show_default=False),
+]  # fmt: skip
+RunsDir = Annotated[
+    Path | None,
+    typer.Option(help="Parent of new run directories. Default: $ENTRAIN_RUNS_DIR, else ./runs.",
+                 show_default=False),
+]  # fmt: skip
+Resume = Annotated[
+    bool, typer.Option(help="Continue the run in --run-dir, skipping finished examples.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None or 'all' -> None (meaning everything)."""
+    if value is None or value.strip() == "all":
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def command(func):
+    """Turn a UserError into one red line on stderr and exit code 2, no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        setup_logging(bool(kwargs.get("quiet", False)))
+        try:
+            return func(*args, **kwargs)
+        except UserError as e:
+            console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper

@@ -1,0 +1,178 @@
+"""Dataset registry: one entry per dataset, resolved as --data-file, then hub, then sample.
+
+Falling back to the bundled sample is loud (a warning, and ``data_source: sample`` in the
+manifest), never silent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+log = logging.getLogger("entrain")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    hub_id: str
+    split: str
+    fields: tuple[str, ...]  # required in every row
+    id_field: str | None = None  # a stable id column; None: "<name>-<row index>"
+    config: str | None = None
+    about: str = ""
+
+    @property
+    def sample_file(self) -> str:
+        return f"{self.name}.jsonl"
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec(
+            name="math500",
+            hub_id="HuggingFaceH4/MATH-500",
+            split="test",
+            fields=("problem", "solution", "answer", "subject", "level", "unique_id"),
+            id_field="unique_id",
+            about="MATH-500 competition problems with difficulty levels 1-5",
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in REGISTRY:
+        raise UserError(f"unknown dataset '{name}'; known datasets: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+@dataclass
+class LoadedData:
+    spec: DatasetSpec
+    rows: list[dict[str, Any]]
+    source: str  # file | hub | sample
+    location: str
+    ids: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        key = self.spec.id_field
+        self.ids = [
+            str(row[key]) if key else f"{self.spec.name}-{i}" for i, row in enumerate(self.rows)
+        ]
+        if len(set(self.ids)) != len(self.ids):
+            raise UserError(
+                f"{self.location}: the id field '{key}' has duplicate values; ids must be unique"
+            )
+
+    @property
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.rows, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "id": self.spec.name,
+            "hub_id": self.spec.hub_id,
+            "split": self.spec.split,
+            "data_source": self.source,
+            "location": self.location,
+            "rows": len(self.rows),
+            "fingerprint": self.fingerprint,
+        }
+
+
+def _check_fields(rows: list[dict], spec: DatasetSpec, where: str, line_of=None) -> None:
+    for i, row in enumerate(rows):
+        missing = [f for f in spec.fields if f not in row]
+        if missing:
+            at = f"line {line_of(i)}" if line_of else f"row {i}"
+            raise UserError(
+                f"{where}, {at}: missing field(s) {', '.join(missing)}; "
+                f"every {spec.name} row needs {', '.join(spec.fields)}"
+            )
+
+
+def read_data_file(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
+    """Rows of a local JSONL (or JSON list) or Parquet file, validated against ``spec``."""
+    if not path.is_file():
+        raise UserError(f"--data-file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:
+            raise UserError(f"--data-file {path} is not a readable Parquet file ({e})") from None
+        _check_fields(rows, spec, str(path))
+        return rows
+    if suffix not in {".jsonl", ".json"}:
+        raise UserError(f"--data-file {path}: unsupported type '{suffix}'; use .jsonl or .parquet")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"--data-file {path}: invalid JSON at line {e.lineno} ({e.msg})"
+            ) from None
+        _check_fields(rows, spec, str(path))
+        return rows
+    rows, lines = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"--data-file {path}, line {lineno}: not valid JSON ({e.msg}); "
+                "each line must be one JSON object"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"--data-file {path}, line {lineno}: expected a JSON object")
+        rows.append(row)
+        lines.append(lineno)
+    _check_fields(rows, spec, f"--data-file {path}", line_of=lambda i: lines[i])
+    return rows
+
+
+def sample_path(spec: DatasetSpec) -> Path:
+    return Path(str(resources.files("entrainment_cli") / "assets" / "samples" / spec.sample_file))
+
+
+def load(spec: DatasetSpec, data_file: Path | None = None) -> LoadedData:
+    """Rows of ``spec``: the given file, else the hub (or its cache), else the bundled sample."""
+    if data_file is not None:
+        rows = read_data_file(data_file, spec)
+        return LoadedData(spec, rows, "file", str(data_file.resolve()))
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+        rows = [dict(r) for r in ds]
+        _check_fields(rows, spec, spec.hub_id)
+        return LoadedData(spec, rows, "hub", f"{spec.hub_id}:{spec.split}")
+    except UserError:
+        raise
+    except Exception as e:  # offline, no cache, hub error: the sample stands in, loudly
+        path = sample_path(spec)
+        log.warning(
+            "could not load %s from the hub or its cache (%s); using the bundled sample "
+            "%s (%s rows): results are a smoke test, not the study",
+            spec.hub_id,
+            type(e).__name__,
+            path.name,
+            sum(1 for _ in path.open()),
+        )
+        rows = read_data_file(path, spec)
+        return LoadedData(spec, rows, "sample", str(path))

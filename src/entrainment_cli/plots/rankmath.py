@@ -1,0 +1,112 @@
+"""Figures of `qa rankmath` runs, read from their saved tables only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..runs.rundir import read_manifest
+from .common import plt, save
+
+PANEL = 3.2  # inches per panel side
+
+
+def _layer_name(layer: int) -> str:
+    return "final norm" if layer == -1 else f"layer {layer}"
+
+
+def _grid(n: int, ncols: int = 4):
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL * ncols, PANEL * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    summary = pd.read_csv(run_dir / "tables" / "summary.csv")
+    corr = pd.read_csv(run_dir / "tables" / "correlations.csv")
+    return summary, corr
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Per-level bars for each (layer, position), and a layer profile when several layers."""
+    summary, corr = _tables(run_dir)
+    model = read_manifest(run_dir).get("model", {}).get("id", "?")
+    written: list[Path] = []
+    metrics = list(dict.fromkeys(summary["metric"]))
+    for (layer, position), part in summary.groupby(["layer", "position"], sort=True):
+        fig, axes = _grid(len(metrics))
+        for ax, metric in zip(axes, metrics, strict=True):
+            m = part[part["metric"] == metric].sort_values("level")
+            ax.bar(m["level"].astype(str), m["mean"], yerr=m["sem"], capsize=3,
+                   color="#4C72B0", alpha=0.85)  # fmt: skip
+            c = corr[(corr.layer == layer) & (corr.position == position) & (corr.metric == metric)]
+            c = c.iloc[0]
+            ax.set_title(f"{metric}\nρ={c.spearman_rho:.2f} (p={c.spearman_p:.2g}, N={c.n})",
+                         fontsize=9)  # fmt: skip
+            ax.set_xlabel("MATH level")
+            lo, hi = (m["mean"] - m["sem"].fillna(0)).min(), (m["mean"] + m["sem"].fillna(0)).max()
+            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
+            ax.set_ylim(lo - pad, hi + pad)
+        fig.suptitle(f"Sparsity by MATH level: {model}, {_layer_name(layer)}, {position} "
+                     "(mean ± SEM)", fontsize=11)  # fmt: skip
+        written += save(fig, run_dir / "figures" / f"levels_layer{layer}_{position}")
+
+    layers = sorted(summary["layer"].unique(), key=lambda x: 10**9 if x == -1 else x)
+    if len(layers) > 1:
+        for position, part in summary.groupby("position", sort=True):
+            fig, axes = _grid(len(metrics))
+            xs = {layer: i for i, layer in enumerate(layers)}
+            cmap = plt.get_cmap("viridis")
+            levels = sorted(part["level"].unique())
+            for ax, metric in zip(axes, metrics, strict=True):
+                for k, level in enumerate(levels):
+                    m = part[(part.metric == metric) & (part.level == level)]
+                    m = m.assign(x=m["layer"].map(xs)).sort_values("x")
+                    ax.plot(m["x"], m["mean"], marker="o", ms=3, label=f"level {level}",
+                            color=cmap(k / max(1, len(levels) - 1)))  # fmt: skip
+                ax.set_title(metric, fontsize=9)
+                ax.set_xticks(range(len(layers)))
+                ax.set_xticklabels(["norm" if x == -1 else str(x) for x in layers], fontsize=7,
+                                   rotation=90 if len(layers) > 12 else 0)  # fmt: skip
+                ax.set_xlabel("layer")
+            axes[0].legend(fontsize=7)
+            fig.suptitle(f"Layer profile by MATH level: {model}, {position}", fontsize=11)
+            written += save(fig, run_dir / "figures" / f"layer_profile_{position}")
+    return written
+
+
+def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Several models side by side: grouped bars per level, at the layer all runs share."""
+    loaded = []
+    for rd in run_dirs:
+        summary, _ = _tables(rd)
+        label = read_manifest(rd).get("model", {}).get("id", rd.name)
+        if any(label == other for other, _ in loaded):
+            label = f"{label} ({rd.name})"
+        loaded.append((label, summary))
+    shared = set.intersection(*({(r.layer, r.position) for r in s.itertuples()} for _, s in loaded))
+    if not shared:
+        from ..errors import UserError
+
+        raise UserError("these rankmath runs share no (layer, position); nothing to compare")
+    layer, position = min(shared, key=lambda lp: (lp[0] != -1, lp[0], lp[1]))
+    metrics = [m for m in dict.fromkeys(loaded[0][1]["metric"])
+               if all(m in set(s["metric"]) for _, s in loaded)]  # fmt: skip
+    fig, axes = _grid(len(metrics))
+    width = 0.8 / len(loaded)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for k, (label, s) in enumerate(loaded):
+            m = s[(s.layer == layer) & (s.position == position) & (s.metric == metric)]
+            m = m.sort_values("level")
+            ax.bar(m["level"] + (k - (len(loaded) - 1) / 2) * width, m["mean"], width=width,
+                   yerr=m["sem"], capsize=2, label=label)  # fmt: skip
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("MATH level")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Sparsity by MATH level across models ({_layer_name(layer)}, {position})")
+    return save(fig, out_dir / "rankmath_compare")

@@ -1,0 +1,236 @@
+"""`entrain qa rankmath`: hidden-state sparsity against MATH difficulty level.
+
+Upstream (QA-bench/rankmath/hard.py, spec 4.1) ran one unbatched forward per problem and
+correlated level with the 5 level means. Here: batched hook probe, per-problem Spearman and
+Pearson with a bootstrap CI, NaN/inf reported instead of averaged in as 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import registry
+from ..engines import models
+from ..engines.probe import HiddenProbe, batches, parse_layers
+from ..errors import UserError
+from ..runs.rundir import RunDir, environment
+from ..science import sparsity, stats
+from ..ui import progress
+
+log = logging.getLogger("entrain")
+
+COMMAND = "qa rankmath"
+SYSTEM_PROMPT = (
+    "You are a math tutor. Work the problem out step by step in your head, "
+    "but reply with only the final answer."
+)
+USER_SUFFIX = "\n\nGive only the final answer."
+
+
+@dataclass
+class RankmathConfig:
+    model: str | None = None
+    dataset: str = "math500"
+    data_file: Path | None = None
+    limit_per_level: int | None = None
+    layers: str = "-1"
+    positions: list[str] = field(default_factory=lambda: ["last-prompt"])
+    metrics: list[str] | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    n_boot: int = 1000
+    run_dir: Path | None = None
+    runs_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+
+
+def parse_level(value, where: str) -> int:
+    """MATH levels are ints in MATH-500 and 'Level 3' strings in the original MATH."""
+    try:
+        return int(str(value).split()[-1])
+    except (ValueError, IndexError):
+        raise UserError(f"{where}: level '{value}' is not a number like 3 or 'Level 3'") from None
+
+
+def select(data: registry.LoadedData, limit_per_level: int | None) -> pd.DataFrame:
+    """Problems with their level, the first ``limit_per_level`` of each level (as upstream)."""
+    frame = pd.DataFrame(
+        {
+            "id": data.ids,
+            "level": [parse_level(r["level"], f"{data.location} row {i}")
+                      for i, r in enumerate(data.rows)],
+            "subject": [str(r.get("subject", "")) for r in data.rows],
+            "problem": [str(r["problem"]) for r in data.rows],
+        }
+    )  # fmt: skip
+    if limit_per_level is not None:
+        if limit_per_level < 1:
+            raise UserError("--limit-per-level must be at least 1")
+        frame = frame.groupby("level", sort=True).head(limit_per_level)
+    if frame.empty:
+        raise UserError(f"no problems selected from {data.location}; check the data file")
+    return frame.reset_index(drop=True)
+
+
+def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
+    """(exact text given to the tokenizer, 'chat' or 'plain')."""
+    if tokenizer.chat_template:
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": problem + USER_SUFFIX},
+        ]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, "chat"
+    return f"{SYSTEM_PROMPT}\n\nQuestion: {problem}{USER_SUFFIX}\nAnswer:", "plain"
+
+
+def run(cfg: RankmathConfig) -> Path:
+    # Everything that can be wrong with the input is checked before the run directory exists.
+    try:
+        metric_names = sparsity.resolve_metric_names(cfg.metrics)
+    except KeyError as e:
+        raise UserError(
+            f"unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)} "
+            f"(alias: {', '.join(sparsity.ALIASES)})"
+        ) from None
+    if cfg.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    spec = registry.get_spec(cfg.dataset)
+    if "level" not in spec.fields:
+        raise UserError(f"dataset '{cfg.dataset}' has no difficulty level; use math500")
+    data = registry.load(spec, cfg.data_file)
+    problems = select(data, cfg.limit_per_level)
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    resolved = models.resolve_model(cfg.model)
+    from transformers import AutoConfig
+
+    n_blocks = AutoConfig.from_pretrained(resolved.path).num_hidden_layers
+    layers = parse_layers(cfg.layers, n_blocks)
+    probe_positions = list(dict.fromkeys(cfg.positions))
+
+    identity = {
+        "model": resolved.id,
+        "dataset": data.identity()["fingerprint"],
+        "limit_per_level": cfg.limit_per_level,
+        "layers": layers,
+        "positions": probe_positions,
+        "metrics": metric_names,
+        "dtype": str(dtype),
+    }
+    run_dir = RunDir.open(
+        command=COMMAND,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[resolved.id if resolved.source != "embedded" else "smollm2-135m", spec.name],
+        resume=cfg.resume,
+    )
+    with run_dir as rd:
+        rd.update(
+            options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+            seed=cfg.seed,
+            model=resolved.identity(),
+            dataset=data.identity(),
+            device=device,
+            **environment(),
+        )
+        with rd.stage("load_model"):
+            model, tokenizer = models.load_model(resolved, device, dtype)
+        prompts, formats = zip(*(build_prompt(tokenizer, p) for p in problems["problem"]),
+                               strict=True)  # fmt: skip
+        problems["prompt"] = list(prompts)
+        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        problems["n_prompt_tokens"] = [len(t) for t in token_lists]
+        limit = getattr(model.config, "max_position_embeddings", None)
+        too_long = problems.index[problems["n_prompt_tokens"] > (limit or 10**12)]
+        if len(too_long):
+            log.warning("skipping %d prompt(s) longer than the model's context (%s tokens)",
+                        len(too_long), limit)  # fmt: skip
+        done = rd.done_ids("samples", "id")
+        todo = [i for i in problems.index if i not in too_long and problems.at[i, "id"] not in done]
+        if done:
+            log.info("resuming: %d problem(s) already done, %d to go", len(done), len(todo))
+        rd.update(
+            prompt_format=formats[0],
+            counts={"problems": len(problems), "skipped_too_long": len(too_long),
+                    "already_done": len(done)},
+        )  # fmt: skip
+
+        probe = HiddenProbe(model, layers, probe_positions)
+        embed_device = model.get_input_embeddings().weight.device
+        with rd.stage("probe") as timing, progress(cfg.quiet) as bar:
+            task = bar.add_task("probe", total=len(todo), unit="problems")
+            for batch in batches(
+                [token_lists[i] for i in todo], cfg.batch_size, tokenizer.pad_token_id, embed_device
+            ):
+                measured = probe.measure(batch.input_ids, batch.attention_mask, metric_names)
+                rows = [todo[j] for j in batch.indices]
+                rd.append_shard("samples", _rows(problems.loc[rows], measured))
+                bar.advance(task, len(rows))
+            timing["problems"] = len(todo)
+            timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
+
+        with rd.stage("analysis"):
+            samples = rd.read_shards("samples")
+            if samples is None:
+                raise UserError("no problem could be probed (all were skipped); see run.log")
+            samples = finalize_samples(samples, problems, metric_names)
+            rd.write_table("samples", samples)
+            write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
+        nonfinite = int((~np.isfinite(samples[metric_names].to_numpy())).sum())
+        if nonfinite:
+            log.warning("%d metric value(s) are NaN/inf; they are kept in samples.parquet "
+                        "and left out of every statistic", nonfinite)  # fmt: skip
+        counts = {"probed": int(samples["id"].nunique()), "nonfinite_values": nonfinite}
+        rd.update(counts={**rd.manifest["counts"], **counts})
+        from ..plots.rankmath import plot_run
+
+        plot_run(rd.path)
+    return rd.path
+
+
+def _rows(part: pd.DataFrame, measured: dict) -> pd.DataFrame:
+    frames = []
+    for (layer, position), values in measured.items():
+        frame = part[["id", "level", "subject", "prompt", "n_prompt_tokens"]].copy()
+        frame["layer"] = layer
+        frame["position"] = position
+        for name, tensor in values.items():
+            frame[name] = tensor.detach().to("cpu", torch.float64).numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def finalize_samples(samples: pd.DataFrame, problems: pd.DataFrame, metrics: list[str]):
+    """One row per (problem, layer, position) in dataset order, whatever the batch order."""
+    order = {pid: i for i, pid in enumerate(problems["id"])}
+    samples = samples.drop_duplicates(["id", "layer", "position"], keep="last")
+    samples = samples.assign(_o=samples["id"].map(order))
+    samples = samples.sort_values(["_o", "layer", "position"], kind="stable").drop(columns="_o")
+    cols = ["id", "level", "subject", "prompt", "n_prompt_tokens", "layer", "position", *metrics]
+    return samples[cols].reset_index(drop=True)
+
+
+def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):
+    """Per-level summary and level-vs-metric correlations over all problems."""
+    summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
+    rd.write_text("tables/summary.csv", summary.to_csv(index=False))
+    records = []
+    for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
+        for metric in metrics:
+            corr = stats.correlate(part["level"], part[metric], n_boot=n_boot, seed=seed)
+            records.append(
+                {"layer": layer, "position": position, "metric": metric,
+                 "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower", **corr}
+            )  # fmt: skip
+    rd.write_text("tables/correlations.csv", pd.DataFrame.from_records(records).to_csv(index=False))

@@ -1,0 +1,100 @@
+"""Statistics on per-example tables: group summaries and correlations with bootstrap CIs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def group_summary(df: pd.DataFrame, by: str | list[str], columns: Sequence[str]) -> pd.DataFrame:
+    """Per group and column: n, mean, std, SEM, median, min, max over finite values.
+
+    Non-finite values are counted in ``n_nonfinite`` and left out, never read as 0.
+    """
+    records = []
+    for key, part in df.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        for col in columns:
+            values = part[col].to_numpy(dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            n = finite.size
+            std = float(np.std(finite, ddof=1)) if n > 1 else float("nan")
+            records.append(
+                {
+                    **dict(zip([by] if isinstance(by, str) else by, key, strict=True)),
+                    "metric": col,
+                    "n": n,
+                    "n_nonfinite": int(values.size - n),
+                    "mean": float(finite.mean()) if n else float("nan"),
+                    "std": std,
+                    "sem": std / np.sqrt(n) if n > 1 else float("nan"),
+                    "median": float(np.median(finite)) if n else float("nan"),
+                    "min": float(finite.min()) if n else float("nan"),
+                    "max": float(finite.max()) if n else float("nan"),
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def correlate(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    groups: Sequence | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | int]:
+    """Pearson and Spearman of x and y with p-values, N, and percentile bootstrap CIs.
+
+    The bootstrap resamples whole ``groups`` (e.g. prompts, whose tokens are not
+    independent); with no groups every row is its own group.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    g = np.arange(x.size) if groups is None else np.asarray(groups)[keep]
+    out: dict[str, float | int] = {"n": int(x.size), "n_dropped_nonfinite": int((~keep).sum())}
+    nan = float("nan")
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out | dict.fromkeys(
+            ["pearson_r", "pearson_p", "spearman_rho", "spearman_p", "pearson_lo", "pearson_hi",
+             "spearman_lo", "spearman_hi"], nan)  # fmt: skip
+    pr = stats.pearsonr(x, y)
+    sr = stats.spearmanr(x, y)
+    out |= {
+        "pearson_r": float(pr.statistic),
+        "pearson_p": float(pr.pvalue),
+        "spearman_rho": float(sr.statistic),
+        "spearman_p": float(sr.pvalue),
+    }
+    rng = np.random.default_rng(seed)
+    unique, inverse = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(unique.size)]
+    boots = np.full((n_boot, 2), np.nan)
+    for b in range(n_boot):
+        picks = rng.integers(0, unique.size, unique.size)
+        idx = np.concatenate([members[k] for k in picks])
+        xb, yb = x[idx], y[idx]
+        boots[b, 0] = _pearson(xb, yb)
+        boots[b, 1] = _pearson(stats.rankdata(xb), stats.rankdata(yb))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(boots, [tail, 100 - tail], axis=0)
+    out |= {
+        "pearson_lo": float(lo[0]),
+        "pearson_hi": float(hi[0]),
+        "spearman_lo": float(lo[1]),
+        "spearman_hi": float(hi[1]),
+    }
+    return out

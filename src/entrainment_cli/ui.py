@@ -1,0 +1,57 @@
+"""Terminal output: one stderr console, warnings through logging, rich progress bars."""
+
+from __future__ import annotations
+
+import logging
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+def setup_logging(quiet: bool) -> None:
+    """Warnings always reach the terminal; progress notes only without --quiet."""
+    log = logging.getLogger("entrain")
+    log.setLevel(logging.INFO)
+    for handler in [h for h in log.handlers if isinstance(h, RichHandler)]:
+        log.removeHandler(handler)
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.addHandler(handler)
+    log.propagate = False
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, in the task's own unit (``unit=`` field)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        return Text(f"{speed:.2f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
+
+
+def progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )
