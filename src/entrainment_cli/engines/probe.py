@@ -97,9 +97,6 @@ class HiddenProbe:
         self.decoder, self.blocks, self.norm = decoder_parts(model)
         self.layers = list(layers)
         self.positions = list(positions)
-        for p in self.positions:
-            if p not in POSITIONS:
-                raise UserError(f"unknown position '{p}'; use one of {', '.join(POSITIONS)}")
         # Forward order: layer 0 < 1 < ... < L < -1 (the norm runs last).
         self._order = sorted(self.layers, key=lambda i: len(self.blocks) + 1 if i == -1 else i)
 

