@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"model {meta['model']}, {meta['device_name']}, {meta['dtype']}, "
           f"{meta['n_problems']} problems ({meta['mean_prompt_tokens']:.0f} tokens on average), "
           f"batch size {meta['batch_size']}")  # fmt: skip
-    print(f"metric values agree (largest difference {max_diff:.2e})\n")
+    print(f"metric values agree (largest absolute difference {max_diff:.2e})\n")
     print(f"{'way':<10} {'problems/s':>11} {'peak extra MiB':>15}")
     for r in (up, ours):
         print(f"{r['way']:<10} {r['problems_per_s']:>11.2f} {r['peak_extra_mib']:>15.1f}")

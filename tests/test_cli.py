@@ -17,17 +17,34 @@ def test_version_and_help(cli):
     result = cli("--help")
     assert result.exit_code == 0 and "qa" in result.output and "plot" in result.output
     result = cli("qa", "rankmath", "--help")
-    for option in ("--model", "--data-file", "--limit-per-level", "--layers", "--metrics",
-                   "--batch-size", "--device", "--dtype", "--seed", "--run-dir", "--runs-dir",
-                   "--resume", "--positions"):  # fmt: skip
+    for option in (
+        "--model",
+        "--data-file",
+        "--limit-per-level",
+        "--layers",
+        "--metrics",
+        "--batch-size",
+        "--device",
+        "--dtype",
+        "--seed",
+        "--run-dir",
+        "--runs-dir",
+        "--resume",
+        "--positions",
+    ):
         assert option in result.output
 
 
 def test_console_script_exit_code_on_bad_input(tmp_path):
     """The installed `entrain` entry point: one line on stderr, exit 2, no traceback."""
     exe = os.path.join(os.path.dirname(sys.executable), "entrain")
-    proc = subprocess.run([exe, "qa", "rankmath", "--dataset", "gsm9k"], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [exe, "qa", "rankmath", "--dataset", "gsm9k"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown dataset 'gsm9k'")
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()

@@ -52,8 +52,9 @@ def test_bad_json_line_is_named(tmp_path):
 def test_missing_field_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     row = registry.load(MATH).rows[0]
-    path.write_text(json.dumps(row) + "\n" + json.dumps({k: v for k, v in row.items()
-                                                        if k != "level"}) + "\n")  # fmt: skip
+    path.write_text(
+        json.dumps(row) + "\n" + json.dumps({k: v for k, v in row.items() if k != "level"}) + "\n"
+    )
     with pytest.raises(UserError, match=r"line 2: missing field\(s\) level"):
         registry.load(MATH, path)
 

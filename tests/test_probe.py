@@ -41,13 +41,16 @@ def test_capture_equals_output_hidden_states(request, fixture, side, monkeypatch
         for row, i in enumerate(batch.indices):
             ref = refs[i]
             for layer in range(n):  # embeddings and raw residual streams
-                torch.testing.assert_close(got[(layer, "last-prompt")][row], ref[layer][-1],
-                                           rtol=1e-4, atol=1e-5)  # fmt: skip
-                torch.testing.assert_close(got[(layer, "mean-prompt")][row], ref[layer].mean(0),
-                                           rtol=1e-4, atol=1e-5)  # fmt: skip
+                torch.testing.assert_close(
+                    got[(layer, "last-prompt")][row], ref[layer][-1], rtol=1e-4, atol=1e-5
+                )
+                torch.testing.assert_close(
+                    got[(layer, "mean-prompt")][row], ref[layer].mean(0), rtol=1e-4, atol=1e-5
+                )
             # HF's last hidden state is after the final norm: our layer -1
-            torch.testing.assert_close(got[(-1, "last-prompt")][row], ref[n][-1],
-                                       rtol=1e-4, atol=1e-5)  # fmt: skip
+            torch.testing.assert_close(
+                got[(-1, "last-prompt")][row], ref[n][-1], rtol=1e-4, atol=1e-5
+            )
             # our layer L is the raw residual stream; the final norm maps it to layer -1
             with torch.no_grad():
                 normed = probe.norm(got[(n, "last-prompt")][row])
@@ -94,8 +97,10 @@ def test_parse_layers(spec, want):
     assert parse_layers(spec, 3) == want
 
 
-@pytest.mark.parametrize(("spec", "message"), [("4", "out of range"), ("-2", "out of range"),
-                                               ("x", "cannot read"), ("", "cannot read")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("4", "out of range"), ("-2", "out of range"), ("x", "cannot read"), ("", "cannot read")],
+)
 def test_parse_layers_errors(spec, message):
     with pytest.raises(UserError, match=message):
         parse_layers(spec, 3)

@@ -7,20 +7,34 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
+from test_sparsity import reference
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from entrainment_cli.data import registry
 from entrainment_cli.engines.probe import HiddenProbe
 from entrainment_cli.runs.rundir import read_manifest
-from test_sparsity import reference
 
 METRICS = "l1,top10_energy,eff_rank,hoyer,l0_norm"
 NAMES = ["l1", "top10_energy", "eff_rank", "hoyer", "l0_outlier"]
 
 
 def _run(cli, model, run_dir, *extra):
-    return cli("qa", "rankmath", "--model", model, "--run-dir", run_dir, "--metrics", METRICS,
-               "--batch-size", "4", "--n-boot", "200", "--quiet", *extra)  # fmt: skip
+    return cli(
+        "qa",
+        "rankmath",
+        "--model",
+        model,
+        "--run-dir",
+        run_dir,
+        "--metrics",
+        METRICS,
+        "--batch-size",
+        "4",
+        "--n-boot",
+        "200",
+        "--quiet",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +44,23 @@ def finished(tiny_llama, tmp_path_factory):
     from entrainment_cli.cli.app import app
 
     out = tmp_path_factory.mktemp("rm") / "run"
-    args = ["qa", "rankmath", "--model", str(tiny_llama), "--run-dir", str(out), "--metrics",
-            METRICS, "--layers", "1,-1", "--batch-size", "4", "--n-boot", "200", "--quiet"]  # fmt: skip
+    args = [
+        "qa",
+        "rankmath",
+        "--model",
+        str(tiny_llama),
+        "--run-dir",
+        str(out),
+        "--metrics",
+        METRICS,
+        "--layers",
+        "1,-1",
+        "--batch-size",
+        "4",
+        "--n-boot",
+        "200",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out
@@ -40,8 +69,16 @@ def finished(tiny_llama, tmp_path_factory):
 def test_tables_and_manifest(finished, tiny_llama):
     samples = pd.read_parquet(finished / "tables" / "samples.parquet")
     data = registry.load(registry.get_spec("math500"))
-    assert list(samples.columns) == ["id", "level", "subject", "prompt", "n_prompt_tokens",
-                                     "layer", "position", *NAMES]  # fmt: skip
+    assert list(samples.columns) == [
+        "id",
+        "level",
+        "subject",
+        "prompt",
+        "n_prompt_tokens",
+        "layer",
+        "position",
+        *NAMES,
+    ]
     assert len(samples) == 2 * len(data.rows) and not samples.duplicated(["id", "layer"]).any()
     assert samples[samples.layer == -1]["id"].tolist() == data.ids  # dataset order
     m = read_manifest(finished)
@@ -50,8 +87,11 @@ def test_tables_and_manifest(finished, tiny_llama):
     assert m["model"]["source"] == "local" and len(m["model"]["weights_sha256"]) == 64
     assert m["counts"]["probed"] == len(data.rows) and m["prompt_format"] == "chat"
     assert m["versions"]["torch"].startswith("2.13") and m["timings"]["probe"]["problems"] > 0
-    for stem in ("levels_layer-1_last-prompt", "levels_layer1_last-prompt",
-                 "layer_profile_last-prompt"):  # fmt: skip
+    for stem in (
+        "levels_layer-1_last-prompt",
+        "levels_layer1_last-prompt",
+        "layer_profile_last-prompt",
+    ):
         assert (finished / "figures" / f"{stem}.png").stat().st_size > 10_000
         assert (finished / "figures" / f"{stem}.pdf").is_file()
 
@@ -124,8 +164,9 @@ def test_interrupted_run_resumes_to_the_same_table(cli, tiny_llama, tmp_path, mo
     a = pd.read_parquet(whole / "tables" / "samples.parquet")
     b = pd.read_parquet(part / "tables" / "samples.parquet")
     pd.testing.assert_frame_equal(a, b)
-    pd.testing.assert_frame_equal(pd.read_csv(whole / "tables" / "summary.csv"),
-                                  pd.read_csv(part / "tables" / "summary.csv"))  # fmt: skip
+    pd.testing.assert_frame_equal(
+        pd.read_csv(whole / "tables" / "summary.csv"), pd.read_csv(part / "tables" / "summary.csv")
+    )
 
 
 def test_resume_with_other_settings_is_refused(cli, tiny_llama, finished):
@@ -137,8 +178,9 @@ def test_resume_with_other_settings_is_refused(cli, tiny_llama, finished):
 
 def test_limit_per_level_and_positions(cli, tiny_llama, tmp_path):
     out = tmp_path / "r"
-    result = _run(cli, tiny_llama, out, "--limit-per-level", "2",
-                  "--positions", "last-prompt,mean-prompt")  # fmt: skip
+    result = _run(
+        cli, tiny_llama, out, "--limit-per-level", "2", "--positions", "last-prompt,mean-prompt"
+    )
     assert result.exit_code == 0, result.output
     s = pd.read_parquet(out / "tables" / "samples.parquet")
     assert s.groupby("level")["id"].nunique().tolist() == [2] * 5

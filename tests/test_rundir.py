@@ -13,8 +13,14 @@ from entrainment_cli.runs.rundir import RunDir, atomic_write_text, read_manifest
 
 
 def _open(path, resume=False, identity=None):
-    return RunDir.open(command="qa rankmath", identity=identity or {"a": 1}, run_dir=path,
-                       runs_dir=None, name_parts=["m", "d"], resume=resume)  # fmt: skip
+    return RunDir.open(
+        command="qa rankmath",
+        identity=identity or {"a": 1},
+        run_dir=path,
+        runs_dir=None,
+        name_parts=["m", "d"],
+        resume=resume,
+    )
 
 
 def test_manifest_status_and_stage_timings(tmp_path):
@@ -36,8 +42,14 @@ def test_failure_is_recorded(tmp_path):
 
 
 def test_default_location_uses_runs_dir(tmp_path):
-    rd = RunDir.open(command="qa rankmath", identity={}, run_dir=None, runs_dir=tmp_path,
-                     name_parts=["Org/Model-X", "math500"], resume=False)  # fmt: skip
+    rd = RunDir.open(
+        command="qa rankmath",
+        identity={},
+        run_dir=None,
+        runs_dir=tmp_path,
+        name_parts=["Org/Model-X", "math500"],
+        resume=False,
+    )
     assert rd.path.parent == tmp_path / "qa-rankmath"
     assert rd.path.name.endswith("-model-x-math500")
 

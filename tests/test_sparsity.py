@@ -62,9 +62,14 @@ def test_gaussian_baselines():
     h = torch.randn(64, 4096, generator=torch.Generator().manual_seed(0))
     m = {k: v.mean().item() for k, v in sparsity.compute_metrics(h).items()}
     expected = {
-        "top5_energy": 0.278, "top10_energy": 0.438, "eff_rank": 0.482, "hoyer": 0.207,
-        "eff_rank_l1": 0.753, "top10_l1share": 0.258, "l0_outlier": 0.161,
-    }  # fmt: skip
+        "top5_energy": 0.278,
+        "top10_energy": 0.438,
+        "eff_rank": 0.482,
+        "hoyer": 0.207,
+        "eff_rank_l1": 0.753,
+        "top10_l1share": 0.258,
+        "l0_outlier": 0.161,
+    }
     for name, value in expected.items():
         assert m[name] == pytest.approx(value, abs=0.004), name
     assert m["l1"] / 4096 == pytest.approx(math.sqrt(2 / math.pi), rel=0.005)

@@ -37,7 +37,7 @@ class RateColumn(ProgressColumn):
     """Items per second, in the task's own unit (``unit=`` field)."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
+        speed = task.completed / task.elapsed if task.elapsed else None
         unit = task.fields.get("unit", "it")
         return Text(f"{speed:.2f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
 

@@ -21,26 +21,34 @@ Model = Annotated[
 ]
 DataFile = Annotated[
     Path | None,
-    typer.Option(help="Local .jsonl/.json/.parquet with the dataset's fields; skips the hub.",
-                 show_default=False),
-]  # fmt: skip
+    typer.Option(
+        help="Local .jsonl/.json/.parquet with the dataset's fields; skips the hub.",
+        show_default=False,
+    ),
+]
 BatchSize = Annotated[int, typer.Option(help="Prompts per forward pass.")]
 Device = Annotated[str, typer.Option(help="auto (GPU if any), cpu, cuda or cuda:N.")]
 Dtype = Annotated[
-    str, typer.Option(help="Model weights: auto (bfloat16 on GPU, float32 on CPU), float32, "
-                      "float16, bfloat16. Metrics are always float32.")
-]  # fmt: skip
+    str,
+    typer.Option(
+        help="Model weights: auto (bfloat16 on GPU, float32 on CPU), float32, "
+        "float16, bfloat16. Metrics are always float32."
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seeds every random choice (bootstrap included).")]
 RunDirOpt = Annotated[
     Path | None,
-    typer.Option("--run-dir", help="Exact run directory (required with --resume).",
-                 show_default=False),
-]  # fmt: skip
+    typer.Option(
+        "--run-dir", help="Exact run directory (required with --resume).", show_default=False
+    ),
+]
 RunsDir = Annotated[
     Path | None,
-    typer.Option(help="Parent of new run directories. Default: $ENTRAIN_RUNS_DIR, else ./runs.",
-                 show_default=False),
-]  # fmt: skip
+    typer.Option(
+        help="Parent of new run directories. Default: $ENTRAIN_RUNS_DIR, else ./runs.",
+        show_default=False,
+    ),
+]
 Resume = Annotated[
     bool, typer.Option(help="Continue the run in --run-dir, skipping finished examples.")
 ]

@@ -27,6 +27,14 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bar and log lines say what happens; transformers' bars only clutter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("ENTRAIN_CACHE", Path.home() / ".cache" / "entrain"))
 
@@ -70,6 +78,7 @@ def dequantize_gguf(gguf: Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     log.info("dequantizing %s into %s (once)", gguf, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -168,6 +177,7 @@ def load_model(resolved: ResolvedModel, device: str, dtype: torch.dtype):
     """Load (model, tokenizer) for inference. ``device='auto'`` on several GPUs shards it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -42,18 +42,27 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig, axes = _grid(len(metrics))
         for ax, metric in zip(axes, metrics, strict=True):
             m = part[part["metric"] == metric].sort_values("level")
-            ax.bar(m["level"].astype(str), m["mean"], yerr=m["sem"], capsize=3,
-                   color="#4C72B0", alpha=0.85)  # fmt: skip
+            ax.bar(
+                m["level"].astype(str),
+                m["mean"],
+                yerr=m["sem"],
+                capsize=3,
+                color="#4C72B0",
+                alpha=0.85,
+            )
             c = corr[(corr.layer == layer) & (corr.position == position) & (corr.metric == metric)]
             c = c.iloc[0]
-            ax.set_title(f"{metric}\nρ={c.spearman_rho:.2f} (p={c.spearman_p:.2g}, N={c.n})",
-                         fontsize=9)  # fmt: skip
+            ax.set_title(
+                f"{metric}\nρ={c.spearman_rho:.2f} (p={c.spearman_p:.2g}, N={c.n})", fontsize=9
+            )
             ax.set_xlabel("MATH level")
             lo, hi = (m["mean"] - m["sem"].fillna(0)).min(), (m["mean"] + m["sem"].fillna(0)).max()
             pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
             ax.set_ylim(lo - pad, hi + pad)
-        fig.suptitle(f"Sparsity by MATH level: {model}, {_layer_name(layer)}, {position} "
-                     "(mean ± SEM)", fontsize=11)  # fmt: skip
+        fig.suptitle(
+            f"Sparsity by MATH level: {model}, {_layer_name(layer)}, {position} (mean ± SEM)",
+            fontsize=11,
+        )
         written += save(fig, run_dir / "figures" / f"levels_layer{layer}_{position}")
 
     layers = sorted(summary["layer"].unique(), key=lambda x: 10**9 if x == -1 else x)
@@ -67,12 +76,21 @@ def plot_run(run_dir: Path) -> list[Path]:
                 for k, level in enumerate(levels):
                     m = part[(part.metric == metric) & (part.level == level)]
                     m = m.assign(x=m["layer"].map(xs)).sort_values("x")
-                    ax.plot(m["x"], m["mean"], marker="o", ms=3, label=f"level {level}",
-                            color=cmap(k / max(1, len(levels) - 1)))  # fmt: skip
+                    ax.plot(
+                        m["x"],
+                        m["mean"],
+                        marker="o",
+                        ms=3,
+                        label=f"level {level}",
+                        color=cmap(k / max(1, len(levels) - 1)),
+                    )
                 ax.set_title(metric, fontsize=9)
                 ax.set_xticks(range(len(layers)))
-                ax.set_xticklabels(["norm" if x == -1 else str(x) for x in layers], fontsize=7,
-                                   rotation=90 if len(layers) > 12 else 0)  # fmt: skip
+                ax.set_xticklabels(
+                    ["norm" if x == -1 else str(x) for x in layers],
+                    fontsize=7,
+                    rotation=90 if len(layers) > 12 else 0,
+                )
                 ax.set_xlabel("layer")
             axes[0].legend(fontsize=7)
             fig.suptitle(f"Layer profile by MATH level: {model}, {position}", fontsize=11)
@@ -95,16 +113,25 @@ def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
 
         raise UserError("these rankmath runs share no (layer, position); nothing to compare")
     layer, position = min(shared, key=lambda lp: (lp[0] != -1, lp[0], lp[1]))
-    metrics = [m for m in dict.fromkeys(loaded[0][1]["metric"])
-               if all(m in set(s["metric"]) for _, s in loaded)]  # fmt: skip
+    metrics = [
+        m
+        for m in dict.fromkeys(loaded[0][1]["metric"])
+        if all(m in set(s["metric"]) for _, s in loaded)
+    ]
     fig, axes = _grid(len(metrics))
     width = 0.8 / len(loaded)
     for ax, metric in zip(axes, metrics, strict=True):
         for k, (label, s) in enumerate(loaded):
             m = s[(s.layer == layer) & (s.position == position) & (s.metric == metric)]
             m = m.sort_values("level")
-            ax.bar(m["level"] + (k - (len(loaded) - 1) / 2) * width, m["mean"], width=width,
-                   yerr=m["sem"], capsize=2, label=label)  # fmt: skip
+            ax.bar(
+                m["level"] + (k - (len(loaded) - 1) / 2) * width,
+                m["mean"],
+                width=width,
+                yerr=m["sem"],
+                capsize=2,
+                label=label,
+            )
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("MATH level")
     axes[0].legend(fontsize=7)

@@ -66,12 +66,13 @@ def select(data: registry.LoadedData, limit_per_level: int | None) -> pd.DataFra
     frame = pd.DataFrame(
         {
             "id": data.ids,
-            "level": [parse_level(r["level"], f"{data.location} row {i}")
-                      for i, r in enumerate(data.rows)],
+            "level": [
+                parse_level(r["level"], f"{data.location} row {i}") for i, r in enumerate(data.rows)
+            ],
             "subject": [str(r.get("subject", "")) for r in data.rows],
             "problem": [str(r["problem"]) for r in data.rows],
         }
-    )  # fmt: skip
+    )
     if limit_per_level is not None:
         if limit_per_level < 1:
             raise UserError("--limit-per-level must be at least 1")
@@ -149,25 +150,32 @@ def run(cfg: RankmathConfig) -> Path:
         )
         with rd.stage("load_model"):
             model, tokenizer = models.load_model(resolved, device, dtype)
-        prompts, formats = zip(*(build_prompt(tokenizer, p) for p in problems["problem"]),
-                               strict=True)  # fmt: skip
+        prompts, formats = zip(
+            *(build_prompt(tokenizer, p) for p in problems["problem"]), strict=True
+        )
         problems["prompt"] = list(prompts)
         token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         problems["n_prompt_tokens"] = [len(t) for t in token_lists]
         limit = getattr(model.config, "max_position_embeddings", None)
         too_long = problems.index[problems["n_prompt_tokens"] > (limit or 10**12)]
         if len(too_long):
-            log.warning("skipping %d prompt(s) longer than the model's context (%s tokens)",
-                        len(too_long), limit)  # fmt: skip
+            log.warning(
+                "skipping %d prompt(s) longer than the model's context (%s tokens)",
+                len(too_long),
+                limit,
+            )
         done = rd.done_ids("samples", "id")
         todo = [i for i in problems.index if i not in too_long and problems.at[i, "id"] not in done]
         if done:
             log.info("resuming: %d problem(s) already done, %d to go", len(done), len(todo))
         rd.update(
             prompt_format=formats[0],
-            counts={"problems": len(problems), "skipped_too_long": len(too_long),
-                    "already_done": len(done)},
-        )  # fmt: skip
+            counts={
+                "problems": len(problems),
+                "skipped_too_long": len(too_long),
+                "already_done": len(done),
+            },
+        )
 
         probe = HiddenProbe(model, layers, probe_positions)
         embed_device = model.get_input_embeddings().weight.device
@@ -192,8 +200,11 @@ def run(cfg: RankmathConfig) -> Path:
             write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
         nonfinite = int((~np.isfinite(samples[metric_names].to_numpy())).sum())
         if nonfinite:
-            log.warning("%d metric value(s) are NaN/inf; they are kept in samples.parquet "
-                        "and left out of every statistic", nonfinite)  # fmt: skip
+            log.warning(
+                "%d metric value(s) are NaN/inf; they are kept in samples.parquet "
+                "and left out of every statistic",
+                nonfinite,
+            )
         counts = {"probed": int(samples["id"].nunique()), "nonfinite_values": nonfinite}
         rd.update(counts={**rd.manifest["counts"], **counts})
         from ..plots.rankmath import plot_run
@@ -233,7 +244,12 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
         for metric in metrics:
             corr = stats.correlate(part["level"], part[metric], n_boot=n_boot, seed=seed)
             records.append(
-                {"layer": layer, "position": position, "metric": metric,
-                 "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower", **corr}
-            )  # fmt: skip
+                {
+                    "layer": layer,
+                    "position": position,
+                    "metric": metric,
+                    "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                    **corr,
+                }
+            )
     rd.write_text("tables/correlations.csv", pd.DataFrame.from_records(records).to_csv(index=False))

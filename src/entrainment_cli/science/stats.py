@@ -69,8 +69,18 @@ def correlate(
     nan = float("nan")
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out | dict.fromkeys(
-            ["pearson_r", "pearson_p", "spearman_rho", "spearman_p", "pearson_lo", "pearson_hi",
-             "spearman_lo", "spearman_hi"], nan)  # fmt: skip
+            [
+                "pearson_r",
+                "pearson_p",
+                "spearman_rho",
+                "spearman_p",
+                "pearson_lo",
+                "pearson_hi",
+                "spearman_lo",
+                "spearman_hi",
+            ],
+            nan,
+        )
     pr = stats.pearsonr(x, y)
     sr = stats.spearmanr(x, y)
     out |= {
