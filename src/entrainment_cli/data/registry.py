@@ -27,7 +27,13 @@ class DatasetSpec:
     fields: tuple[str, ...]  # required in every row
     id_field: str | None = None  # a stable id column; None: "<name>-<row index>"
     config: str | None = None
+    text: str | None = None  # str.format template of the prompt text, for generation studies
     about: str = ""
+
+    def prompt_text(self, row: dict[str, Any]) -> str:
+        if self.text is None:
+            raise UserError(f"dataset '{self.name}' has no prompt text for generation")
+        return self.text.format(**row)
 
     @property
     def sample_file(self) -> str:
@@ -44,6 +50,32 @@ REGISTRY: dict[str, DatasetSpec] = {
             fields=("problem", "solution", "answer", "subject", "level", "unique_id"),
             id_field="unique_id",
             about="MATH-500 competition problems with difficulty levels 1-5",
+        ),
+        DatasetSpec(
+            name="gsm8k",
+            hub_id="openai/gsm8k",
+            config="main",
+            split="test",
+            fields=("question", "answer"),
+            text="{question}",
+            about="grade-school maths word problems; the gold answer follows ####",
+        ),
+        DatasetSpec(
+            name="writingprompts",
+            hub_id="euclaise/writingprompts",
+            split="validation",
+            fields=("prompt", "story"),
+            text="{prompt}",
+            about="Reddit WritingPrompts premises (open-ended story writing)",
+        ),
+        DatasetSpec(
+            name="xsum",
+            hub_id="EdinburghNLP/xsum",
+            split="test",
+            fields=("document", "summary", "id"),
+            id_field="id",
+            text="Please summarize the following text:\n {document}",
+            about="BBC articles to summarize (the instruction is upstream's)",
         ),
     ]
 }

