@@ -87,3 +87,26 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(embedded):
+    """One vLLM engine on the embedded SmolLM2 (float32) for the whole session.
+
+    ``correlate --engine vllm`` on the embedded model at ``--dtype auto`` reuses it (the
+    engines are cached by path, dtype and max_model_len), so it starts once (~30 s here).
+    """
+    from entrainment_cli.engines import generate
+
+    if not generate.vllm_available():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(
+                "vLLM is not installed but CI=true: CI must run the vLLM tests "
+                "(pip install 'entrainment-cli[cpu]')"
+            )
+        pytest.skip("vLLM is not installed")
+    engine = generate.make_engine(
+        "vllm", embedded.path, batch_size=8, device="cpu", dtype=torch.float32
+    )
+    yield engine
+    generate.close_engines()

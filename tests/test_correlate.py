@@ -278,3 +278,30 @@ def test_vllm_missing_says_how_to_install(cli, tiny_peaked, tmp_path, monkeypatc
     monkeypatch.setattr(generate, "vllm_available", lambda: False)
     result = cli("correlate", "--model", tiny_peaked, "--engine", "vllm", "--quiet")
     assert result.exit_code == 2 and "pip install" in result.stderr
+
+
+def test_vllm_correlate_on_embedded_model(cli, vllm_engine, tmp_path):
+    """vLLM generation, hf probe: the two log-probs of each sampled token agree."""
+    out = tmp_path / "vllm"
+    result = cli(
+        "correlate",
+        "--engine",
+        "vllm",
+        "--dataset",
+        "xsum",
+        "--n-prompts",
+        "3",
+        "--max-tokens",
+        "16",
+        "--n-boot",
+        "50",
+        "--run-dir",
+        out,
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m["engine"] == "vllm" and m["model"]["source"] == "embedded"
+    assert m["counts"]["tokens"] > 0 and m["max_abs_logprob_diff"] < 1e-3
+    tokens = pd.read_parquet(out / "tables" / "tokens.parquet")
+    assert (tokens["engine_logprob"] - tokens["logprob"]).abs().max() < 1e-3

@@ -6,9 +6,6 @@ Without vLLM they skip, except in CI (CI=true), where a missing vLLM is a failur
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 import torch
 
@@ -221,22 +218,6 @@ def test_hf_embedded_stops_and_matches_forward(embedded):
 
 
 @pytest.fixture(scope="session")
-def vllm_engine(embedded):
-    if not gen.vllm_available():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(
-                "vLLM is not installed but CI=true: CI must run the vLLM tests "
-                "(pip install 'entrainment-cli[cpu]')"
-            )
-        pytest.skip("vLLM is not installed")
-    start = time.perf_counter()
-    engine = make_engine("vllm", embedded.path, batch_size=8, max_model_len=1024, **CPU)
-    print(f"\nvLLM engine start: {time.perf_counter() - start:.1f} s")
-    yield engine
-    gen.close_engines()
-
-
-@pytest.fixture(scope="session")
 def smol_hf(embedded):
     return load_model(embedded, "cpu", torch.float32)
 
@@ -284,5 +265,5 @@ def test_vllm_eos_first_and_engine_reuse(vllm_engine, embedded, smol_hf):
     prompt = done[:eos_at]  # the finished answer with its EOS cut off: P(EOS) = 0.63 next
     (g,) = vllm_engine.generate([prompt], ["eos"], Sampling(temperature=0.0, max_tokens=8))
     assert g == Generation([], [], "stop")
-    again = make_engine("vllm", embedded.path, batch_size=2, max_model_len=1024, **CPU)
+    again = make_engine("vllm", embedded.path, batch_size=2, **CPU)
     assert again.llm is vllm_engine.llm  # cached: no second engine start
