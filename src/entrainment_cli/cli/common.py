@@ -62,6 +62,14 @@ def split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def print_done(run_dir: Path) -> None:
+    console.print(
+        f"[green]done:[/] {run_dir}\n  tables:  {run_dir / 'tables'}\n"
+        f"  figures: {run_dir / 'figures'}",
+        highlight=False,
+    )
+
+
 def command(func):
     """Turn a UserError into one red line on stderr and exit code 2, no traceback."""
 

@@ -23,6 +23,7 @@ from .common import (
     RunsDir,
     Seed,
     command,
+    print_done,
     split_list,
 )
 
@@ -133,7 +134,4 @@ def correlate(
         resume=resume,
         quiet=quiet,
     )
-    path = run(cfg)
-    console.print(
-        f"[green]done:[/] {path}\n  tables:  {path / 'tables'}\n  figures: {path / 'figures'}"
-    )
+    print_done(run(cfg))

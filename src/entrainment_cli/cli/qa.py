@@ -8,7 +8,6 @@ import typer
 
 from ..qa.rankmath import RankmathConfig
 from ..qa.rankmath import run as run_rankmath
-from ..ui import console
 from .common import (
     BatchSize,
     DataFile,
@@ -21,6 +20,7 @@ from .common import (
     RunsDir,
     Seed,
     command,
+    print_done,
     split_list,
 )
 
@@ -91,7 +91,4 @@ def rankmath(
         resume=resume,
         quiet=quiet,
     )
-    out = run_rankmath(cfg)
-    console.print(
-        f"[green]done:[/] {out}\n  tables:  {out / 'tables'}\n  figures: {out / 'figures'}"
-    )
+    print_done(run_rankmath(cfg))

@@ -9,7 +9,7 @@ token at batch 1 and, by a bug, always used writingprompts; here ``--dataset`` i
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..engines.generate import Sampling, close_engines, make_engine, resolve_kin
 from ..engines.probe import parse_layers
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
-from ..runs.rundir import RunDir, environment
+from ..runs.rundir import RunDir
 from ..science import sparsity
 from ..ui import progress
 from . import analysis
@@ -158,14 +158,12 @@ def run(cfg: CorrelateConfig) -> Path:
                 context,
                 cfg.max_tokens,
             )
-        rd.update(
-            options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-            seed=cfg.seed,
-            model=resolved.identity(),
-            dataset=data.identity(),
-            device=device,
+        rd.record_setup(
+            cfg,
+            resolved,
+            data,
+            device,
             counts={"prompts": len(texts), "skipped_too_long": len(skipped)},
-            **environment(),
         )
         model = None
         if kind == "hf":  # the probe's model generates too

@@ -8,7 +8,7 @@ Pearson with a bootstrap CI, NaN/inf reported instead of averaged in as 0.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..data import registry
 from ..engines import models
 from ..engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from ..errors import UserError
-from ..runs.rundir import RunDir, environment
+from ..runs.rundir import RunDir
 from ..science import sparsity, stats
 from ..ui import progress
 
@@ -140,14 +140,7 @@ def run(cfg: RankmathConfig) -> Path:
         resume=cfg.resume,
     )
     with run_dir as rd:
-        rd.update(
-            options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-            seed=cfg.seed,
-            model=resolved.identity(),
-            dataset=data.identity(),
-            device=device,
-            **environment(),
-        )
+        rd.record_setup(cfg, resolved, data, device)
         with rd.stage("load_model"):
             model, tokenizer = models.load_model(resolved, device, dtype)
         prompts, formats = zip(
