@@ -27,6 +27,8 @@ demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa rankmath --layers 0,10,20,30,-1
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset xsum \
 		--n-prompts 20 --max-tokens 64
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset gsm8k --grade \
+		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

@@ -105,6 +105,7 @@ def test_dataset_is_honoured_and_tables_written(gsm_run):
         "generated_text",
         "n_tokens",
         "finish_reason",
+        "token_ids",
     ]
     tokens = pd.read_parquet(gsm_run / "tables" / "tokens.parquet")
     assert list(tokens.columns[: len(TOKEN_COLUMNS) - 1]) == TOKEN_COLUMNS[:-1]

@@ -79,6 +79,18 @@ def correlate(
     layers: Annotated[
         str, typer.Option(help="Layers for --hidden-metrics: -1 (final norm), 0..L, lists, all.")
     ] = "-1",
+    grade: Annotated[
+        bool,
+        typer.Option(
+            "--grade",
+            help="Grade the answers against the gold (gsm8k) and relate "
+            "confidence to correctness: tables/summary.json, classifier.json.",
+        ),
+    ] = False,
+    prompting: Annotated[
+        str, typer.Option(help="With --grade: few-shot style baseline, cot or cod.")
+    ] = "baseline",
+    shots: Annotated[int, typer.Option(help="With --grade: few-shot examples (0-8).")] = 8,
     min_nucleus: Annotated[
         int, typer.Option(help="Pool only tokens whose nucleus has at least this many tokens.")
     ] = 2,
@@ -97,6 +109,10 @@ def correlate(
     per-token quantity in float32. Writes tables/prompts.parquet, tables/tokens.parquet,
     tables/stats.csv|tex (Pearson, Spearman, N, bootstrap CI over prompts), tables/bins.csv
     (50-bin median and IQR), tables/fit.json (a H exp(-b H) + c) and figures/.
+
+    With --grade (gsm8k), the few-shot prompt of --prompting asks for a final '#### <number>';
+    each answer is graded, the tokens that spell it are located, and per-prompt means of
+    entropy, STOPS and LogTokU are compared between correct and incorrect answers.
 
     With --analyze RUN_DIR... it only re-analyzes finished runs; several runs give one joint
     table and a grid figure (models as rows, datasets as columns) in --out.
@@ -126,6 +142,9 @@ def correlate(
         seed=seed,
         hidden_metrics=hidden,
         layers=layers,
+        grade=grade,
+        prompting=prompting,
+        shots=shots,
         min_nucleus=min_nucleus,
         bins=bins,
         n_boot=n_boot,

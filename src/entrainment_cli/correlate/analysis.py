@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ..errors import UserError
 from ..runs.rundir import atomic_write_text, read_manifest, run_label
 from ..science import stats
+from . import grading
 
 X, Y = "topp_entropy", "stops"  # the correlation study's entropy, and STOPS
 
@@ -51,6 +53,8 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
     atomic_write_text(tables / "bins.csv", binned.to_csv(index=False))
     fit_doc = {"model": "a*H*exp(-b*H) + c", "x": X, "y": Y, "fitted_on": "bin medians", **fit}
     atomic_write_text(tables / "fit.json", json.dumps(fit_doc, indent=2) + "\n")
+    if "correct" in pq.read_schema(tables / "prompts.parquet").names:
+        grading.analyze(run_dir, seed)
     from ..plots.correlate import plot_run
 
     plot_run(run_dir)

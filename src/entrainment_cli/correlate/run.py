@@ -15,16 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import registry
+from ..data import prompts, registry
 from ..engines import models
 from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind
 from ..engines.probe import parse_layers
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import sparsity
+from ..science import grading, sparsity
 from ..ui import progress
 from . import analysis
+from . import grading as grading_run
 
 log = logging.getLogger("entrain")
 
@@ -58,6 +59,9 @@ class CorrelateConfig:
     seed: int = 0
     hidden_metrics: list[str] | None = None  # None: no hidden-state metrics
     layers: str = "-1"
+    grade: bool = False
+    prompting: str = "baseline"
+    shots: int = 8
     min_nucleus: int = 2
     bins: int = 50
     n_boot: int = 1000
@@ -84,16 +88,40 @@ def validate(cfg: CorrelateConfig) -> tuple[Sampling, str, list[str]]:
         ) from None
 
 
-def prompt_ids(tokenizer, text: str, chat: bool) -> list[int]:
-    """Raw text with the tokenizer's special tokens (upstream), or the chat template."""
-    if not chat:
-        return tokenizer(text)["input_ids"]
-    if not tokenizer.chat_template:
-        raise UserError("--chat: this model's tokenizer has no chat template; use --no-chat")
-    templated = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-    return tokenizer(templated, add_special_tokens=False)["input_ids"]
+def build_prompt(cfg: CorrelateConfig, text: str, tokenizer) -> tuple[str, list[int]]:
+    """(exact text given to the tokenizer, its ids).
+
+    Ungraded: the raw text with the tokenizer's special tokens (as upstream), or the chat
+    template. Graded: the few-shot prompt of ``--prompting`` with ``--shots`` examples.
+    """
+    if cfg.grade:
+        prompt = prompts.build_prompt(cfg.prompting, text, cfg.shots, tokenizer, cfg.chat)
+    elif cfg.chat:
+        if not tokenizer.chat_template:
+            raise UserError("--chat: this model's tokenizer has no chat template; use --no-chat")
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        prompt = text
+    # a chat template writes its own special tokens
+    return prompt, tokenizer(prompt, add_special_tokens=not cfg.chat)["input_ids"]
+
+
+def gold_answers(spec: registry.DatasetSpec, rows: list[dict], location: str) -> list[float]:
+    if spec.answer_field is None:
+        graded = ", ".join(n for n, s in registry.REGISTRY.items() if s.answer_field)
+        raise UserError(f"--grade needs gold answers; '{spec.name}' has none (use {graded})")
+    golds = []
+    for i, row in enumerate(rows):
+        try:
+            golds.append(grading.gold_answer(str(row[spec.answer_field])))
+        except ValueError:
+            raise UserError(
+                f"{location}, row {i}: no gold number after '####' in the "
+                f"'{spec.answer_field}' field; fix the data or drop --grade"
+            ) from None
+    return golds
 
 
 def run(cfg: CorrelateConfig) -> Path:
@@ -104,11 +132,16 @@ def run(cfg: CorrelateConfig) -> Path:
             f"dataset '{cfg.dataset}' has no prompt text; use one of "
             + ", ".join(n for n, s in registry.REGISTRY.items() if s.text)
         )
+    if cfg.grade and cfg.prompting not in prompts.TECHNIQUES:
+        raise UserError(
+            f"unknown --prompting '{cfg.prompting}'; use one of {', '.join(prompts.TECHNIQUES)}"
+        )
     data = registry.load(spec, cfg.data_file)
-    texts = [spec.prompt_text(r) for r in data.rows[: cfg.n_prompts]]
+    rows = data.rows[: cfg.n_prompts]
     ids = data.ids[: cfg.n_prompts]
-    if not texts:
+    if not rows:
         raise UserError(f"no prompts selected from {data.location}")
+    golds = gold_answers(spec, rows, data.location) if cfg.grade else []
     device = models.pick_device(cfg.device)
     dtype = models.pick_dtype(cfg.dtype, device)
     resolved = models.resolve_model(cfg.model)
@@ -117,7 +150,9 @@ def run(cfg: CorrelateConfig) -> Path:
     config = AutoConfig.from_pretrained(resolved.path)
     layers = parse_layers(cfg.layers, config.num_hidden_layers) if metric_names else []
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    token_lists = [prompt_ids(tokenizer, t, cfg.chat) for t in texts]
+    built = [build_prompt(cfg, spec.prompt_text(r), tokenizer) for r in rows]
+    texts = [text for text, _ in built]
+    token_lists = [ids_ for _, ids_ in built]
     context = getattr(config, "max_position_embeddings", None) or 10**9
     fits = [len(t) + cfg.max_tokens <= context for t in token_lists]
     if not any(fits):
@@ -138,6 +173,7 @@ def run(cfg: CorrelateConfig) -> Path:
         "dtype": str(dtype),
         "hidden_metrics": metric_names,
         "layers": layers,
+        "grade": [cfg.prompting, cfg.shots] if cfg.grade else None,
     }
     name = resolved.id if resolved.source != "embedded" else "smollm2-135m"
     rd = RunDir.open(
@@ -189,13 +225,18 @@ def run(cfg: CorrelateConfig) -> Path:
                 model, tokenizer = models.load_model(resolved, device, dtype)
         probe = TokenProbe(model, cfg.top_p, layers, metric_names)
         _probe(rd, cfg, probe, tokenizer, ids, device)
-        prompts, tokens = _finalize(rd, tokenizer, ids)
+        table, tokens = _finalize(rd, tokenizer, ids)
+        if cfg.grade:
+            by_id = dict(zip(ids, golds, strict=True))
+            golds_in_order = [by_id[p] for p in table["prompt_id"]]
+            table = grading_run.grade(table, tokens, golds_in_order, tokenizer)
+            rd.write_table("prompts", table)
         gap = (tokens["engine_logprob"] - tokens["logprob"]).abs()
         rd.update(
             counts={
                 **rd.manifest["counts"],
-                "generated_prompts": len(prompts),
-                "empty_generations": int((prompts["n_tokens"] == 0).sum()),
+                "generated_prompts": len(table),
+                "empty_generations": int((table["n_tokens"] == 0).sum()),
                 "tokens": len(tokens),
             },
             max_abs_logprob_diff=float(gap.max()) if len(gap) else None,
@@ -277,7 +318,7 @@ def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
     order = {pid: i for i, pid in enumerate(ids)}
     gens = rd.read_shards("generations").drop_duplicates("prompt_id", keep="last")
     gens = gens.assign(_o=gens["prompt_id"].map(order)).sort_values("_o").drop(columns="_o")
-    prompts = pd.DataFrame(
+    table = pd.DataFrame(
         {
             "prompt_id": gens["prompt_id"],
             "prompt": gens["prompt"],
@@ -287,6 +328,7 @@ def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
             ],
             "n_tokens": [len(t) for t in gens["token_ids"]],
             "finish_reason": gens["finish_reason"],
+            "token_ids": gens["token_ids"],
         }
     ).reset_index(drop=True)
     tokens = rd.read_shards("tokens")
@@ -298,6 +340,6 @@ def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
     tokens["token"] = tokenizer.batch_decode([[t] for t in tokens["token_id"]])
     first = ["prompt_id", "step", "token_id", "token", *TOKEN_STATS, "engine_logprob"]
     tokens = tokens[first + [c for c in tokens.columns if c not in first]]
-    rd.write_table("prompts", prompts)
+    rd.write_table("prompts", table)
     rd.write_table("tokens", tokens)
-    return prompts, tokens
+    return table, tokens

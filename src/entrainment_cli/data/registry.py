@@ -28,6 +28,7 @@ class DatasetSpec:
     id_field: str | None = None  # a stable id column; None: "<name>-<row index>"
     config: str | None = None
     text: str | None = None  # str.format template of the prompt text, for generation studies
+    answer_field: str | None = None  # gold answers (GSM8K style: the number after ####)
     about: str = ""
 
     def prompt_text(self, row: dict[str, Any]) -> str:
@@ -58,6 +59,7 @@ REGISTRY: dict[str, DatasetSpec] = {
             split="test",
             fields=("question", "answer"),
             text="{question}",
+            answer_field="answer",
             about="grade-school maths word problems; the gold answer follows ####",
         ),
         DatasetSpec(

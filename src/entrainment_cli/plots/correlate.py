@@ -11,6 +11,7 @@ import pandas as pd
 from ..errors import UserError
 from ..runs.rundir import run_label
 from ..science.stats import pool_tokens, unimodal
+from . import grading
 from .common import plt, save
 
 
@@ -61,7 +62,10 @@ def plot_run(run_dir: Path) -> list[Path]:
     ax.set_xlabel("nucleus entropy H (nats)")
     ax.set_ylabel("STOPS (mean pairwise cosine)")
     fig.suptitle(f"Entropy vs STOPS: {model}, {dataset}", fontsize=10)
-    return save(fig, run_dir / "figures" / "entropy_vs_stops")
+    written = save(fig, run_dir / "figures" / "entropy_vs_stops")
+    if (run_dir / "tables" / "summary.json").is_file():  # a graded run
+        written += grading.plot_run(run_dir)
+    return written
 
 
 def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:

@@ -1,0 +1,95 @@
+"""Figures of graded `correlate` runs: confidence against correctness, from saved tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..science import correctness
+from .common import plt, save
+
+METRICS = ["entropy", "topp_entropy_norm", "stops", "logtoku_au", "logtoku_eu"]
+COLORS = {True: "tab:green", False: "tab:red"}
+
+
+def _panels(n: int):
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    tables = run_dir / "tables"
+    prompts = pd.read_parquet(tables / "prompts.parquet")
+    parsed = prompts[~prompts["parse_failed"]]
+    summary = json.loads((tables / "summary.json").read_text())
+    title = (f"accuracy {summary['accuracy_all']:.1%} of {summary['n_prompts']} "
+             f"({summary['n_parse_failed']} unparsed)")  # fmt: skip
+    written = []
+
+    # split violins: correct left, incorrect right, per metric over the answer tokens
+    fig, axes = _panels(len(METRICS))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        col = f"answer_{metric}"
+        for ok, side in ((True, -1), (False, 1)):
+            values = parsed.loc[parsed["correct"] == ok, col].dropna().to_numpy()
+            if values.size < 2 or np.ptp(values) == 0:
+                ax.scatter(np.full(values.size, side * 0.1), values, color=COLORS[ok], s=8)
+                continue
+            parts = ax.violinplot(values, positions=[0], showmedians=True, widths=0.8)
+            for body in parts["bodies"]:
+                verts = body.get_paths()[0].vertices
+                keep = verts[:, 0] * side >= 0  # draw only one half of the violin
+                verts[~keep, 0] = 0
+                body.set_color(COLORS[ok])
+                body.set_alpha(0.5)
+        ax.set_xticks([-0.2, 0.2], ["correct", "incorrect"])
+        ax.set_title(col, fontsize=9)
+    fig.suptitle(f"Answer-token confidence by correctness: {title}", fontsize=10)
+    written += save(fig, run_dir / "figures" / "correct_vs_incorrect")
+
+    # LogTokU AU x EU, quadrants split at the medians
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    au, eu = parsed["answer_logtoku_au"].to_numpy(), parsed["answer_logtoku_eu"].to_numpy()
+    finite = np.isfinite(au) & np.isfinite(eu)
+    for ok in (True, False):
+        sel = finite & (parsed["correct"].to_numpy() == ok)
+        ax.scatter(au[sel], eu[sel], s=14, alpha=0.7, color=COLORS[ok],
+                   label="correct" if ok else "incorrect")  # fmt: skip
+    if finite.any():
+        ax.axvline(np.median(au[finite]), color="grey", ls="--", lw=1)
+        ax.axhline(np.median(eu[finite]), color="grey", ls="--", lw=1)
+        labels = correctness.au_eu_quadrant(au[finite], eu[finite])
+        acc = pd.Series(parsed["correct"].to_numpy()[finite]).groupby(labels).mean()
+        text = "\n".join(f"{q}: acc {a:.0%}" for q, a in acc.items())
+        ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize=7)
+    ax.set_xlabel("aleatoric uncertainty (AU)")
+    ax.set_ylabel("epistemic uncertainty (EU)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"LogTokU over answer tokens, split at the medians\n{title}", fontsize=9)
+    written += save(fig, run_dir / "figures" / "logtoku_quadrants")
+
+    # reliability: accuracy per quantile bin of each metric
+    fig, axes = _panels(len(METRICS))
+    for ax, metric in zip(axes, METRICS, strict=True):
+        col = f"answer_{metric}"
+        ok = parsed[col].notna()
+        if ok.sum() >= 2:
+            bins = correctness.accuracy_by_bins(parsed.loc[ok, col], parsed.loc[ok, "correct"])
+            mid = (bins["lo"] + bins["hi"]) / 2
+            err = [bins["accuracy"] - bins["ci_lo"], bins["ci_hi"] - bins["accuracy"]]
+            ax.errorbar(mid, bins["accuracy"], yerr=err, marker="o", capsize=3)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel(col, fontsize=8)
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy by quantile bin of each metric (Wilson 95% CI)", fontsize=10)
+    written += save(fig, run_dir / "figures" / "reliability")
+    return written
