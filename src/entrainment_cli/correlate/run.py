@@ -202,24 +202,26 @@ def run(cfg: CorrelateConfig) -> Path:
             counts={"prompts": len(texts), "skipped_too_long": len(skipped)},
         )
         model = None
-        if kind == "hf":  # the probe's model generates too
-            with rd.stage("load_model"):
-                model, tokenizer = models.load_model(resolved, device, dtype)
-        engine = make_engine(
-            kind,
-            resolved.path,
-            device=device,
-            dtype=dtype,
-            batch_size=cfg.batch_size,
-            model=model,
-            tokenizer=tokenizer,
-        )
-        rd.update(engine=engine.name)
-        todo = [i for i, ok in enumerate(fits) if ok]
-        _generate(rd, cfg, engine, sampling, ids, texts, token_lists, todo)
-        del engine
-        if kind == "vllm" and device.startswith("cuda"):
-            close_engines()  # give vLLM's GPU memory to the probe's model
+        done = rd.done_ids("generations", "prompt_id")
+        todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
+        if todo:  # a resumed run may have nothing left to generate: no engine start then
+            if kind == "hf":  # the probe's model generates too
+                with rd.stage("load_model"):
+                    model, tokenizer = models.load_model(resolved, device, dtype)
+            engine = make_engine(
+                kind,
+                resolved.path,
+                device=device,
+                dtype=dtype,
+                batch_size=cfg.batch_size,
+                model=model,
+                tokenizer=tokenizer,
+            )
+            rd.update(engine=engine.name)
+            _generate(rd, cfg, engine, sampling, ids, texts, token_lists, todo)
+            del engine
+            if kind == "vllm" and device.startswith("cuda"):
+                close_engines()  # give vLLM's GPU memory to the probe's model
         if model is None:
             with rd.stage("load_model"):
                 model, tokenizer = models.load_model(resolved, device, dtype)
@@ -247,9 +249,7 @@ def run(cfg: CorrelateConfig) -> Path:
 
 
 def _generate(rd, cfg, engine, sampling, ids, texts, token_lists, todo):
-    """Sample every prompt not generated yet, saving a shard every ``save_every`` prompts."""
-    done = rd.done_ids("generations", "prompt_id")
-    todo = [i for i in todo if ids[i] not in done]
+    """Sample the ``todo`` prompts, saving a shard every ``save_every`` prompts."""
     save_every = max(cfg.batch_size, 32)
     with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
         task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="prompts")

