@@ -257,7 +257,11 @@ class RunDir:
                 if isinstance(value, int | float) and seconds > 0:
                     entry[f"{key}_per_s"] = round(value / seconds, 3)
             timings = self.manifest.setdefault("timings", {})
-            name = name if self.manifest.get("resumed", 0) == 0 else f"{name}#{self.manifest['resumed']}"
+            name = (
+                name
+                if self.manifest.get("resumed", 0) == 0
+                else f"{name}#{self.manifest['resumed']}"
+            )
             timings[name] = entry
             self.write_manifest()
 
@@ -324,13 +328,16 @@ def environment() -> dict[str, Any]:
         except PackageNotFoundError:
             versions[pkg] = None
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip() or None
+        rev = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         rev = None
     return {
