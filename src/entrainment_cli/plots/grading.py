@@ -34,25 +34,35 @@ def plot_run(run_dir: Path) -> list[Path]:
              f"({summary['n_parse_failed']} unparsed)")  # fmt: skip
     written = []
 
-    # split violins: correct left, incorrect right, per metric over the answer tokens
+    # split violins: correct on the left half, incorrect on the right, with the points
     fig, axes = _panels(len(METRICS))
+    rng = np.random.default_rng(0)  # jitter only
     for ax, metric in zip(axes, METRICS, strict=True):
         col = f"answer_{metric}"
+        names = []
         for ok, side in ((True, -1), (False, 1)):
             values = parsed.loc[parsed["correct"] == ok, col].dropna().to_numpy()
-            if values.size < 2 or np.ptp(values) == 0:
-                ax.scatter(np.full(values.size, side * 0.1), values, color=COLORS[ok], s=8)
+            names.append(f"{'correct' if ok else 'incorrect'} (n={values.size})")
+            if values.size == 0:
                 continue
-            parts = ax.violinplot(values, positions=[0], showmedians=True, widths=0.8)
-            for body in parts["bodies"]:
-                verts = body.get_paths()[0].vertices
-                keep = verts[:, 0] * side >= 0  # draw only one half of the violin
-                verts[~keep, 0] = 0
-                body.set_color(COLORS[ok])
-                body.set_alpha(0.5)
-        ax.set_xticks([-0.2, 0.2], ["correct", "incorrect"])
+            if values.size >= 2 and np.ptp(values) > 0:
+                parts = ax.violinplot(values, positions=[0], showextrema=False, widths=0.9)
+                for body in parts["bodies"]:
+                    verts = body.get_paths()[0].vertices
+                    verts[:, 0] = (
+                        np.minimum(verts[:, 0], 0) if side < 0 else np.maximum(verts[:, 0], 0)
+                    )
+                    body.set_facecolor(COLORS[ok])
+                    body.set_edgecolor(COLORS[ok])
+                    body.set_alpha(0.4)
+            median = np.median(values)
+            ax.plot([0, side * 0.45], [median, median], color=COLORS[ok], lw=2)
+            jitter = side * rng.uniform(0.05, 0.35, values.size)
+            ax.scatter(jitter, values, s=7, color=COLORS[ok], alpha=0.7, linewidths=0)
+        ax.set_xticks([-0.25, 0.25], names, fontsize=8)
+        ax.set_xlim(-0.55, 0.55)
         ax.set_title(col, fontsize=9)
-    fig.suptitle(f"Answer-token confidence by correctness: {title}", fontsize=10)
+    fig.suptitle(f"Answer-token confidence by correctness (line: median): {title}", fontsize=10)
     written += save(fig, run_dir / "figures" / "correct_vs_incorrect")
 
     # LogTokU AU x EU, quadrants split at the medians
