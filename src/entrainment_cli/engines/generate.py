@@ -329,7 +329,7 @@ def _vllm_llm(path: Path, device: str, dtype: torch.dtype, max_model_len: int | 
         return _LLMS[key]
     if dtype not in _VLLM_DTYPES:
         raise UserError(f"vLLM cannot run dtype {dtype}; use float32, float16 or bfloat16")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # our progress bar says enough
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU-build warnings are noise here
     from vllm import LLM
     from vllm.platforms import current_platform
 
