@@ -59,6 +59,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled xsum sample, without
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import RANDOM_CONFIGS, RESULTS, sync  # noqa: E402  (bench/ is on sys.path)
 
 from entrainment_cli.correlate.run import CorrelateConfig, run  # noqa: E402
 from entrainment_cli.data import registry  # noqa: E402
@@ -66,40 +67,11 @@ from entrainment_cli.engines import generate as generate_mod  # noqa: E402
 from entrainment_cli.engines import models  # noqa: E402
 from entrainment_cli.runs.rundir import read_manifest  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATASET = "xsum"
 TOP_P = 0.9
 TEMPERATURE = 1.0
 SEED = 0
 LOGIT_STD = 5.0  # random configs: the logits' standard deviation across the vocabulary
-
-# Shapes of real models, for speed-only runs with random weights.
-RANDOM_CONFIGS = {
-    "llama-8b": dict(  # Llama-3.1-8B
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=128256,
-        tie_word_embeddings=False,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-    ),
-    "tiny": dict(  # for testing this code path on the CPU
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        vocab_size=49152,
-        tie_word_embeddings=False,
-        max_position_embeddings=8192,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-5,
-    ),
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -134,11 +106,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not args.engines:
         p.error(f"--engines: use hf and/or vllm, got {sorted(unknown) or 'nothing'}")
     return args
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def build_random_model(name: str, out: Path, device: str, dtype: torch.dtype) -> None:

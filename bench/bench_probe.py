@@ -38,6 +38,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled math500 sample, without waiting
 
 import torch  # noqa: E402
+from common import RANDOM_CONFIGS, RESULTS, sync  # noqa: E402  (bench/ is on sys.path)
 
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import models  # noqa: E402
@@ -45,24 +46,7 @@ from entrainment_cli.engines.probe import HiddenProbe, batches  # noqa: E402
 from entrainment_cli.qa.rankmath import build_prompt  # noqa: E402
 from entrainment_cli.science.sparsity import METRICS, compute_metrics  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METRIC_NAMES = list(METRICS)
-
-# Shapes of real models, for speed-only runs with random weights.
-RANDOM_CONFIGS = {
-    "llama-1b": dict(  # Llama-3.2-1B
-        hidden_size=2048,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=8192,
-        vocab_size=128256,
-        tie_word_embeddings=True,
-        max_position_embeddings=131072,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-    ),
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,11 +92,6 @@ def token_lists(tokenizer, n_problems: int, vocab_size: int) -> list[list[int]]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         out.append([min(t, vocab_size - 1) for t in ids])
     return out
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_upstream(model, toks: list[list[int]], device: str) -> torch.Tensor:
