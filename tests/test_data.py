@@ -73,3 +73,16 @@ def test_duplicate_ids_and_missing_file(tmp_path):
     (tmp_path / "d.csv").write_text("a,b\n")
     with pytest.raises(UserError, match="unsupported type"):
         registry.load(MATH, tmp_path / "d.csv")
+
+
+def test_unreachable_hub_goes_offline_at_once(monkeypatch):
+    import os
+    import socket
+
+    def refuse(*_a, **_k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    data = registry.load(MATH)
+    assert data.source == "sample" and os.environ["HF_HUB_OFFLINE"] == "1"

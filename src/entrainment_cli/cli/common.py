@@ -14,8 +14,8 @@ from ..ui import console, setup_logging
 Model = Annotated[
     str | None,
     typer.Option(
-        help="Hub id, local Hugging Face directory, .gguf file, or an `entrain pretrain` "
-        "checkpoint. Default: the embedded SmolLM2-135M-Instruct (offline).",
+        help="Hub id, local Hugging Face model directory (any saved checkpoint), or .gguf "
+        "file. Default: the embedded SmolLM2-135M-Instruct (offline).",
         show_default=False,
     ),
 ]

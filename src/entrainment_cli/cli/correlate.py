@@ -48,9 +48,7 @@ def correlate(
         ),
     ] = None,
     model: Model = None,
-    dataset: Annotated[
-        str, typer.Option(help="gsm8k, writingprompts or xsum (or math500).")
-    ] = "writingprompts",
+    dataset: Annotated[str, typer.Option(help="gsm8k, writingprompts or xsum.")] = "writingprompts",
     data_file: DataFile = None,
     n_prompts: Annotated[int, typer.Option(help="The first N prompts of the dataset.")] = 100,
     max_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt at most.")] = 100,

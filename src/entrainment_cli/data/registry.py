@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import hub
 from ..errors import UserError
 
 log = logging.getLogger("entrain")
@@ -190,6 +191,7 @@ def load(spec: DatasetSpec, data_file: Path | None = None) -> LoadedData:
         rows = read_data_file(data_file, spec)
         return LoadedData(spec, rows, "file", str(data_file.resolve()))
     try:
+        hub.offline_if_unreachable()
         import datasets
 
         ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)

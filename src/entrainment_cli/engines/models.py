@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .. import hub
 from ..errors import UserError
 
 log = logging.getLogger("entrain")
@@ -115,6 +116,7 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
         raise UserError(f"model directory {path} does not exist; check the --model path")
+    hub.offline_if_unreachable()
     try:
         from huggingface_hub import snapshot_download
 
