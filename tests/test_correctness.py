@@ -1,17 +1,14 @@
 """Correctness analysis on synthetic data with a known answer."""
 
 import json
-import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # keep gradient boosting on one core
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from scipy import stats  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from entrainment_cli.science.correctness import (  # noqa: E402
+from entrainment_cli.science.correctness import (
     accuracy_by_bins,
     au_eu_quadrant,
     classify,
