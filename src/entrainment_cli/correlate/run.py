@@ -315,9 +315,7 @@ def _probe(rd, cfg, probe, tokenizer, ids, device):
 
 def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
     """prompts.parquet and tokens.parquet in dataset order, whatever the batch order."""
-    order = {pid: i for i, pid in enumerate(ids)}
-    gens = rd.read_shards("generations").drop_duplicates("prompt_id", keep="last")
-    gens = gens.assign(_o=gens["prompt_id"].map(order)).sort_values("_o").drop(columns="_o")
+    gens = rd.read_in_order("generations", ["prompt_id"], ids)
     table = pd.DataFrame(
         {
             "prompt_id": gens["prompt_id"],
@@ -330,13 +328,10 @@ def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
             "finish_reason": gens["finish_reason"],
             "token_ids": gens["token_ids"],
         }
-    ).reset_index(drop=True)
-    tokens = rd.read_shards("tokens")
+    )
+    tokens = rd.read_in_order("tokens", ["prompt_id", "step"], ids)
     if tokens is None:
         raise UserError("no tokens were generated (every generation was empty); see run.log")
-    tokens = tokens.drop_duplicates(["prompt_id", "step"], keep="last")
-    tokens = tokens.assign(_o=tokens["prompt_id"].map(order))
-    tokens = tokens.sort_values(["_o", "step"]).drop(columns="_o").reset_index(drop=True)
     tokens["token"] = tokenizer.batch_decode([[t] for t in tokens["token_id"]])
     first = ["prompt_id", "step", "token_id", "token", *TOKEN_STATS, "engine_logprob"]
     tokens = tokens[first + [c for c in tokens.columns if c not in first]]

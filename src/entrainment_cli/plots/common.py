@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -11,7 +12,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plt", "save"]
+__all__ = ["panel_grid", "plt", "save"]
+
+
+def panel_grid(n: int, ncols: int, panel: tuple[float, float]):
+    """A figure with ``n`` panels, ``ncols`` per row (fewer if n is smaller), the rest hidden."""
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), squeeze=False
+    )
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
 
 
 def save(fig, stem: Path) -> list[Path]:

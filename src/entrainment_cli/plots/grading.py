@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..science import correctness
-from .common import plt, save
+from .common import panel_grid, plt, save
 
 METRICS = ["entropy", "topp_entropy_norm", "stops", "logtoku_au", "logtoku_eu"]
 COLORS = {True: "tab:green", False: "tab:red"}
 
 
 def _panels(n: int):
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, list(axes.flat[:n])
+    return panel_grid(n, 3, (4.2, 3.4))
 
 
 def plot_run(run_dir: Path) -> list[Path]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from ..runs.rundir import run_label
-from .common import plt, save
+from .common import panel_grid, plt, save
 
 PANEL = 3.2  # inches per panel side
 
@@ -17,13 +16,8 @@ def _layer_name(layer: int) -> str:
     return "final norm" if layer == -1 else f"layer {layer}"
 
 
-def _grid(n: int, ncols: int = 4):
-    ncols = min(ncols, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL * ncols, PANEL * nrows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, list(axes.flat[:n])
+def _grid(n: int):
+    return panel_grid(n, 4, (PANEL, PANEL))
 
 
 def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -185,10 +185,12 @@ def run(cfg: RankmathConfig) -> Path:
             timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
 
         with rd.stage("analysis"):
-            samples = rd.read_shards("samples")
+            keys = ["id", "layer", "position"]
+            samples = rd.read_in_order("samples", keys, problems["id"].tolist())
             if samples is None:
                 raise UserError("no problem could be probed (all were skipped); see run.log")
-            samples = finalize_samples(samples, problems, metric_names)
+            columns = ["id", "level", "subject", "prompt", "n_prompt_tokens", "layer", "position"]
+            samples = samples[columns + metric_names]
             rd.write_table("samples", samples)
             write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
         nonfinite = int((~np.isfinite(samples[metric_names].to_numpy())).sum())
@@ -216,16 +218,6 @@ def _rows(part: pd.DataFrame, measured: dict) -> pd.DataFrame:
             frame[name] = tensor.detach().to("cpu", torch.float64).numpy()
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def finalize_samples(samples: pd.DataFrame, problems: pd.DataFrame, metrics: list[str]):
-    """One row per (problem, layer, position) in dataset order, whatever the batch order."""
-    order = {pid: i for i, pid in enumerate(problems["id"])}
-    samples = samples.drop_duplicates(["id", "layer", "position"], keep="last")
-    samples = samples.assign(_o=samples["id"].map(order))
-    samples = samples.sort_values(["_o", "layer", "position"], kind="stable").drop(columns="_o")
-    cols = ["id", "level", "subject", "prompt", "n_prompt_tokens", "layer", "position", *metrics]
-    return samples[cols].reset_index(drop=True)
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):

@@ -283,6 +283,19 @@ class RunDir:
             return None
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
+    def read_in_order(self, table: str, unique: list[str], ids: list[str]) -> pd.DataFrame | None:
+        """The shards of ``table``, one row per ``unique`` key (the last written wins, so a
+        piece redone after a crash is not doubled), in dataset order of ``ids`` (the first
+        key column), then by the other key columns, whatever order the batches ran in."""
+        df = self.read_shards(table)
+        if df is None:
+            return None
+        order = {key: i for i, key in enumerate(ids)}
+        df = df.drop_duplicates(unique, keep="last")
+        df = df.assign(_order=df[unique[0]].map(order))
+        df = df.sort_values(["_order", *unique[1:]], kind="stable").drop(columns="_order")
+        return df.reset_index(drop=True)
+
     def done_ids(self, table: str, key: str) -> set:
         df = self.read_shards(table)
         return set() if df is None else set(df[key].tolist())
