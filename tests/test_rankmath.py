@@ -86,7 +86,7 @@ def test_tables_and_manifest(finished, tiny_llama):
     assert m["dataset"]["data_source"] == "sample" and m["seed"] == 0
     assert m["model"]["source"] == "local" and len(m["model"]["weights_sha256"]) == 64
     assert m["counts"]["probed"] == len(data.rows) and m["prompt_format"] == "chat"
-    assert m["versions"]["torch"].startswith("2.13") and m["timings"]["probe"]["problems"] > 0
+    assert m["versions"]["torch"].startswith("2.13") and m["timings"]["probe"]["prompts"] > 0
     for stem in (
         "levels_layer-1_last-prompt",
         "levels_layer1_last-prompt",

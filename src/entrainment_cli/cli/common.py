@@ -35,6 +35,31 @@ Dtype = Annotated[
         "float16, bfloat16. Metrics are always float32."
     ),
 ]
+Layers = Annotated[
+    str,
+    typer.Option(
+        help="-1 (after the final norm), 0..L (residual stream after block i; "
+        "0 = embeddings), lists like 0,10,-1, ranges like 4-8, or all."
+    ),
+]
+Metrics = Annotated[
+    str,
+    typer.Option(
+        help="Comma list of sparsity metrics (l1, l1_rel, l0_outlier, "
+        "top{1,5,10}_energy, top{1,5,10}_l1share, eff_rank, eff_rank_l1, "
+        "hoyer, gini, participation_ratio) or all."
+    ),
+]
+Limit = Annotated[
+    int | None,
+    typer.Option(
+        help="Use only the first N examples (after seeded sampling, if any).", show_default=False
+    ),
+]
+Engine = Annotated[
+    str, typer.Option(help="Generation: auto (vLLM when installed), vllm, or hf (transformers).")
+]
+MaxTokens = Annotated[int, typer.Option(help="Tokens generated per prompt at most.")]
 Seed = Annotated[int, typer.Option(help="Seeds every random choice (bootstrap included).")]
 RunDirOpt = Annotated[
     Path | None,

@@ -16,6 +16,8 @@ from .common import (
     DataFile,
     Device,
     Dtype,
+    Engine,
+    MaxTokens,
     Model,
     Quiet,
     Resume,
@@ -51,7 +53,7 @@ def correlate(
     dataset: Annotated[str, typer.Option(help="gsm8k, writingprompts or xsum.")] = "writingprompts",
     data_file: DataFile = None,
     n_prompts: Annotated[int, typer.Option(help="The first N prompts of the dataset.")] = 100,
-    max_tokens: Annotated[int, typer.Option(help="Tokens generated per prompt at most.")] = 100,
+    max_tokens: MaxTokens = 100,
     top_p: Annotated[
         float, typer.Option(help="Nucleus mass for sampling and STOPS, in (0, 1].")
     ] = 0.9,
@@ -59,9 +61,7 @@ def correlate(
     chat: Annotated[
         bool, typer.Option("--chat/--no-chat", help="Apply the chat template (upstream: no).")
     ] = False,
-    engine: Annotated[
-        str, typer.Option(help="auto (vLLM when installed), vllm, or hf (transformers).")
-    ] = "auto",
+    engine: Engine = "auto",
     batch_size: BatchSize = 16,
     device: Device = "auto",
     dtype: Dtype = "auto",

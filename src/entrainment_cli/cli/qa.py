@@ -13,6 +13,8 @@ from .common import (
     DataFile,
     Device,
     Dtype,
+    Layers,
+    Metrics,
     Model,
     Quiet,
     Resume,
@@ -39,24 +41,11 @@ def rankmath(
         int | None,
         typer.Option(help="Keep the first N problems of each level.", show_default=False),
     ] = None,
-    layers: Annotated[
-        str,
-        typer.Option(
-            help="-1 (after the final norm), 0..L (residual stream after block i; "
-            "0 = embeddings), lists like 0,10,-1, ranges like 4-8, or all."
-        ),
-    ] = "-1",
+    layers: Layers = "-1",
     positions: Annotated[
         str, typer.Option(help="Comma list of last-prompt, mean-prompt.")
     ] = "last-prompt",
-    metrics: Annotated[
-        str,
-        typer.Option(
-            help="Comma list of metric names (l1, l1_rel, l0_outlier, "
-            "top{1,5,10}_energy, top{1,5,10}_l1share, eff_rank, eff_rank_l1, "
-            "hoyer, gini, participation_ratio) or all."
-        ),
-    ] = "all",
+    metrics: Metrics = "all",
     batch_size: BatchSize = 8,
     device: Device = "auto",
     dtype: Dtype = "auto",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import study
 from ..data import prompts, registry
 from ..engines import models
 from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind
@@ -22,7 +23,7 @@ from ..engines.probe import parse_layers
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import grading, sparsity
+from ..science import grading
 from ..ui import progress
 from . import analysis
 from . import grading as grading_run
@@ -80,12 +81,7 @@ def validate(cfg: CorrelateConfig) -> tuple[Sampling, str, list[str]]:
     kind = resolve_kind(cfg.engine)
     if cfg.hidden_metrics is None:
         return sampling, kind, []
-    try:
-        return sampling, kind, sparsity.resolve_metric_names(cfg.hidden_metrics or None)
-    except KeyError as e:
-        raise UserError(
-            f"unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)}"
-        ) from None
+    return sampling, kind, study.metric_names(cfg.hidden_metrics or None)
 
 
 def build_prompt(cfg: CorrelateConfig, text: str, tokenizer) -> tuple[str, list[int]]:

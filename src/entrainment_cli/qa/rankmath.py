@@ -13,15 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
+from .. import study
 from ..data import registry
 from ..engines import models
-from ..engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
+from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
 from ..science import sparsity, stats
-from ..ui import progress
 
 log = logging.getLogger("entrain")
 
@@ -96,13 +95,7 @@ def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
 
 def run(cfg: RankmathConfig) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
-    try:
-        metric_names = sparsity.resolve_metric_names(cfg.metrics)
-    except KeyError as e:
-        raise UserError(
-            f"unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)} "
-            f"(alias: {', '.join(sparsity.ALIASES)})"
-        ) from None
+    metric_names = study.metric_names(cfg.metrics)
     if cfg.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     spec = registry.get_spec(cfg.dataset)
@@ -113,14 +106,8 @@ def run(cfg: RankmathConfig) -> Path:
     device = models.pick_device(cfg.device)
     dtype = models.pick_dtype(cfg.dtype, device)
     resolved = models.resolve_model(cfg.model)
-    from transformers import AutoConfig
-
-    n_blocks = AutoConfig.from_pretrained(resolved.path).num_hidden_layers
-    layers = parse_layers(cfg.layers, n_blocks)
-    probe_positions = list(dict.fromkeys(cfg.positions))
-    for position in probe_positions:
-        if position not in POSITIONS:
-            raise UserError(f"unknown position '{position}'; use one of {', '.join(POSITIONS)}")
+    layers = study.model_layers(resolved, cfg.layers)
+    probe_positions = study.check_positions(cfg.positions)
 
     identity = {
         "model": resolved.id,
@@ -149,40 +136,27 @@ def run(cfg: RankmathConfig) -> Path:
         problems["prompt"] = list(prompts)
         token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         problems["n_prompt_tokens"] = [len(t) for t in token_lists]
-        limit = getattr(model.config, "max_position_embeddings", None)
-        too_long = problems.index[problems["n_prompt_tokens"] > (limit or 10**12)]
-        if len(too_long):
-            log.warning(
-                "skipping %d prompt(s) longer than the model's context (%s tokens)",
-                len(too_long),
-                limit,
-            )
-        done = rd.done_ids("samples", "id")
-        todo = [i for i in problems.index if i not in too_long and problems.at[i, "id"] not in done]
-        if done:
-            log.info("resuming: %d problem(s) already done, %d to go", len(done), len(todo))
+        skipped = study.too_long(model, problems["n_prompt_tokens"])
+        keep = [i for i in range(len(problems)) if i not in skipped]
+        already_done = study.probe_into(
+            rd,
+            "samples",
+            problems.iloc[keep][["id", "level", "subject", "prompt", "n_prompt_tokens"]],
+            [token_lists[i] for i in keep],
+            HiddenProbe(model, layers, probe_positions),
+            metric_names,
+            cfg.batch_size,
+            tokenizer.pad_token_id,
+            cfg.quiet,
+        )
         rd.update(
             prompt_format=formats[0],
             counts={
                 "problems": len(problems),
-                "skipped_too_long": len(too_long),
-                "already_done": len(done),
+                "skipped_too_long": len(skipped),
+                "already_done": already_done,
             },
         )
-
-        probe = HiddenProbe(model, layers, probe_positions)
-        embed_device = model.get_input_embeddings().weight.device
-        with rd.stage("probe") as timing, progress(cfg.quiet) as bar:
-            task = bar.add_task("probe", total=len(todo), unit="problems")
-            for batch in batches(
-                [token_lists[i] for i in todo], cfg.batch_size, tokenizer.pad_token_id, embed_device
-            ):
-                measured = probe.measure(batch.input_ids, batch.attention_mask, metric_names)
-                rows = [todo[j] for j in batch.indices]
-                rd.append_shard("samples", _rows(problems.loc[rows], measured))
-                bar.advance(task, len(rows))
-            timing["problems"] = len(todo)
-            timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
 
         with rd.stage("analysis"):
             keys = ["id", "layer", "position"]
@@ -206,18 +180,6 @@ def run(cfg: RankmathConfig) -> Path:
 
         plot_run(rd.path)
     return rd.path
-
-
-def _rows(part: pd.DataFrame, measured: dict) -> pd.DataFrame:
-    frames = []
-    for (layer, position), values in measured.items():
-        frame = part[["id", "level", "subject", "prompt", "n_prompt_tokens"]].copy()
-        frame["layer"] = layer
-        frame["position"] = position
-        for name, tensor in values.items():
-            frame[name] = tensor.detach().to("cpu", torch.float64).numpy()
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):

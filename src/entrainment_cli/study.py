@@ -1,0 +1,104 @@
+"""Steps every study shares: checking requested metrics and layers, and the batched probe loop
+that measures last-prompt (or mean-prompt) hidden states and appends them to a run's shards."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from .engines import models
+from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
+from .errors import UserError
+from .runs.rundir import RunDir
+from .science import sparsity
+from .ui import progress
+
+log = logging.getLogger("entrain")
+
+
+def metric_names(requested: Sequence[str] | None) -> list[str]:
+    """Canonical metric names (None: all of them); unknown names are a UserError."""
+    try:
+        return sparsity.resolve_metric_names(requested)
+    except KeyError as e:
+        raise UserError(
+            f"unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)} "
+            f"(alias: {', '.join(sparsity.ALIASES)})"
+        ) from None
+
+
+def model_layers(resolved: models.ResolvedModel, spec: str) -> list[int]:
+    """``--layers`` checked against the model's depth, read from its config alone."""
+    from transformers import AutoConfig
+
+    return parse_layers(spec, AutoConfig.from_pretrained(resolved.path).num_hidden_layers)
+
+
+def check_positions(positions: Sequence[str]) -> list[str]:
+    out = list(dict.fromkeys(positions))
+    for position in out:
+        if position not in POSITIONS:
+            raise UserError(f"unknown position '{position}'; use one of {', '.join(POSITIONS)}")
+    return out
+
+
+def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
+    """Indices of prompts that do not fit the model's context (with ``reserve`` tokens to spare),
+    reported once: they are skipped and counted, never truncated."""
+    limit = getattr(model.config, "max_position_embeddings", None) or 10**12
+    out = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
+    if out:
+        log.warning(
+            "skipping %d prompt(s) longer than the model's context (%s tokens)", len(out), limit
+        )
+    return out
+
+
+def measured_frame(
+    part: pd.DataFrame, measured: dict[tuple[int, str], dict[str, torch.Tensor]]
+) -> pd.DataFrame:
+    """One row per (example, layer, position): ``part``'s columns plus every metric (float64)."""
+    frames = []
+    for (layer, position), values in measured.items():
+        frame = part.copy()
+        frame["layer"] = layer
+        frame["position"] = position
+        for name, tensor in values.items():
+            frame[name] = tensor.detach().to("cpu", torch.float64).numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def probe_into(
+    rd: RunDir,
+    table: str,
+    examples: pd.DataFrame,
+    token_lists: Sequence[Sequence[int]],
+    probe: HiddenProbe,
+    metrics: Sequence[str],
+    batch_size: int,
+    pad_id: int,
+    quiet: bool,
+    stage: str = "probe",
+) -> int:
+    """Measure every row of ``examples`` (whose ``id`` is not yet in ``table``'s shards) and append
+    the rows to that table; ``token_lists[i]`` are the prompt ids of ``examples.iloc[i]``.
+    Returns how many examples an earlier (resumed) attempt had already done."""
+    done = rd.done_ids(table, "id")
+    todo = [i for i, id_ in enumerate(examples["id"]) if id_ not in done]
+    if done:
+        log.info("%s: %d example(s) already done, %d to go", table, len(done), len(todo))
+    device = probe.model.get_input_embeddings().weight.device
+    with rd.stage(stage) as timing, progress(quiet) as bar:
+        task = bar.add_task(stage, total=len(todo), unit="prompts")
+        for batch in batches([token_lists[i] for i in todo], batch_size, pad_id, device):
+            measured = probe.measure(batch.input_ids, batch.attention_mask, metrics)
+            rows = [todo[j] for j in batch.indices]
+            rd.append_shard(table, measured_frame(examples.iloc[rows], measured))
+            bar.advance(task, len(rows))
+        timing["prompts"] = len(todo)
+        timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
+    return len(done)
