@@ -86,6 +86,7 @@ def probe_into(
 ) -> int:
     """Measure every row of ``examples`` (whose ``id`` is not yet in ``table``'s shards) and append
     the rows to that table; ``token_lists[i]`` are the prompt ids of ``examples.iloc[i]``.
+    A probe with ``logit_ids`` adds a ``logits`` column (the next-token logits over those ids).
     Returns how many examples an earlier (resumed) attempt had already done."""
     done = rd.done_ids(table, "id")
     todo = [i for i, id_ in enumerate(examples["id"]) if id_ not in done]
@@ -97,7 +98,10 @@ def probe_into(
         for batch in batches([token_lists[i] for i in todo], batch_size, pad_id, device):
             measured = probe.measure(batch.input_ids, batch.attention_mask, metrics)
             rows = [todo[j] for j in batch.indices]
-            rd.append_shard(table, measured_frame(examples.iloc[rows], measured))
+            part = examples.iloc[rows]
+            if probe.logit_ids is not None:  # per example, beside its metrics
+                part = part.assign(logits=list(probe.logits.cpu().numpy()))
+            rd.append_shard(table, measured_frame(part, measured))
             bar.advance(task, len(rows))
         timing["prompts"] = len(todo)
         timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))

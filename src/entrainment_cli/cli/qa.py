@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..qa.rankmath import RankmathConfig
 from ..qa.rankmath import run as run_rankmath
+from ..qa.robustness import RobustnessConfig, export_variants
+from ..qa.robustness import run as run_robustness
+from ..ui import console
 from .common import (
     BatchSize,
     DataFile,
     Device,
     Dtype,
     Layers,
+    Limit,
     Metrics,
     Model,
     Quiet,
@@ -81,3 +86,78 @@ def rankmath(
         quiet=quiet,
     )
     print_done(run_rankmath(cfg))
+
+
+@app.command()
+@command
+def robustness(
+    model: Model = None,
+    data_file: DataFile = None,
+    categories: Annotated[
+        str, typer.Option(help="Comma list of MMLU-Pro categories (e.g. law,computer science).")
+    ] = "all",
+    per_category: Annotated[
+        int, typer.Option(help="Keep the first N questions of each category (upstream: 20).")
+    ] = 20,
+    limit: Limit = None,
+    noise: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of noise levels: normal (none), light (10% of letters and words "
+            "garbled, 5 near-duplicate options), heavy (20%, 10 options)."
+        ),
+    ] = "normal,light,heavy",
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            help="Only write the noisy dataset (every question with its variants) to this "
+            ".jsonl or .json file, and stop: no model is loaded.",
+            show_default=False,
+        ),
+    ] = None,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity and accuracy of MMLU-Pro questions under seeded noise, by category.
+
+    Each question is asked as is (normal) and under seeded noise: look-alike letters and typos
+    in the question (line breaks kept) plus near-duplicates of wrong options inserted among the
+    options (letters past J). One teacher-forced pass per prompt gives the last-prompt hidden
+    state's sparsity metrics and the answer: the option letter with the highest next-token
+    logit. Writes tables/variants.parquet, noise_rates.csv (set vs measured noise),
+    samples.parquet (per question x noise: metrics, predicted letter, correct), summary.csv and
+    accuracy.csv (category x noise), paired_tests.csv (Wilcoxon signed-rank and rank-biserial
+    of each metric between noise levels, same questions), accuracy_tests.csv (McNemar) and
+    figures/ (heatmaps of each metric and accuracy, category x noise).
+    """
+    cfg = RobustnessConfig(
+        model=model,
+        data_file=data_file,
+        categories=split_list(categories),
+        per_category=per_category,
+        limit=limit,
+        noise=split_list(noise),
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        export=export,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    if export is not None:
+        console.print(f"[green]wrote:[/] {export_variants(cfg)}", highlight=False)
+        return
+    print_done(run_robustness(cfg))

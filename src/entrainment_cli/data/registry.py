@@ -80,6 +80,14 @@ REGISTRY: dict[str, DatasetSpec] = {
             text="Please summarize the following text:\n {document}",
             about="BBC articles to summarize (the instruction is upstream's)",
         ),
+        DatasetSpec(
+            name="mmlu_pro",
+            hub_id="TIGER-Lab/MMLU-Pro",
+            split="test",
+            fields=("question_id", "question", "options", "answer", "answer_index", "category"),
+            id_field="question_id",
+            about="MMLU-Pro multiple choice (up to 10 options) in 14 categories",
+        ),
     ]
 }
 

@@ -97,17 +97,37 @@ def _reduce(
 class HiddenProbe:
     """Captures [batch, d] float32 vectors at (layer, position) pairs during one forward."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[int], positions: Sequence[str]):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[int],
+        positions: Sequence[str],
+        logit_ids: Sequence[int] | None = None,
+    ):
+        """With ``logit_ids``, the same pass also leaves in ``self.logits`` the [B, len(ids)]
+        float32 next-token logits at each row's last token over those vocabulary ids: the LM
+        head applied to that one final-norm vector, never to the whole sequence."""
         self.model = model
         self.decoder, self.blocks, self.norm = decoder_parts(model)
         self.layers = list(layers)
         self.positions = list(positions)
+        self.logit_ids = None if logit_ids is None else torch.as_tensor(list(logit_ids))
+        self.logits: torch.Tensor | None = None
+        hooked = [*self.layers, *([-1] if logit_ids is not None else [])]
         # Forward order: layer 0 < 1 < ... < L < -1 (the norm runs last).
-        self._order = sorted(self.layers, key=lambda i: len(self.blocks) + 1 if i == -1 else i)
+        self._order = sorted(
+            dict.fromkeys(hooked), key=lambda i: len(self.blocks) + 1 if i == -1 else i
+        )
 
     def _store(self, layer: int, hidden: torch.Tensor) -> None:
-        for p in self.positions:
-            self._out[(layer, p)] = _reduce(hidden, self._mask, p, self._gather)
+        if layer in self.layers:
+            for p in self.positions:
+                self._out[(layer, p)] = _reduce(hidden, self._mask, p, self._gather)
+        if layer == -1 and self.logit_ids is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            last = hidden[rows, _last_index(self._mask.to(hidden.device))]
+            head = self.model.get_output_embeddings()(last)
+            self.logits = head[:, self.logit_ids.to(head.device)].to(torch.float32)
         if layer == self._order[-1]:
             raise _Done
 
@@ -126,7 +146,7 @@ class HiddenProbe:
 
             return hook
 
-        for layer in self.layers:
+        for layer in self._order:
             if layer == 0:
                 h = self.blocks[0].register_forward_pre_hook(first(0), with_kwargs=True)
             elif layer == -1:

@@ -186,3 +186,47 @@ def fit_unimodal(x: Sequence[float], y: Sequence[float]) -> dict[str, float | bo
         "converged": True,
         "message": "",
     }
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:
+    """Wilcoxon signed-rank test of b - a over pairs (the same example under two conditions),
+    with the matched-pairs rank-biserial correlation as effect size: (R+ - R-) / (R+ + R-),
+    ranks of |b - a| over non-zero differences, in [-1, 1] (1: b larger in every pair).
+
+    Pairs with a non-finite member are dropped and counted; zero differences are dropped
+    (Wilcoxon's own convention) and counted in ``n_zero``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = b[keep] - a[keep]
+    nonzero = d[d != 0]
+    nan = float("nan")
+    out: dict[str, float | int] = {
+        "n": int(d.size),
+        "n_dropped_nonfinite": int((~keep).sum()),
+        "n_zero": int(d.size - nonzero.size),
+        "mean_diff": float(d.mean()) if d.size else nan,
+        "median_diff": float(np.median(d)) if d.size else nan,
+    }
+    if nonzero.size == 0:
+        return out | {"wilcoxon_w": nan, "wilcoxon_p": nan, "rank_biserial": nan}
+    ranks = stats.rankdata(np.abs(nonzero))
+    r_plus, r_minus = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+    test = stats.wilcoxon(nonzero)
+    return out | {
+        "wilcoxon_w": float(test.statistic),
+        "wilcoxon_p": float(test.pvalue),
+        "rank_biserial": (r_plus - r_minus) / (r_plus + r_minus),
+    }
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:
+    """Exact McNemar test of paired correctness: of the pairs where exactly one condition is
+    right, is b right as often as a? ``b_only`` / ``a_only`` count those discordant pairs."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
+    n = a_only + b_only
+    p = float(stats.binomtest(b_only, n, 0.5).pvalue) if n else float("nan")
+    return {"n": int(a.size), "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
