@@ -268,3 +268,17 @@ def test_bad_data_files_name_the_problem(cli, tiny_llama, tmp_path):
         assert result.exit_code == 2, (name, result.output)
         assert message in " ".join(result.stderr.split()), (name, result.stderr)
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_finishes_without_redoing(cli, tiny_llama, tmp_path):
+    out = tmp_path / "r"
+    args = _args(tiny_llama, out, "--limit", "3")
+    assert cli(*args).exit_code == 0
+    before = pd.read_parquet(out / "tables" / "samples.parquet")
+    result = cli(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m["resumed"] == 1 and m["counts"]["already_done"] == 9
+    pd.testing.assert_frame_equal(before, pd.read_parquet(out / "tables" / "samples.parquet"))
+    result = cli(*args, "--resume", "--seed", "1")  # other noise: not the same experiment
+    assert result.exit_code == 2 and "different settings (seed: 0 -> 1)" in result.stderr
