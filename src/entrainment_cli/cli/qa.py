@@ -97,7 +97,8 @@ def robustness(
         str, typer.Option(help="Comma list of MMLU-Pro categories (e.g. law,computer science).")
     ] = "all",
     per_category: Annotated[
-        int, typer.Option(help="Keep the first N questions of each category (upstream: 20).")
+        int,
+        typer.Option(help="Keep the first N questions of each category (upstream: 20); 0: all."),
     ] = 20,
     limit: Limit = None,
     noise: Annotated[
@@ -142,7 +143,7 @@ def robustness(
         model=model,
         data_file=data_file,
         categories=split_list(categories),
-        per_category=per_category,
+        per_category=per_category if per_category != 0 else None,
         limit=limit,
         noise=split_list(noise),
         layers=layers,
