@@ -15,7 +15,8 @@ MATH = registry.get_spec("math500")
 def test_unknown_dataset_lists_known():
     with pytest.raises(
         UserError,
-        match="unknown dataset 'nope'; known datasets: gsm8k, math500, writingprompts, xsum",
+        match="unknown dataset 'nope'; known datasets: gsm8k, math500, math_train, "
+        "writingprompts, xsum",
     ):
         registry.get_spec("nope")
 
