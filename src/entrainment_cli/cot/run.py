@@ -193,7 +193,7 @@ def choose_demos(
                     "demo_level": int(pool["level"].iloc[i]),
                     "target_level": target,
                     "demo_math_level": int(pool["math_level"].iloc[i]),
-                    "similarity": float(sims[t, list(order[t]).index(i)])
+                    "similarity": float(sims[t, i])
                     if cfg.strategy in ("auto-shot", "curriculum")
                     else float("nan"),
                 }
@@ -282,11 +282,10 @@ def run(cfg: CotConfig) -> Path:
         todo = [i for i in range(len(test)) if i not in skipped and test["id"].iloc[i] not in done]
         if todo:  # a resumed run may have nothing left to generate: no engine start then
             if kind == "vllm" and device.startswith("cuda"):
-                del model  # vLLM takes the GPU memory
+                model = None  # vLLM takes the GPU memory
                 import torch
 
                 torch.cuda.empty_cache()
-                model = None
             engine = make_engine(
                 kind,
                 resolved.path,
@@ -331,8 +330,12 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     prompts = [render(tokenizer, messages(p, [])) for p in frame["problem"]]
     token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     frame["n_prompt_tokens"] = [len(t) for t in token_lists]
-    if study.too_long(model, frame["n_prompt_tokens"]):
-        raise UserError("some problems are longer than the model's context; use another model")
+    too_long = study.too_long(model, frame["n_prompt_tokens"])
+    if too_long:
+        raise UserError(
+            f"{len(too_long)} problem(s) (e.g. {frame['id'].iloc[min(too_long)]}) do not fit the "
+            "model's context, so they cannot be ranked; use a model with a longer context"
+        )
     study.probe_into(
         rd,
         "ranking",

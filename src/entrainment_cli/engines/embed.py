@@ -63,8 +63,7 @@ def embed(texts: list[str], device: str = "cpu") -> np.ndarray:
 
 
 def similarity_order(queries: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each query, pool indices from most to least cosine-similar (ties: lower index
-    first), and the matching similarities; inputs are unit vectors."""
+    """(order, sims): per query, pool indices from most to least cosine-similar (ties: lower
+    index first), and the [queries x pool] cosine matrix; inputs are unit vectors."""
     sims = queries @ pool.T
-    order = np.argsort(-sims, axis=1, kind="stable")
-    return order, np.take_along_axis(sims, order, axis=1)
+    return np.argsort(-sims, axis=1, kind="stable"), sims
