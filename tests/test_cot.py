@@ -2,6 +2,7 @@
 against independent computations."""
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from entrainment_cli.cot.run import SYSTEM_PROMPT, USER_SUFFIX
 from entrainment_cli.data import registry
 from entrainment_cli.engines import embed
+from entrainment_cli.engines.generate import row_seed
 from entrainment_cli.grading import extract_boxed, math_equal
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import curriculum
@@ -173,6 +175,10 @@ def test_other_strategies_and_compare_plot(cli, curriculum_run, tiny_llama, tmp_
     _, few, gens_few, _ = _tables(runs["few-shot"])
     assert few.groupby("id").size().tolist() == [3] * LIMIT
     assert few["similarity"].isna().all()
+    pool_ids = _tables(runs["few-shot"])[0].query("role == 'pool'")["id"].tolist()
+    for id_, part in few.groupby("id"):  # a fresh draw per problem, seeded by --seed and its id
+        draw = random.Random(row_seed(0, id_)).sample(range(POOL), 3)
+        assert part.sort_values("position")["demo_id"].tolist() == [pool_ids[i] for i in draw]
     _, auto, _, _ = _tables(runs["auto-shot"])
     for _, part in auto.groupby("id"):  # the most similar first, as upstream
         assert part.sort_values("position")["similarity"].is_monotonic_decreasing
