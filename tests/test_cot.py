@@ -219,7 +219,8 @@ def test_pool_is_deduplicated_against_test_problems(cli, tiny_llama, tmp_path):
     # the same test problem re-typeset, and a repeated pool problem, must both go
     copy = {**pool_rows[0], "problem": "  " + test_rows[3]["problem"].replace(" ", "  ") + " "}
     path = tmp_path / "pool.jsonl"
-    rows = [copy, *pool_rows[:4], pool_rows[1], *pool_rows[4:8]]
+    unknown = {**pool_rows[2], "level": "Level ?"}  # as a few problems in MATH's own files
+    rows = [copy, *pool_rows[:2], unknown, pool_rows[3], pool_rows[1], *pool_rows[4:8]]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     run = tmp_path / "r"
     result = cli(
@@ -229,6 +230,7 @@ def test_pool_is_deduplicated_against_test_problems(cli, tiny_llama, tmp_path):
     ranking, *_ = _tables(run)
     pool = ranking[ranking.role == "pool"]
     assert pool["id"].tolist() == [f"math_train-{i}" for i in (1, 2, 3, 4, 6, 7, 8)]
+    assert pool["math_level"].isna().tolist() == [False, False, True, False, False, False, False]
     assert read_manifest(run)["pool"]["data_source"] == "file"
 
 

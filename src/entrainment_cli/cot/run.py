@@ -128,12 +128,18 @@ def pool_problems(pool: registry.LoadedData, test: registry.LoadedData, size: in
             "problem": [str(r["problem"]) for r in rows],
             "solution": [str(r["solution"]) for r in rows],
             "subject": [str(r.get("type", r.get("subject", ""))) for r in rows],
-            "math_level": [
-                parse_level(r["level"], f"{pool.location} ({i})")
-                for i, r in zip(ids, rows, strict=True)
-            ],
+            "math_level": pd.array([_level_or_none(r["level"]) for r in rows], dtype="Int64"),
         }
     )
+
+
+def _level_or_none(value) -> int | None:
+    """A pool problem's MATH level; MATH's own files hold a few 'Level ?' problems, which
+    stay in the pool (the level is only reported for demonstrations)."""
+    try:
+        return parse_level(value, "pool")
+    except UserError:
+        return None
 
 
 def messages(problem: str, demos: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -192,7 +198,7 @@ def choose_demos(
                     "demo_id": pool["id"].iloc[i],
                     "demo_level": int(pool["level"].iloc[i]),
                     "target_level": target,
-                    "demo_math_level": int(pool["math_level"].iloc[i]),
+                    "demo_math_level": pool["math_level"].iloc[i],
                     "similarity": float(sims[t, i])
                     if cfg.strategy in ("auto-shot", "curriculum")
                     else float("nan"),
@@ -203,7 +209,7 @@ def choose_demos(
         "demo_math_level", "similarity",
     ]  # fmt: skip
     frame = pd.DataFrame.from_records(records, columns=columns)
-    return frame.astype({"target_level": "Int64", "band": "string"})
+    return frame.astype({"target_level": "Int64", "band": "string", "demo_math_level": "Int64"})
 
 
 def run(cfg: CotConfig) -> Path:

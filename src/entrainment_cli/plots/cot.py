@@ -62,6 +62,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         written += save(fig, run_dir / "figures" / f"accuracy_{field}")
 
     ranking = pd.read_parquet(run_dir / "tables" / "ranking.parquet")
+    ranking = ranking.dropna(subset=["math_level"])  # pool problems of unknown level
     metric = ranking["metric"].iloc[0]
     fig, (ax,) = panel_grid(1, 1, (5.5, 3.8))
     levels = sorted(ranking["math_level"].unique())
