@@ -101,14 +101,14 @@ def problem_key(text: str) -> str:
 
 
 def drop_overlap(
-    rows: list[dict[str, Any]], ids: list[str], exclude: list[str], field: str = "problem"
+    rows: list[dict[str, Any]], ids: list[str], exclude: list[str], text_field: str = "problem"
 ) -> tuple[list[dict[str, Any]], list[str], int]:
-    """(rows, ids) without any row whose ``field`` matches an ``exclude`` text or an earlier
+    """(rows, ids) without any row whose ``text_field`` matches an ``exclude`` text or an earlier
     row (by :func:`problem_key`), in their order, and how many were dropped."""
     seen = {problem_key(t) for t in exclude}
     kept_rows, kept_ids = [], []
     for row, id_ in zip(rows, ids, strict=True):
-        key = problem_key(str(row[field]))
+        key = problem_key(str(row[text_field]))
         if key not in seen:
             seen.add(key)
             kept_rows.append(row)

@@ -34,8 +34,10 @@ def _bars(ax, records: list[dict], key: str, offset: float, width: float, label:
     x = frame[key].to_numpy(dtype=float) + offset
     acc = frame["accuracy"].to_numpy(dtype=float)
     err = np.vstack([acc - frame["ci_lo"], frame["ci_hi"] - acc])
-    bars = ax.bar(x, acc, width=width, yerr=err, capsize=3, alpha=0.85, label=label)
-    ax.plot(x, acc, "o", ms=3, color=bars.patches[0].get_facecolor(), alpha=1)  # visible at 0
+    bars = ax.bar(x, acc, width=width, alpha=0.85, label=label)
+    color = bars.patches[0].get_facecolor()[:3]
+    # a point on each bar, so an accuracy of 0 shows too
+    ax.errorbar(x, acc, yerr=err, fmt="o", ms=3, capsize=3, color=color, ecolor="black")
     for xi, n in zip(x, frame["n"], strict=True):
         ax.text(xi, 1.02, f"n={n}", ha="center", fontsize=6, rotation=90 if width < 0.4 else 0)
 
