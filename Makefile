@@ -30,6 +30,8 @@ demo: install
 		--n-prompts 20 --max-tokens 64
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset gsm8k --grade \
 		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain cot --curriculum --limit 8 \
+		--pool-size 20 --max-tokens 128
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

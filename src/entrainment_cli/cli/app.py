@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import correlate, plot, qa
+from . import correlate, cot, plot, qa
 
 app = typer.Typer(
     name="entrain",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(qa.app, name="qa")
 app.command(name="correlate")(correlate.correlate)
+app.command(name="cot")(cot.cot)
 app.command(name="plot")(plot.plot)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,6 +56,14 @@ REGISTRY: dict[str, DatasetSpec] = {
             about="MATH-500 competition problems with difficulty levels 1-5",
         ),
         DatasetSpec(
+            name="math_train",
+            hub_id="DigitalLearningGmbH/MATH-lighteval",
+            split="train",
+            # MATH's own files say `type`, PRM800K's split `subject`: either is read
+            fields=("problem", "solution", "level"),
+            about="MATH training problems with full solutions (demonstrations for `cot`)",
+        ),
+        DatasetSpec(
             name="gsm8k",
             hub_id="openai/gsm8k",
             config="main",
@@ -90,6 +100,28 @@ REGISTRY: dict[str, DatasetSpec] = {
         ),
     ]
 }
+
+
+def problem_key(text: str) -> str:
+    """A problem's text reduced to what identifies it: Unicode-normalised, lower case, no
+    whitespace and no ``$``, so re-typeset copies of one problem compare equal."""
+    return re.sub(r"[\s$]+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
+def drop_overlap(
+    rows: list[dict[str, Any]], ids: list[str], exclude: list[str], text_field: str = "problem"
+) -> tuple[list[dict[str, Any]], list[str], int]:
+    """(rows, ids) without any row whose ``text_field`` matches an ``exclude`` text or an earlier
+    row (by :func:`problem_key`), in their order, and how many were dropped."""
+    seen = {problem_key(t) for t in exclude}
+    kept_rows, kept_ids = [], []
+    for row, id_ in zip(rows, ids, strict=True):
+        key = problem_key(str(row[text_field]))
+        if key not in seen:
+            seen.add(key)
+            kept_rows.append(row)
+            kept_ids.append(id_)
+    return kept_rows, kept_ids, len(rows) - len(kept_rows)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -144,10 +176,13 @@ def _check_fields(rows: list[dict], spec: DatasetSpec, where: str, line_of=None)
             )
 
 
-def read_data_file(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
-    """Rows of a local JSONL (or JSON list) or Parquet file, validated against ``spec``."""
+def read_data_file(
+    path: Path, spec: DatasetSpec, option: str = "--data-file"
+) -> list[dict[str, Any]]:
+    """Rows of a local JSONL (or JSON list) or Parquet file, validated against ``spec``;
+    ``option`` names the command-line option that gave the file, for error messages."""
     if not path.is_file():
-        raise UserError(f"--data-file {path} does not exist")
+        raise UserError(f"{option} {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -155,19 +190,17 @@ def read_data_file(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as e:
-            raise UserError(f"--data-file {path} is not a readable Parquet file ({e})") from None
+            raise UserError(f"{option} {path} is not a readable Parquet file ({e})") from None
         _check_fields(rows, spec, str(path))
         return rows
     if suffix not in {".jsonl", ".json"}:
-        raise UserError(f"--data-file {path}: unsupported type '{suffix}'; use .jsonl or .parquet")
+        raise UserError(f"{option} {path}: unsupported type '{suffix}'; use .jsonl or .parquet")
     text = path.read_text(encoding="utf-8", errors="replace")
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(
-                f"--data-file {path}: invalid JSON at line {e.lineno} ({e.msg})"
-            ) from None
+            raise UserError(f"{option} {path}: invalid JSON at line {e.lineno} ({e.msg})") from None
         _check_fields(rows, spec, str(path))
         return rows
     rows, lines = [], []
@@ -178,14 +211,14 @@ def read_data_file(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(
-                f"--data-file {path}, line {lineno}: not valid JSON ({e.msg}); "
+                f"{option} {path}, line {lineno}: not valid JSON ({e.msg}); "
                 "each line must be one JSON object"
             ) from None
         if not isinstance(row, dict):
-            raise UserError(f"--data-file {path}, line {lineno}: expected a JSON object")
+            raise UserError(f"{option} {path}, line {lineno}: expected a JSON object")
         rows.append(row)
         lines.append(lineno)
-    _check_fields(rows, spec, f"--data-file {path}", line_of=lambda i: lines[i])
+    _check_fields(rows, spec, f"{option} {path}", line_of=lambda i: lines[i])
     return rows
 
 
@@ -193,10 +226,12 @@ def sample_path(spec: DatasetSpec) -> Path:
     return Path(str(resources.files("entrainment_cli") / "assets" / "samples" / spec.sample_file))
 
 
-def load(spec: DatasetSpec, data_file: Path | None = None) -> LoadedData:
+def load(
+    spec: DatasetSpec, data_file: Path | None = None, option: str = "--data-file"
+) -> LoadedData:
     """Rows of ``spec``: the given file, else the hub (or its cache), else the bundled sample."""
     if data_file is not None:
-        rows = read_data_file(data_file, spec)
+        rows = read_data_file(data_file, spec, option)
         return LoadedData(spec, rows, "file", str(data_file.resolve()))
     try:
         hub.offline_if_unreachable()

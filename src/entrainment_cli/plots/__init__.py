@@ -6,13 +6,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from . import correlate, rankmath, robustness
+from . import correlate, cot, rankmath, robustness
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
     "qa rankmath": (rankmath.plot_run, rankmath.plot_compare),
     "correlate": (correlate.plot_run, correlate.plot_compare),
     "qa robustness": (robustness.plot_run, robustness.plot_compare),
+    "cot": (cot.plot_run, cot.plot_compare),
 }
 
 

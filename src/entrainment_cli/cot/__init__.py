@@ -1,0 +1,1 @@
+"""`entrain cot`: MATH-500 prompting strategies and the sparsity curriculum."""

@@ -1,0 +1,459 @@
+"""`entrain cot`: MATH-500 with cot, few-shot, auto-shot or the sparsity curriculum (spec 3).
+
+One model load ranks the pool and the test problems together (one batched hook probe pass;
+upstream loaded the model twice and ran one unbatched all-layer forward per problem), under
+the same zero-shot prompt the model is later asked (upstream ranked under a different one,
+spec 7.2 item 11). Levels are quantile bins of the pool's scores, sparser = harder, and test
+problems are binned by the same edges (science/curriculum.py). The pool is embedded once for
+retrieval. Generation is greedy, as upstream, on vLLM or transformers; answers are graded by
+the last ``\\boxed{}`` and math-verify, never by substring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import study
+from ..data import registry
+from ..engines import embed, models
+from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind, row_seed
+from ..engines.probe import HiddenProbe
+from ..errors import UserError
+from ..grading import extract_boxed, math_equal
+from ..qa.rankmath import parse_level
+from ..runs.rundir import RunDir
+from ..science import curriculum, sparsity
+from ..science.correctness import wilson_interval
+from ..ui import progress
+
+log = logging.getLogger("entrain")
+
+COMMAND = "cot"
+STRATEGIES = ("cot", "few-shot", "auto-shot", "curriculum")
+SYSTEM_PROMPT = (
+    "You are a helpful math assistant. Solve the problem step by step, then give the final "
+    "answer in \\boxed{}."
+)
+USER_SUFFIX = "\n\nPlease solve this problem step by step and put the final answer in \\boxed{}."
+
+
+@dataclass
+class CotConfig:
+    strategy: str = "cot"
+    model: str | None = None
+    data_file: Path | None = None
+    pool_file: Path | None = None
+    limit: int | None = None
+    pool_size: int = 500
+    num_few_shot: int = 2
+    rank_metric: str = "l0_outlier"
+    n_levels: int = 5
+    max_tokens: int = 4096
+    engine: str = "auto"
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    run_dir: Path | None = None
+    runs_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+
+
+def validate(cfg: CotConfig) -> tuple[str, Sampling, str]:
+    """Checks that need no data or model: (canonical rank metric, sampling, engine kind)."""
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"unknown --strategy '{cfg.strategy}'; use one of {', '.join(STRATEGIES)}")
+    (metric,) = study.metric_names([cfg.rank_metric])
+    for name, value in (
+        ("--pool-size", cfg.pool_size),
+        ("--num-few-shot", cfg.num_few_shot),
+        ("--batch-size", cfg.batch_size),
+        ("--limit", 1 if cfg.limit is None else cfg.limit),
+    ):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if cfg.n_levels < 3:
+        raise UserError(
+            f"--n-levels must be at least 3 (easy, middle and hard bands), got {cfg.n_levels}"
+        )
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    return metric, sampling, resolve_kind(cfg.engine)
+
+
+def test_problems(data: registry.LoadedData, limit: int | None, seed: int) -> pd.DataFrame:
+    """The test problems: all, or ``limit`` drawn at random with ``seed`` (kept in file order)."""
+    keep = range(len(data.rows))
+    if limit is not None and limit < len(data.rows):
+        keep = sorted(random.Random(seed).sample(range(len(data.rows)), limit))
+    rows = [data.rows[i] for i in keep]
+    return pd.DataFrame(
+        {
+            "id": [data.ids[i] for i in keep],
+            "problem": [str(r["problem"]) for r in rows],
+            "subject": [str(r.get("subject", "")) for r in rows],
+            "math_level": [
+                parse_level(r["level"], f"{data.location} row {i}")
+                for i, r in zip(keep, rows, strict=True)
+            ],
+            "answer": [str(r["answer"]) for r in rows],
+        }
+    )
+
+
+def pool_problems(pool: registry.LoadedData, test: registry.LoadedData, size: int) -> pd.DataFrame:
+    """The first ``size`` pool problems (file order, as upstream) after dropping any that is a
+    test problem or repeats an earlier one, by normalised problem text."""
+    rows, ids, dropped = registry.drop_overlap(
+        pool.rows, pool.ids, [str(r["problem"]) for r in test.rows]
+    )
+    if dropped:
+        log.info("pool: dropped %d problem(s) that repeat a test or pool problem", dropped)
+    if not rows:
+        raise UserError(
+            f"the pool {pool.location} is empty after removing the test problems it contains; "
+            "pass a --pool-file of training problems that are not in the test set"
+        )
+    rows, ids = rows[:size], ids[:size]
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "problem": [str(r["problem"]) for r in rows],
+            "solution": [str(r["solution"]) for r in rows],
+            "subject": [str(r.get("type", r.get("subject", ""))) for r in rows],
+            "math_level": pd.array([_level_or_none(r["level"]) for r in rows], dtype="Int64"),
+        }
+    )
+
+
+def _level_or_none(value) -> int | None:
+    """A pool problem's MATH level; MATH's own files hold a few 'Level ?' problems, which
+    stay in the pool (the level is only reported for demonstrations)."""
+    try:
+        return parse_level(value, "pool")
+    except UserError:
+        return None
+
+
+def messages(problem: str, demos: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """System, then each demonstration as a (problem, full solution) pair of turns, then the
+    problem; every user turn ends with the request for a step-by-step answer in \\boxed{}."""
+    out = [{"role": "system", "content": SYSTEM_PROMPT}]
+    for demo_problem, solution in demos:
+        out += [
+            {"role": "user", "content": demo_problem + USER_SUFFIX},
+            {"role": "assistant", "content": solution},
+        ]
+    return out + [{"role": "user", "content": problem + USER_SUFFIX}]
+
+
+def render(tokenizer, chat: list[dict[str, str]]) -> str:
+    """The chat template with the generation prompt, or a plain transcript without one."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    names = {"system": "", "user": "Problem: ", "assistant": "Solution: "}
+    return "\n\n".join(names[m["role"]] + m["content"] for m in chat) + "\n\nSolution:"
+
+
+def choose_demos(
+    cfg: CotConfig, test: pd.DataFrame, pool: pd.DataFrame, device: str
+) -> pd.DataFrame:
+    """One row per (test problem, demonstration): which pool problem, in prompt order."""
+    records = []
+    if cfg.strategy in ("auto-shot", "curriculum"):
+        pool_vectors = embed.embed(pool["problem"].tolist(), device)  # once per run
+        order, sims = embed.similarity_order(
+            embed.embed(test["problem"].tolist(), device), pool_vectors
+        )
+    for t, row in enumerate(test.itertuples(index=False)):
+        if cfg.strategy == "cot":
+            continue
+        if cfg.strategy == "few-shot":  # fresh random examples per problem, seeded by its id
+            rng = random.Random(row_seed(cfg.seed, row.id))
+            picks = [
+                (i, None) for i in rng.sample(range(len(pool)), min(cfg.num_few_shot, len(pool)))
+            ]
+        elif cfg.strategy == "auto-shot":
+            picks = [(int(i), None) for i in order[t, : cfg.num_few_shot]]
+        else:
+            picks = curriculum.select_demos(
+                int(row.level), cfg.n_levels, order[t].tolist(), pool["level"].to_numpy()
+            )
+        for k, (i, target) in enumerate(picks):
+            records.append(
+                {
+                    "id": row.id,
+                    "level": int(row.level),
+                    "band": curriculum.band(int(row.level), cfg.n_levels)
+                    if cfg.strategy == "curriculum"
+                    else None,
+                    "position": k,
+                    "demo_id": pool["id"].iloc[i],
+                    "demo_level": int(pool["level"].iloc[i]),
+                    "target_level": target,
+                    "demo_math_level": pool["math_level"].iloc[i],
+                    "similarity": float(sims[t, i])
+                    if cfg.strategy in ("auto-shot", "curriculum")
+                    else float("nan"),
+                }
+            )
+    columns = [
+        "id", "level", "band", "position", "demo_id", "demo_level", "target_level",
+        "demo_math_level", "similarity",
+    ]  # fmt: skip
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    return frame.astype({"target_level": "Int64", "band": "string", "demo_math_level": "Int64"})
+
+
+def run(cfg: CotConfig) -> Path:
+    # Everything that can be wrong with the input is checked before the run directory exists.
+    metric, sampling, kind = validate(cfg)
+    test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
+    pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, "--pool-file")
+    test = test_problems(test_data, cfg.limit, cfg.seed)
+    pool = pool_problems(pool_data, test_data, cfg.pool_size)
+    if cfg.n_levels > len(pool):
+        raise UserError(
+            f"--n-levels {cfg.n_levels} is larger than the pool ({len(pool)} problems); "
+            "lower --n-levels or raise --pool-size"
+        )
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    resolved = models.resolve_model(cfg.model)
+
+    identity = {
+        "model": resolved.id,
+        "dataset": test_data.fingerprint,
+        "pool": pool_data.fingerprint,
+        "strategy": cfg.strategy,
+        "limit": cfg.limit,
+        "pool_size": cfg.pool_size,
+        "num_few_shot": cfg.num_few_shot,
+        "rank_metric": metric,
+        "n_levels": cfg.n_levels,
+        "max_tokens": cfg.max_tokens,
+        "seed": cfg.seed,
+        "dtype": str(dtype),
+    }
+    name = resolved.id if resolved.source != "embedded" else "smollm2-135m"
+    rd = RunDir.open(
+        command=COMMAND,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[name, "math500", cfg.strategy],
+        resume=cfg.resume,
+    )
+    with rd:
+        rd.record_setup(cfg, resolved, test_data, device, pool=pool_data.identity())
+        with rd.stage("load_model"):
+            model, tokenizer = models.load_model(resolved, device, dtype)
+        ranking, edges = rank(rd, cfg, metric, model, tokenizer, pool, test)
+        pool["level"] = ranking.loc[ranking["role"] == "pool", "level"].to_numpy()
+        test = test.merge(ranking.loc[ranking["role"] == "test", ["id", "score", "level"]], on="id")
+
+        with rd.stage("retrieval") as timing:
+            demos = choose_demos(cfg, test, pool, device)
+            timing["problems"] = len(test)
+        rd.write_table("demos", demos)
+        by_id = pool.set_index("id")
+        demo_ids = demos.groupby("id", sort=False)["demo_id"].agg(list).to_dict()
+        test["demo_ids"] = [demo_ids.get(i, []) for i in test["id"]]
+        test["prompt"] = [
+            render(
+                tokenizer,
+                messages(p, [(by_id.at[d, "problem"], by_id.at[d, "solution"]) for d in ds]),
+            )
+            for p, ds in zip(test["problem"], test["demo_ids"], strict=True)
+        ]
+        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in test["prompt"]]
+        test["n_prompt_tokens"] = [len(t) for t in token_lists]
+        skipped = study.too_long(model, test["n_prompt_tokens"], reserve=cfg.max_tokens)
+        rd.update(
+            level_edges=[float(e) for e in edges],
+            counts={
+                "test_problems": len(test),
+                "pool_problems": len(pool),
+                "skipped_too_long": len(skipped),
+            },
+        )
+        done = rd.done_ids("generations", "id")
+        todo = [i for i in range(len(test)) if i not in skipped and test["id"].iloc[i] not in done]
+        if todo:  # a resumed run may have nothing left to generate: no engine start then
+            if kind == "vllm" and device.startswith("cuda"):
+                model = None  # vLLM takes the GPU memory
+                import torch
+
+                torch.cuda.empty_cache()
+            engine = make_engine(
+                kind,
+                resolved.path,
+                device=device,
+                dtype=dtype,
+                batch_size=cfg.batch_size,
+                model=model,
+                tokenizer=tokenizer,
+            )
+            rd.update(engine=engine.name)
+            generate(rd, cfg, engine, sampling, tokenizer, test, token_lists, todo)
+            del engine
+            if kind == "vllm" and device.startswith("cuda"):
+                close_engines()
+        with rd.stage("grading"):
+            table = grade(rd, cfg, test)
+            rd.write_table("generations", table)
+            summary = summarize(table, cfg, metric, edges, len(skipped))
+            rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
+        rd.update(
+            counts={
+                **rd.manifest["counts"],
+                "generated": len(table),
+                "correct": int(table["correct"].sum()),
+            },
+            accuracy=summary["overall"]["accuracy"],
+        )
+        from ..plots.cot import plot_run
+
+        plot_run(rd.path)
+    return rd.path
+
+
+def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, np.ndarray]:
+    """Score pool and test problems in one batched probe pass and bin them into levels;
+    writes tables/ranking.parquet. The prompt is the zero-shot one the model answers."""
+    frame = pd.concat([pool.assign(role="pool"), test.assign(role="test")], ignore_index=True)[
+        ["role", "id", "problem", "subject", "math_level"]
+    ]
+    frame = frame.rename(columns={"id": "problem_id"})
+    frame.insert(0, "id", frame["role"] + ":" + frame["problem_id"])  # pool and test ids may meet
+    prompts = [render(tokenizer, messages(p, [])) for p in frame["problem"]]
+    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    frame["n_prompt_tokens"] = [len(t) for t in token_lists]
+    too_long = study.too_long(model, frame["n_prompt_tokens"])
+    if too_long:
+        raise UserError(
+            f"{len(too_long)} problem(s) (e.g. {frame['id'].iloc[min(too_long)]}) do not fit the "
+            "model's context, so they cannot be ranked; use a model with a longer context"
+        )
+    study.probe_into(
+        rd,
+        "ranking",
+        frame,
+        token_lists,
+        HiddenProbe(model, [-1], ["last-prompt"]),
+        [metric],
+        cfg.batch_size,
+        tokenizer.pad_token_id,
+        cfg.quiet,
+        stage="rank",
+    )
+    ranking = rd.read_in_order("ranking", ["id"], frame["id"].tolist())
+    bad = ranking.loc[~np.isfinite(ranking[metric]), "id"].tolist()
+    if bad:
+        raise UserError(
+            f"--rank-metric {metric} is NaN/inf for {len(bad)} problem(s) ({', '.join(bad[:3])}); "
+            "choose another --rank-metric"
+        )
+    sparser = sparsity.SPARSER[metric]
+    is_pool = ranking["role"] == "pool"
+    edges = curriculum.level_edges(ranking.loc[is_pool, metric], cfg.n_levels, sparser)
+    ranking["level"] = curriculum.assign_levels(ranking[metric], edges, sparser)
+    ranking = ranking.drop(columns=["id", "layer", "position"])
+    ranking = ranking.rename(columns={"problem_id": "id", metric: "score"})
+    ranking.insert(ranking.columns.get_loc("score"), "metric", metric)
+    ranking.insert(ranking.columns.get_loc("score") + 1, "sparser_when", _direction(metric))
+    rd.write_table("ranking", ranking)
+    return ranking, sparser * edges  # edges in score units, for the record
+
+
+def _direction(metric: str) -> str:
+    return "higher" if sparsity.SPARSER[metric] > 0 else "lower"
+
+
+def generate(rd, cfg, engine, sampling, tokenizer, test, token_lists, todo) -> None:
+    """Greedy answers for the ``todo`` rows, a shard every ``save_every`` problems."""
+    save_every = max(cfg.batch_size, 32)
+    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="problems")
+        n_tokens = 0
+        for lo in range(0, len(todo), save_every):
+            part = todo[lo : lo + save_every]
+            ids = [test["id"].iloc[i] for i in part]
+            gens = engine.generate(
+                [token_lists[i] for i in part],
+                ids,
+                sampling,
+                on_done=lambda n: bar.advance(task, n),
+            )
+            rd.append_shard(
+                "generations",
+                pd.DataFrame(
+                    {
+                        "id": ids,
+                        "output": [
+                            tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens
+                        ],
+                        "tokens": [len(g.token_ids) for g in gens],
+                        "finish_reason": [g.finish_reason for g in gens],
+                    }
+                ),
+            )
+            n_tokens += sum(len(g.token_ids) for g in gens)
+        timing["problems"] = len(todo)
+        timing["tokens"] = n_tokens
+
+
+def grade(rd, cfg, test: pd.DataFrame) -> pd.DataFrame:
+    """generations.parquet: every answered problem with its extracted answer and verdict."""
+    gens = rd.read_in_order("generations", ["id"], test["id"].tolist())
+    if gens is None:
+        raise UserError("no problem was answered (all were skipped); see run.log")
+    table = test.merge(gens, on="id")
+    table["strategy"] = cfg.strategy
+    table["extracted"] = [extract_boxed(o) for o in table["output"]]
+    table["correct"] = [
+        math_equal(p, g) for p, g in zip(table["extracted"], table["answer"], strict=True)
+    ]
+    columns = [
+        "id", "level", "score", "subject", "math_level", "strategy", "demo_ids", "prompt",
+        "output", "extracted", "answer", "correct", "tokens", "n_prompt_tokens", "finish_reason",
+    ]  # fmt: skip
+    return table[columns]
+
+
+def accuracy(frame: pd.DataFrame, by: str | None = None) -> list[dict] | dict:
+    """n, correct, accuracy and its Wilson 95% interval, overall or per value of ``by``."""
+
+    def one(part: pd.DataFrame) -> dict:
+        k, n = int(part["correct"].sum()), len(part)
+        lo, hi = wilson_interval(k, n)
+        return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci_lo": lo, "ci_hi": hi}
+
+    if by is None:
+        return one(frame)
+    return [
+        {by: value.item() if hasattr(value, "item") else value, **one(part)}
+        for value, part in frame.groupby(by, sort=True)
+    ]
+
+
+def summarize(table, cfg, metric, edges, n_skipped) -> dict:
+    return {
+        "strategy": cfg.strategy,
+        "rank_metric": metric,
+        "sparser_when": _direction(metric),
+        "n_levels": cfg.n_levels,
+        "level_edges": [float(e) for e in edges],  # score at which each next level starts
+        "skipped_too_long": n_skipped,
+        "overall": accuracy(table),
+        "by_math_level": accuracy(table, "math_level"),
+        "by_subject": accuracy(table, "subject"),
+        "by_sparsity_level": accuracy(table, "level"),
+    }
