@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from ..qa.deepmath import DeepmathConfig
+from ..qa.deepmath import run as run_deepmath
 from ..qa.rankmath import RankmathConfig
 from ..qa.rankmath import run as run_rankmath
 from .common import (
@@ -14,6 +16,7 @@ from .common import (
     Device,
     Dtype,
     Layers,
+    Limit,
     Metrics,
     Model,
     Quiet,
@@ -81,3 +84,56 @@ def rankmath(
         quiet=quiet,
     )
     print_done(run_rankmath(cfg))
+
+
+NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")]
+
+
+@app.command()
+@command
+def deepmath(
+    model: Model = None,
+    data_file: DataFile = None,
+    n: Annotated[
+        int, typer.Option("--n", help="Problems drawn at random (seeded by --seed).")
+    ] = 10_000,
+    limit: Limit = None,
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    n_boot: NBoot = 1000,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity of the prompt's last hidden state against DeepMath-103K's continuous
+    difficulty score (zwhe99/DeepMath-103K, fields question and difficulty).
+
+    Measures, per problem of a seeded sample of --n, each metric at the last prompt token;
+    then Pearson and Spearman of difficulty vs metric over the problems with p, N and a
+    bootstrap CI (tables/correlations.csv, with whether the metric is sparser on harder
+    problems at p < 0.05), an OLS line (tables/fit.csv) and its 95% band (tables/band.csv),
+    and a scatter with the band per metric (figures/). Offline: the bundled sample.
+    """
+    cfg = DeepmathConfig(
+        model=model,
+        data_file=data_file,
+        n=n,
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        n_boot=n_boot,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_deepmath(cfg))

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from . import correlate, rankmath
+from . import correlate, qa, rankmath
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
     "qa rankmath": (rankmath.plot_run, rankmath.plot_compare),
     "correlate": (correlate.plot_run, correlate.plot_compare),
+    "qa deepmath": (qa.plot_deepmath, qa.compare_deepmath),
 }
 
 

@@ -1,0 +1,106 @@
+"""Figures of `qa accuracy`, `qa deepmath`, `qa longreason` and `qa conflict` runs, read from
+their saved tables only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from ..runs.rundir import run_label
+from .common import panel_grid, save
+
+PANEL = 3.2  # inches per panel side
+SPLIT_COLORS = {"8k": "#1f77b4", "16k": "#2ca02c", "32k": "#d62728", "64k": "#ff7f0e"}
+
+
+def _layer_name(layer: int) -> str:
+    return "final norm" if layer == -1 else f"layer {layer}"
+
+
+def _grid(n: int, ncols: int = 4):
+    return panel_grid(n, ncols, (PANEL, PANEL))
+
+
+def _labels(run_dirs: list[Path]) -> list[str]:
+    """Model names of the runs, made unique by the run's directory name where they repeat."""
+    names = [run_label(rd)[0] for rd in run_dirs]
+    return [
+        f"{n} ({rd.name})" if names.count(n) > 1 else n
+        for n, rd in zip(names, run_dirs, strict=True)
+    ]
+
+
+def _grouped_bars(ax, frames: list[pd.DataFrame], labels: list[str], x: str, y: str, err=None):
+    """One bar group per value of ``x``, one bar per run; ``err``: a (lo, hi) column pair."""
+    keys = sorted(set().union(*(f[x] for f in frames)), key=str)
+    pos = {k: i for i, k in enumerate(keys)}
+    width = 0.8 / len(frames)
+    for k, (frame, label) in enumerate(zip(frames, labels, strict=True)):
+        xs = frame[x].map(pos) + (k - (len(frames) - 1) / 2) * width
+        yerr = None
+        if err is not None:
+            yerr = np.vstack([frame[y] - frame[err[0]], frame[err[1]] - frame[y]]).clip(0)
+        ax.bar(xs, frame[y], width=width, yerr=yerr, capsize=2, label=label)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([str(k) for k in keys], fontsize=7, rotation=45, ha="right")
+
+
+# -- deepmath ----------------------------------------------------------------------------------
+
+
+def plot_deepmath(run_dir: Path) -> list[Path]:
+    """Per layer: a scatter of each metric against difficulty with the OLS line and band."""
+    tables = run_dir / "tables"
+    samples = pd.read_parquet(tables / "samples.parquet")
+    corr = pd.read_csv(tables / "correlations.csv")
+    band = pd.read_csv(tables / "band.csv")
+    model, _ = run_label(run_dir)
+    metrics = list(dict.fromkeys(corr["metric"]))
+    written: list[Path] = []
+    for layer, part in samples.groupby("layer", sort=True):
+        fig, axes = _grid(len(metrics))
+        for ax, metric in zip(axes, metrics, strict=True):
+            ax.scatter(part["difficulty"], part[metric], s=10, alpha=0.35, color="#4C72B0")
+            b = band[(band.layer == layer) & (band.metric == metric)]
+            if b["fit"].notna().any():
+                ax.plot(b["x"], b["fit"], color="#C44E52", lw=1.5)
+                ax.fill_between(b["x"], b["lo"], b["hi"], color="#C44E52", alpha=0.2, lw=0)
+            c = corr[(corr.layer == layer) & (corr.metric == metric)].iloc[0]
+            ax.set_title(
+                f"{metric}\nr={c.pearson_r:.2f}, ρ={c.spearman_rho:.2f} "
+                f"(p={c.spearman_p:.2g}, N={c.n})",
+                fontsize=8,
+            )
+            ax.set_xlabel("difficulty")
+        fig.suptitle(
+            f"Sparsity vs DeepMath difficulty: {model}, {_layer_name(layer)} (OLS fit, 95% band)",
+            fontsize=11,
+        )
+        written += save(fig, run_dir / "figures" / f"difficulty_scatter_layer{layer}")
+    return written
+
+
+def compare_deepmath(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Spearman ρ (bootstrap CI) of difficulty vs each metric, one bar per run, at layer -1
+    (else the first layer all runs share)."""
+    corrs = [pd.read_csv(rd / "tables" / "correlations.csv") for rd in run_dirs]
+    layer = _shared_layer([set(c["layer"]) for c in corrs])
+    frames = [c[c.layer == layer] for c in corrs]
+    fig, axes = _grid(1, 1)
+    fig.set_size_inches(max(6, 0.5 * len(frames[0])), 4)
+    _grouped_bars(axes[0], frames, _labels(run_dirs), "metric", "spearman_rho", err=None)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_ylabel("Spearman ρ (difficulty, metric)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"DeepMath difficulty vs sparsity across models ({_layer_name(layer)})")
+    return save(fig, out_dir / "deepmath_compare")
+
+
+def _shared_layer(layer_sets: list[set]) -> int:
+    shared = set.intersection(*layer_sets)
+    if not shared:
+        raise UserError("these runs share no layer; nothing to compare")
+    return -1 if -1 in shared else min(shared)
