@@ -25,14 +25,15 @@ def model_slug(resolved: models.ResolvedModel) -> str:
     return resolved.id if resolved.source != "embedded" else "smollm2-135m"
 
 
-def chat_prompt(tokenizer, system: str, user: str) -> tuple[str, str]:
+def chat_prompt(tokenizer, system: str, user: str, label: str = "Question: ") -> tuple[str, str]:
     """(exact text given to the tokenizer, 'chat' or 'plain'): the chat template with a
-    generation prompt, or a plain System / Question / Answer text for a model without one."""
+    generation prompt, or for a model without one the plain text
+    ``{system}\\n\\n{label}{user}\\nAnswer:``."""
     if tokenizer.chat_template:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, "chat"
-    return f"{system}\n\nQuestion: {user}\nAnswer:", "plain"
+    return f"{system}\n\n{label}{user}\nAnswer:", "plain"
 
 
 def count_nonfinite(samples: pd.DataFrame, metrics: Sequence[str]) -> int:

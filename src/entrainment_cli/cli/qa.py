@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from ..qa.conflict import ConflictConfig
+from ..qa.conflict import run as run_conflict
 from ..qa.deepmath import DeepmathConfig
 from ..qa.deepmath import run as run_deepmath
 from ..qa.rankmath import RankmathConfig
@@ -137,3 +139,51 @@ def deepmath(
         quiet=quiet,
     )
     print_done(run_deepmath(cfg))
+
+
+@app.command()
+@command
+def conflict(
+    model: Model = None,
+    data_file: DataFile = None,
+    limit: Limit = None,
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity when the context contradicts the model's knowledge (knowledge-conflict pairs).
+
+    Each item (fields main_entity, parametric_knowledge, conflicting_knowledge,
+    question_about_conflicting_segments, question_about_nonconflicting_segments; --data-file
+    as JSONL, Parquet, a JSON list or upstream's {subject: [items]} data.json) gives three
+    prompts: conflict (conflicting knowledge + its question), nonconflict (parametric
+    knowledge + the other question, upstream's comparison) and control (parametric knowledge +
+    the conflicting question: only the context differs). Measures each metric at the last
+    prompt token in float32; tables/paired.csv holds, per metric (and prompt length), the
+    Wilcoxon signed-rank test of conflict minus each other condition over items with the
+    rank-biserial and Cohen's d_z effect sizes; tables/summary.csv the per-condition
+    statistics; figures/ box plots. Without --data-file: the bundled sample (smoke test).
+    """
+    cfg = ConflictConfig(
+        model=model,
+        data_file=data_file,
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_conflict(cfg))

@@ -13,6 +13,7 @@ PLOTTERS = {
     "qa rankmath": (rankmath.plot_run, rankmath.plot_compare),
     "correlate": (correlate.plot_run, correlate.plot_compare),
     "qa deepmath": (qa.plot_deepmath, qa.compare_deepmath),
+    "qa conflict": (qa.plot_conflict, qa.compare_conflict),
 }
 
 

@@ -104,3 +104,62 @@ def _shared_layer(layer_sets: list[set]) -> int:
     if not shared:
         raise UserError("these runs share no layer; nothing to compare")
     return -1 if -1 in shared else min(shared)
+
+
+# -- conflict ----------------------------------------------------------------------------------
+
+CONDITION_COLORS = {"conflict": "#C44E52", "nonconflict": "#4C72B0", "control": "#8C8C8C"}
+
+
+def plot_conflict(run_dir: Path) -> list[Path]:
+    """Per layer: box plots of each metric by condition, titled with the paired tests."""
+    tables = run_dir / "tables"
+    samples = pd.read_parquet(tables / "samples.parquet")
+    paired = pd.read_csv(tables / "paired.csv")
+    model, _ = run_label(run_dir)
+    metrics = [m for m in dict.fromkeys(paired["metric"]) if m != "n_prompt_tokens"]
+    conditions = [c for c in CONDITION_COLORS if c in set(samples["condition"])]
+    written: list[Path] = []
+    for layer, part in samples.groupby("layer", sort=True):
+        fig, axes = _grid(len(metrics))
+        for ax, metric in zip(axes, metrics, strict=True):
+            values = [part.loc[part.condition == c, metric].dropna() for c in conditions]
+            box = ax.boxplot(values, patch_artist=True, showmeans=True, widths=0.6)
+            for patch, c in zip(box["boxes"], conditions, strict=True):
+                patch.set_facecolor(CONDITION_COLORS[c])
+                patch.set_alpha(0.5)
+            ax.set_xticks(range(1, len(conditions) + 1))
+            ax.set_xticklabels(conditions, fontsize=8)
+            lines = [metric]
+            for row in paired[(paired.layer == layer) & (paired.metric == metric)].itertuples():
+                lines.append(
+                    f"{row.a}−{row.b}: Δ={row.mean_diff:.3g}, r={row.rank_biserial:.2f}, "
+                    f"p={row.wilcoxon_p:.2g}"
+                )
+            ax.set_title("\n".join(lines), fontsize=7)
+        fig.suptitle(
+            f"Knowledge conflict: {model}, {_layer_name(layer)} (Wilcoxon signed-rank over "
+            "items; r = matched-pairs rank-biserial)",
+            fontsize=10,
+        )
+        written += save(fig, run_dir / "figures" / f"conditions_layer{layer}")
+    return written
+
+
+def compare_conflict(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Rank-biserial effect of conflict vs non-conflict per metric, one bar per run."""
+    tables = [pd.read_csv(rd / "tables" / "paired.csv") for rd in run_dirs]
+    layer = _shared_layer([set(t["layer"]) for t in tables])
+    frames = [
+        t[(t.layer == layer) & (t.b == "nonconflict") & (t.metric != "n_prompt_tokens")]
+        for t in tables
+    ]
+    fig, axes = _grid(1, 1)
+    fig.set_size_inches(max(6, 0.5 * len(frames[0])), 4)
+    _grouped_bars(axes[0], frames, _labels(run_dirs), "metric", "rank_biserial")
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_ylim(-1.05, 1.05)
+    axes[0].set_ylabel("rank-biserial r (conflict − non-conflict)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Knowledge conflict across models ({_layer_name(layer)})")
+    return save(fig, out_dir / "conflict_compare")
