@@ -10,6 +10,8 @@ from ..qa.conflict import ConflictConfig
 from ..qa.conflict import run as run_conflict
 from ..qa.deepmath import DeepmathConfig
 from ..qa.deepmath import run as run_deepmath
+from ..qa.longreason import LongreasonConfig
+from ..qa.longreason import run as run_longreason
 from ..qa.rankmath import RankmathConfig
 from ..qa.rankmath import run as run_rankmath
 from .common import (
@@ -17,8 +19,10 @@ from .common import (
     DataFile,
     Device,
     Dtype,
+    Engine,
     Layers,
     Limit,
+    MaxTokens,
     Metrics,
     Model,
     Quiet,
@@ -187,3 +191,68 @@ def conflict(
         quiet=quiet,
     )
     print_done(run_conflict(cfg))
+
+
+@app.command()
+@command
+def longreason(
+    model: Model = None,
+    data_file: DataFile = None,
+    splits: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of LongReason splits (context lengths): original, expanded, 8k, "
+            "16k, 32k, 64k, 128k. The first is the baseline of the paired tests."
+        ),
+    ] = "8k,16k,32k,64k",
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Use the first N questions of each split.", show_default=False),
+    ] = None,
+    layers: Layers = "all",
+    metrics: Metrics = "all",
+    batch_size: Annotated[
+        int, typer.Option(help="Prompts per forward pass (long contexts: keep it small).")
+    ] = 1,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    engine: Engine = "auto",
+    max_tokens: MaxTokens = 8,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity at every layer as the context grows (LongReason, lz1bytedance/LongReason).
+
+    For each split (the same questions with the background expanded to 8k ... 64k tokens),
+    measures each metric at the last prompt token at every layer (--layers all: the embedding
+    output, the residual stream after each block, and the state after the final norm), in
+    float32, and generates a short greedy answer whose letter (A-E) is parsed without taking
+    letters out of words. Prompts longer than the model's context are skipped and counted,
+    never truncated. Writes tables/samples.parquet, answers.parquet, accuracy.csv (per split,
+    Wilson CI, skipped count), profile.csv (per split and layer), paired.csv (Wilcoxon of each
+    longer split against the first, question by question) and figures/ (layer profile per
+    split with a zoom on the last layers; accuracy). --data-file: rows with the LongReason
+    fields; a 'split' field per row lets one file hold several splits.
+    """
+    cfg = LongreasonConfig(
+        model=model,
+        data_file=data_file,
+        splits=split_list(splits) or [],
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        engine=engine,
+        max_tokens=max_tokens,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_longreason(cfg))

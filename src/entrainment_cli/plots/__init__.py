@@ -14,6 +14,7 @@ PLOTTERS = {
     "correlate": (correlate.plot_run, correlate.plot_compare),
     "qa deepmath": (qa.plot_deepmath, qa.compare_deepmath),
     "qa conflict": (qa.plot_conflict, qa.compare_conflict),
+    "qa longreason": (qa.plot_longreason, qa.compare_longreason),
 }
 
 

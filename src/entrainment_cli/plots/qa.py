@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import run_label
-from .common import panel_grid, save
+from .common import panel_grid, plt, save
 
 PANEL = 3.2  # inches per panel side
 SPLIT_COLORS = {"8k": "#1f77b4", "16k": "#2ca02c", "32k": "#d62728", "64k": "#ff7f0e"}
@@ -163,3 +163,125 @@ def compare_conflict(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Knowledge conflict across models ({_layer_name(layer)})")
     return save(fig, out_dir / "conflict_compare")
+
+
+# -- longreason --------------------------------------------------------------------------------
+
+ZOOM_LAYERS = 5
+
+
+def _split_color(split: str, k: int) -> str:
+    return SPLIT_COLORS.get(split, plt.get_cmap("tab10")(k % 10))
+
+
+def plot_longreason(run_dir: Path) -> list[Path]:
+    """Layer profile of each metric, one line per split (mean ± SEM over questions), the
+    final-norm state drawn as a separate point (it is not one more residual layer), with an
+    inset on the last layers; and accuracy per split."""
+    from mpl_toolkits.axes_grid1.inset_locator import inset_axes
+
+    tables = run_dir / "tables"
+    profile = pd.read_csv(tables / "profile.csv", dtype={"split": str})
+    accuracy = pd.read_csv(tables / "accuracy.csv", dtype={"split": str})
+    model, _ = run_label(run_dir)
+    splits = list(accuracy["split"])
+    metrics = list(dict.fromkeys(profile["metric"]))
+    residual = sorted(x for x in profile["layer"].unique() if x != -1)
+    norm_x = (max(residual) + 1) if residual else 0
+    fig, axes = _grid(len(metrics))
+    for ax, metric in zip(axes, metrics, strict=True):
+        zoom = None
+        if len(residual) > ZOOM_LAYERS:
+            zoom = inset_axes(ax, width="40%", height="40%", loc="lower right", borderpad=1.2)
+        for k, split in enumerate(splits):
+            m = profile[(profile.metric == metric) & (profile.split == split)]
+            if m.empty:
+                continue
+            color = _split_color(split, k)
+            res = m[m.layer != -1].sort_values("layer")
+            norm = m[m.layer == -1]
+            for target, part in ((ax, res), (zoom, res[res.layer >= norm_x - ZOOM_LAYERS])):
+                if target is None:
+                    continue
+                target.plot(
+                    part["layer"],
+                    part["mean"],
+                    color=color,
+                    marker="o",
+                    ms=2.5,
+                    lw=1.2,
+                    label=split if target is ax else None,
+                )
+                target.fill_between(
+                    part["layer"],
+                    part["mean"] - part["sem"].fillna(0),
+                    part["mean"] + part["sem"].fillna(0),
+                    color=color,
+                    alpha=0.15,
+                    lw=0,
+                )
+                if len(norm):
+                    target.errorbar(
+                        [norm_x],
+                        norm["mean"],
+                        yerr=norm["sem"].fillna(0),
+                        color=color,
+                        marker="D",
+                        ms=4,
+                        ls="none",
+                        capsize=2,
+                    )
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("layer (◆ = after the final norm)", fontsize=8)
+        if zoom is not None:
+            zoom.set_xlim(norm_x - ZOOM_LAYERS - 0.5, norm_x + 0.5)
+            zoom.tick_params(labelsize=6)
+            zoom.set_title(f"last {ZOOM_LAYERS} layers + norm", fontsize=6)
+    axes[0].legend(fontsize=7, title="split", title_fontsize=7, loc="upper left")
+    fig.suptitle(f"Layer profile by context length: {model} (mean ± SEM)", fontsize=11)
+    written = save(fig, run_dir / "figures" / "layer_profile")
+
+    fig, axes = _grid(1, 1)
+    fig.set_size_inches(5, 3.5)
+    ax = axes[0]
+    acc = accuracy.fillna({"accuracy": 0.0, "ci_lo": 0.0, "ci_hi": 0.0})
+    ax.bar(
+        acc["split"],
+        acc["accuracy"],
+        color=[_split_color(s, k) for k, s in enumerate(splits)],
+        yerr=np.vstack([acc["accuracy"] - acc["ci_lo"], acc["ci_hi"] - acc["accuracy"]]),
+        capsize=3,
+    )
+    for x, row in enumerate(accuracy.itertuples()):
+        ax.annotate(
+            f"{row.correct}/{row.n_answered}\n({row.skipped_too_long} too long)",
+            (x, 0.02),
+            ha="center",
+            fontsize=7,
+        )
+    ax.axhline(0.2, color="gray", ls=":", lw=1, label="chance (5 options)")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (Wilson 95% CI)")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"LongReason accuracy by context length: {model}", fontsize=10)
+    return written + save(fig, run_dir / "figures" / "accuracy")
+
+
+def compare_longreason(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Accuracy per split (Wilson CI), one bar per run."""
+    frames = [pd.read_csv(rd / "tables" / "accuracy.csv", dtype={"split": str}) for rd in run_dirs]
+    fig, axes = _grid(1, 1)
+    fig.set_size_inches(6, 4)
+    _grouped_bars(
+        axes[0],
+        [f.fillna(0.0) for f in frames],
+        _labels(run_dirs),
+        "split",
+        "accuracy",
+        err=("ci_lo", "ci_hi"),
+    )
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("LongReason accuracy by context length across models")
+    return save(fig, out_dir / "longreason_compare")
