@@ -207,7 +207,7 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
     [
         (
             ["--dataset", "nope"],
-            "unknown dataset 'nope'; known datasets: gsm8k, math500, writingprompts, xsum",
+            "unknown dataset 'nope'; known datasets: " + ", ".join(sorted(registry.REGISTRY)),
         ),
         (["--layers", "7"], "layer 7 is out of range; this model has 3 blocks"),
         (["--metrics", "l1,sparsiness"], "unknown metric 'sparsiness'; known metrics: l1,"),

@@ -75,9 +75,10 @@ def check_positions(positions: Sequence[str]) -> list[str]:
 
 
 def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
-    """Indices of prompts that do not fit the model's context (with ``reserve`` tokens to spare),
-    reported once: they are skipped and counted, never truncated."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 10**12
+    """Indices of prompts that do not fit the context of ``model`` (a model or its config) with
+    ``reserve`` tokens to spare, reported once: they are skipped and counted, never truncated."""
+    config = getattr(model, "config", model)
+    limit = getattr(config, "max_position_embeddings", None) or 10**12
     out = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
     if out:
         log.warning(

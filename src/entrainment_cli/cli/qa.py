@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from ..qa.accuracy import AccuracyConfig
+from ..qa.accuracy import run as run_accuracy
 from ..qa.conflict import ConflictConfig
 from ..qa.conflict import run as run_conflict
 from ..qa.deepmath import DeepmathConfig
@@ -256,3 +258,60 @@ def longreason(
         quiet=quiet,
     )
     print_done(run_longreason(cfg))
+
+
+@app.command()
+@command
+def accuracy(
+    model: Model = None,
+    data_file: DataFile = None,
+    limit_per_level: Annotated[
+        int | None,
+        typer.Option(help="Keep the first N problems of each level.", show_default=False),
+    ] = None,
+    limit: Limit = None,
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    engine: Engine = "auto",
+    max_tokens: MaxTokens = 1024,
+    n_boot: NBoot = 1000,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """MATH-500 accuracy and the prompt's hidden-state sparsity: does sparsity predict a wrong
+    answer?
+
+    Generates a greedy answer per problem (asked for in \\boxed{}), grades its last box
+    against the gold answer with math-verify, and measures each metric at the last prompt token
+    of the same prompt. Writes tables/answers.parquet (output, prediction, correct),
+    samples.parquet (metrics with correctness), accuracy_by_level.csv (Wilson CI),
+    summary.csv (metrics per level), association.csv (per metric: point-biserial r of
+    correctness with p and bootstrap CI, AUROC with the Mann-Whitney p, and upstream's r across
+    the level means) and figures/.
+    """
+    cfg = AccuracyConfig(
+        model=model,
+        data_file=data_file,
+        limit_per_level=limit_per_level,
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        engine=engine,
+        max_tokens=max_tokens,
+        n_boot=n_boot,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_accuracy(cfg))

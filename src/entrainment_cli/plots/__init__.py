@@ -15,6 +15,7 @@ PLOTTERS = {
     "qa deepmath": (qa.plot_deepmath, qa.compare_deepmath),
     "qa conflict": (qa.plot_conflict, qa.compare_conflict),
     "qa longreason": (qa.plot_longreason, qa.compare_longreason),
+    "qa accuracy": (qa.plot_accuracy, qa.compare_accuracy),
 }
 
 

@@ -285,3 +285,60 @@ def compare_longreason(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     axes[0].legend(fontsize=7)
     fig.suptitle("LongReason accuracy by context length across models")
     return save(fig, out_dir / "longreason_compare")
+
+
+# -- accuracy ----------------------------------------------------------------------------------
+
+
+def plot_accuracy(run_dir: Path) -> list[Path]:
+    """Per (layer, position): each metric's level means (bars, ± SEM) with the accuracy per
+    level on a twin axis, titled with the per-problem point-biserial r and AUROC."""
+    tables = run_dir / "tables"
+    by_level = pd.read_csv(tables / "accuracy_by_level.csv")
+    summary = pd.read_csv(tables / "summary.csv")
+    assoc = pd.read_csv(tables / "association.csv")
+    model, _ = run_label(run_dir)
+    metrics = list(dict.fromkeys(assoc["metric"]))
+    written: list[Path] = []
+    for (layer, position), part in summary.groupby(["layer", "position"], sort=True):
+        fig, axes = _grid(len(metrics))
+        for ax, metric in zip(axes, metrics, strict=True):
+            m = part[part.metric == metric].sort_values("level")
+            ax.bar(m["level"], m["mean"], yerr=m["sem"], color="#4C72B0", alpha=0.6, capsize=2)
+            lo = (m["mean"] - m["sem"].fillna(0)).min()
+            hi = (m["mean"] + m["sem"].fillna(0)).max()
+            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlabel("MATH level")
+            twin = ax.twinx()
+            twin.plot(by_level["level"], by_level["accuracy"], color="#C44E52", marker="o")
+            twin.set_ylim(-0.02, 1.02)
+            twin.tick_params(labelsize=7, colors="#C44E52")
+            a = assoc[(assoc.layer == layer) & (assoc.position == position)]
+            a = a[a.metric == metric].iloc[0]
+            ax.set_title(
+                f"{metric}\nr_pb={a.point_biserial_r:.2f} (p={a.point_biserial_p:.2g}), "
+                f"AUROC={a.auroc:.2f}, N={a.n}",
+                fontsize=8,
+            )
+        fig.suptitle(
+            f"Accuracy (red, right axis) and sparsity by MATH level: {model}, "
+            f"{_layer_name(layer)}, {position}",
+            fontsize=10,
+        )
+        written += save(fig, run_dir / "figures" / f"accuracy_levels_layer{layer}_{position}")
+    return written
+
+
+def compare_accuracy(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Accuracy per MATH level (Wilson CI), one bar per run."""
+    frames = [pd.read_csv(rd / "tables" / "accuracy_by_level.csv") for rd in run_dirs]
+    fig, axes = _grid(1, 1)
+    fig.set_size_inches(6, 4)
+    _grouped_bars(axes[0], frames, _labels(run_dirs), "level", "accuracy", err=("ci_lo", "ci_hi"))
+    axes[0].set_ylim(0, 1)
+    axes[0].set_xlabel("MATH level")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("MATH accuracy by level across models")
+    return save(fig, out_dir / "accuracy_compare")

@@ -259,14 +259,18 @@ def answer_table(frame: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> p
             i: tokenizer.decode(list(t), skip_special_tokens=True)
             for i, t in zip(gens["id"], gens["token_ids"], strict=True)
         }
-    out["reply"] = [text.get(i) for i in out["id"]]
-    out["prediction"] = [
-        grading.parse_choice(r, LETTERS) if r is not None else None for r in out["reply"]
-    ]
-    out["correct"] = [
-        None if r is None else p == g
-        for r, p, g in zip(out["reply"], out["prediction"], out["gold"], strict=True)
-    ]
+    replies = [text.get(i) for i in out["id"]]
+    predictions = [grading.parse_choice(r, LETTERS) if r is not None else None for r in replies]
+    out["reply"] = pd.Series(replies, index=out.index, dtype=object)
+    out["prediction"] = pd.Series(predictions, index=out.index, dtype=object)
+    out["correct"] = pd.Series(
+        [
+            None if r is None else p == g
+            for r, p, g in zip(replies, predictions, out["gold"], strict=True)
+        ],
+        index=out.index,
+        dtype=object,
+    )
     return out
 
 
