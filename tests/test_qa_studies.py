@@ -389,6 +389,21 @@ def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
     assert read_manifest(out)["counts"]["no_boxed_answer"] == answers.prediction.isna().sum()
 
 
+def test_accuracy_on_vllm_and_the_embedded_model(cli, vllm_engine, tmp_path):
+    from entrainment_cli.grading import extract_boxed, math_equal
+
+    out = tmp_path / "v"
+    _ok(cli("qa", "accuracy", "--engine", "vllm", "--limit-per-level", 1, "--max-tokens", 24,
+            "--metrics", "l1", "--run-dir", out, "--quiet"))  # fmt: skip
+    m = read_manifest(out)
+    assert m["engine"] == "vllm" and m["model"]["source"] == "embedded"
+    answers = pd.read_parquet(out / "tables" / "answers.parquet")
+    assert len(answers) == 5 and answers.output.str.len().gt(0).all()
+    for row in answers.itertuples():
+        assert row.prediction == extract_boxed(row.output)
+        assert row.correct == math_equal(row.prediction, row.gold)
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
