@@ -29,6 +29,11 @@ demo: install
 		--n-prompts 20 --max-tokens 64
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset gsm8k --grade \
 		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa accuracy --limit-per-level 1 \
+		--max-tokens 128 --engine hf
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa deepmath --n 16
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa longreason --limit 2 --engine hf
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa conflict --limit 8
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

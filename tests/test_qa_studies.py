@@ -3,6 +3,7 @@
 scipy / sklearn / independent formulas."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -33,13 +34,18 @@ def _figures(run_dir) -> set[str]:
     return {p.name for p in (run_dir / "figures").iterdir()}
 
 
-def _replot(cli, run_dir) -> None:
-    """Delete the figures and rebuild them from the tables alone."""
+def _replot(cli, run_dir, stem: str) -> None:
+    """Delete the figures and rebuild them from the tables alone; compare two runs."""
     before = _figures(run_dir)
     for f in (run_dir / "figures").iterdir():
         f.unlink()
     _ok(cli("plot", run_dir))
     assert _figures(run_dir) == before
+    other = run_dir.with_name(run_dir.name + "-again")
+    shutil.copytree(run_dir, other)
+    out = run_dir.with_name(run_dir.name + "-cmp")
+    _ok(cli("plot", run_dir, other, "--out", out, "--quiet"))
+    assert (out / f"{stem}_compare.png").stat().st_size > 10_000
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -229,7 +235,7 @@ def test_deepmath_seeded_sample_and_tables(deepmath_run, cli):
     assert _figures(deepmath_run) == {
         f"difficulty_scatter_layer{x}.{e}" for x in (1, -1) for e in ("png", "pdf")
     }
-    _replot(cli, deepmath_run)
+    _replot(cli, deepmath_run, "deepmath")
 
 
 # -- qa conflict -----------------------------------------------------------------------------
@@ -258,7 +264,7 @@ def test_conflict_paired_tests(cli, tiny_llama, tmp_path):
         assert row["mean_diff"] == pytest.approx((wide.conflict - wide[b]).mean())
     assert "n_prompt_tokens" in set(paired.metric)  # the length confound, tested too
     assert _figures(out) == {"conditions_layer-1.png", "conditions_layer-1.pdf"}
-    _replot(cli, out)
+    _replot(cli, out, "conflict")
 
 
 # -- qa longreason ---------------------------------------------------------------------------
@@ -292,7 +298,7 @@ def test_longreason_layers_skips_and_answers(cli, tiny_llama, tmp_path):
     assert _figures(out) == {
         f"{s}.{e}" for s in ("layer_profile", "accuracy") for e in ("png", "pdf")
     }
-    _replot(cli, out)
+    _replot(cli, out, "longreason")
 
 
 def test_longreason_paired_splits(cli, tiny_llama, tmp_path):
@@ -376,7 +382,7 @@ def test_accuracy_grades_and_associates(cli, tiny_llama, scripted, tmp_path):
     assert _figures(out) == {
         f"accuracy_levels_layer{x}_last-prompt.{e}" for x in (2, -1) for e in ("png", "pdf")
     }
-    _replot(cli, out)
+    _replot(cli, out, "accuracy")
 
 
 def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
