@@ -385,6 +385,39 @@ def test_accuracy_grades_and_associates(cli, tiny_llama, scripted, tmp_path):
     _replot(cli, out, "accuracy")
 
 
+def test_accuracy_resumes_without_regenerating(cli, tiny_llama, scripted, tmp_path, monkeypatch):
+    from entrainment_cli.engines.probe import HiddenProbe
+
+    args = ["qa", "accuracy", "--model", tiny_llama, "--engine", "hf", "--max-tokens", 32,
+            "--limit-per-level", 1, "--batch-size", 2, "--metrics", "l1", "--quiet"]  # fmt: skip
+    whole = tmp_path / "whole"
+    _ok(cli(*args, "--run-dir", whole))
+    real, calls = HiddenProbe.measure, {"n": 0}
+
+    def dying(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(HiddenProbe, "measure", dying)
+    part = tmp_path / "part"
+    assert cli(*args, "--run-dir", part).exit_code == 130
+    assert read_manifest(part)["status"] == "failed"
+    monkeypatch.setattr(HiddenProbe, "measure", real)
+    monkeypatch.setattr(
+        "entrainment_cli.qa.accuracy.make_engine",
+        lambda *a, **k: pytest.fail("a resumed run must not generate again"),
+    )
+    _ok(cli(*args, "--run-dir", part, "--resume"))
+    assert read_manifest(part)["counts"]["already_done"] == 2
+    for table in ("answers", "samples"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(whole / "tables" / f"{table}.parquet"),
+            pd.read_parquet(part / "tables" / f"{table}.parquet"),
+        )
+
+
 def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
     out = tmp_path / "g"
     _ok(cli("qa", "accuracy", "--model", tiny_llama, "--run-dir", out, "--engine", "hf",
