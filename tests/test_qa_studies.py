@@ -491,3 +491,26 @@ def test_data_files_missing_fields_or_bad_values(cli, tiny_llama, tmp_path):
     result = cli("qa", "longreason", "--model", tiny_llama, "--data-file", path, "--splits", "16k")
     assert result.exit_code == 2 and "has no rows of split '16k'" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+COMMON = ["--model", "--data-file", "--limit", "--layers", "--metrics", "--batch-size", "--device",
+          "--dtype", "--seed", "--run-dir", "--runs-dir", "--resume", "--quiet"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("study", "generates", "says"),
+    [
+        ("accuracy", True, "point-biserial"),
+        ("deepmath", False, "Spearman"),
+        ("longreason", True, "skipped and counted"),
+        ("conflict", False, "Wilcoxon signed-rank"),
+    ],
+)
+def test_help_lists_the_common_options(cli, study, generates, says):
+    result = cli("qa", study, "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for option in COMMON:
+        assert option in text
+    assert ("--engine" in text) == generates and ("--max-tokens" in text) == generates
+    assert says in text
