@@ -12,11 +12,13 @@ layers, and a paired test of every longer split against the shortest over the sa
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .. import study
 from ..data import registry
@@ -176,6 +178,8 @@ def run(cfg: LongreasonConfig) -> Path:
         if todo:
             if kind == "vllm" and device.startswith("cuda"):
                 model = None  # the probe is done: vLLM gets the GPU memory
+                gc.collect()
+                torch.cuda.empty_cache()
             engine = make_engine(
                 kind,
                 resolved.path,
