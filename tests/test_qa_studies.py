@@ -490,6 +490,9 @@ def test_data_files_missing_fields_or_bad_values(cli, tiny_llama, tmp_path):
     assert result.exit_code == 2 and "answer 'F' is not one of the letters" in result.stderr
     result = cli("qa", "longreason", "--model", tiny_llama, "--data-file", path, "--splits", "16k")
     assert result.exit_code == 2 and "has no rows of split '16k'" in result.stderr
+    path.write_text(json.dumps({k: v for k, v in row.items() if k != "split"}) + "\n")
+    result = cli("qa", "longreason", "--model", tiny_llama, "--data-file", path)
+    assert result.exit_code == 2 and "has no 'split' field, so it holds one split" in result.stderr
     assert not (tmp_path / "runs").exists()
 
 

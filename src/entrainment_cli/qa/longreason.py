@@ -74,6 +74,11 @@ def examples(spec, data_file: Path | None, splits: list[str], limit: int | None)
     frames, loaded = [], []
     for split in splits:
         data = registry.load(spec, data_file, split)
+        if len(splits) > 1 and data.rows and not all("split" in r for r in data.rows):
+            raise UserError(
+                f"{data.location} has no 'split' field, so it holds one split; pass that one "
+                "with --splits, or add a 'split' field to every row"
+            )
         rows = data.rows[:limit] if limit is not None else data.rows
         if not rows:
             raise UserError(
