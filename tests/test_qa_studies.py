@@ -190,6 +190,8 @@ def test_registry_splits_and_hubless_sample(tmp_path, caplog):
     bare = [{k: v for k, v in r.items() if k != "subject"} for r in items]
     path.write_text(json.dumps({"Geo": bare[:2], "Sci": bare[2:]}))
     assert [r["subject"] for r in registry.load(conflict, path).rows] == ["Geo", "Geo", "Sci"]
+    path.write_text("\n".join(json.dumps(r) for r in items[:2]) + "\n")  # .json, JSON lines
+    assert registry.load(conflict, path).rows == items[:2]
 
 
 # -- qa deepmath -----------------------------------------------------------------------------

@@ -177,18 +177,26 @@ def _check_fields(rows: list[dict], spec: DatasetSpec, where: str, line_of=None)
             )
 
 
-def _flatten_groups(groups: dict, path: Path) -> list[dict[str, Any]]:
+def _groups(text: str) -> dict[str, list[dict]] | None:
+    """The JSON object of ``text`` if it maps group names to lists of rows, else None (then the
+    file is read as JSON lines)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in obj.values())
+    ):
+        return obj
+    return None
+
+
+def _flatten_groups(groups: dict[str, list[dict]]) -> list[dict[str, Any]]:
     """``{"group": [row, ...], ...}`` (the knowledge-conflict data.json layout) -> rows in file
     order, each keeping its group name in ``subject`` unless it has one."""
-    rows = []
-    for name, members in groups.items():
-        if not isinstance(members, list) or not all(isinstance(r, dict) for r in members):
-            raise UserError(
-                f"--data-file {path}: a JSON object must map group names to lists of rows; "
-                f"'{name}' does not"
-            )
-        rows += [{"subject": name, **r} for r in members]
-    return rows
+    return [{"subject": name, **r} for name, members in groups.items() for r in members]
 
 
 def read_data_file(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
@@ -208,15 +216,18 @@ def read_data_file(path: Path, spec: DatasetSpec) -> list[dict[str, Any]]:
     if suffix not in {".jsonl", ".json"}:
         raise UserError(f"--data-file {path}: unsupported type '{suffix}'; use .jsonl or .parquet")
     text = path.read_text(encoding="utf-8", errors="replace")
-    if suffix == ".json" and text.lstrip().startswith(("[", "{")):
+    if suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(
                 f"--data-file {path}: invalid JSON at line {e.lineno} ({e.msg})"
             ) from None
-        if isinstance(rows, dict):
-            rows = _flatten_groups(rows, path)
+        _check_fields(rows, spec, str(path))
+        return rows
+    groups = _groups(text) if suffix == ".json" else None
+    if groups is not None:
+        rows = _flatten_groups(groups)
         _check_fields(rows, spec, str(path))
         return rows
     rows, lines = [], []
