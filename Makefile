@@ -32,6 +32,11 @@ demo: install
 		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain cot --curriculum --limit 8 \
 		--pool-size 20 --max-tokens 128
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa accuracy --limit-per-level 1 \
+		--max-tokens 128 --engine hf
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa deepmath --n 16
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa longreason --limit 2 --engine hf
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa conflict --limit 8
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

@@ -155,13 +155,15 @@ def test_summary_accuracy_and_paired_tests_recomputed(finished):
 def test_paired_test_and_mcnemar_on_known_data():
     a = np.array([0.0, 0.0, 0.0, 0.0, 1.0, np.nan])
     b = np.array([1.0, 2.0, 3.0, -0.5, 1.0, 4.0])
-    out = stats.paired_test(a, b)
+    out = stats.paired_test(b, a)  # d = b - a
     # |d| of the non-zero pairs: 1, 2, 3, 0.5 -> ranks 2, 3, 4, 1: R+ = 9, R- = 1
     assert out["rank_biserial"] == pytest.approx(0.8)
-    assert (out["n"], out["n_zero"], out["n_dropped_nonfinite"]) == (5, 1, 1)
-    assert out["wilcoxon_w"] == 1 and out["wilcoxon_p"] == pytest.approx(0.25)  # exact, 2 of 16
+    assert (out["n"], out["n_zero"], out["n_dropped"]) == (5, 1, 1)
+    assert (out["w_plus"], out["w_minus"]) == (9, 1) and out["wilcoxon_p"] == pytest.approx(
+        0.25
+    )  # exact, 2 of 16
     assert out["median_diff"] == 1.0 and out["mean_diff"] == pytest.approx(1.1)
-    assert stats.paired_test([1, 2, 3], [2, 4, 9])["rank_biserial"] == 1.0
+    assert stats.paired_test([2, 4, 9], [1, 2, 3])["rank_biserial"] == 1.0
     assert np.isnan(stats.paired_test([1, 2], [1, 2])["wilcoxon_p"])
     m = stats.mcnemar([True] * 1 + [False] * 7 + [True] * 2, [False] * 1 + [True] * 7 + [True] * 2)
     assert (m["n"], m["a_only"], m["b_only"]) == (10, 1, 7)

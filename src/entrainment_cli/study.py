@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -13,10 +14,38 @@ from .engines import models
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs.rundir import RunDir
-from .science import sparsity
+from .science import sparsity, stats
 from .ui import progress
 
 log = logging.getLogger("entrain")
+
+
+def model_slug(resolved: models.ResolvedModel) -> str:
+    """The model's part of a run directory's name."""
+    return resolved.id if resolved.source != "embedded" else "smollm2-135m"
+
+
+def chat_prompt(tokenizer, system: str, user: str, label: str = "Question: ") -> tuple[str, str]:
+    """(exact text given to the tokenizer, 'chat' or 'plain'): the chat template with a
+    generation prompt, or for a model without one the plain text
+    ``{system}\\n\\n{label}{user}\\nAnswer:``."""
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, "chat"
+    return f"{system}\n\n{label}{user}\nAnswer:", "plain"
+
+
+def count_nonfinite(samples: pd.DataFrame, metrics: Sequence[str]) -> int:
+    """NaN/inf metric values: kept in the table, left out of statistics, reported once."""
+    n = int((~np.isfinite(samples[list(metrics)].to_numpy(dtype=np.float64))).sum())
+    if n:
+        log.warning(
+            "%d metric value(s) are NaN/inf; they are kept in the samples table "
+            "and left out of every statistic",
+            n,
+        )
+    return n
 
 
 def metric_names(requested: Sequence[str] | None) -> list[str]:
@@ -46,9 +75,10 @@ def check_positions(positions: Sequence[str]) -> list[str]:
 
 
 def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
-    """Indices of prompts that do not fit the model's context (with ``reserve`` tokens to spare),
-    reported once: they are skipped and counted, never truncated."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 10**12
+    """Indices of prompts that do not fit the context of ``model`` (a model or its config) with
+    ``reserve`` tokens to spare, reported once: they are skipped and counted, never truncated."""
+    config = getattr(model, "config", model)
+    limit = getattr(config, "max_position_embeddings", None) or 10**12
     out = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
     if out:
         log.warning(
@@ -106,3 +136,24 @@ def probe_into(
         timing["prompts"] = len(todo)
         timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
     return len(done)
+
+
+def correlation_table(
+    samples: pd.DataFrame, x: str, metrics: Sequence[str], seed: int, n_boot: int
+) -> pd.DataFrame:
+    """Per (layer, position, metric): Pearson and Spearman of ``x`` against the metric over all
+    examples, with p, N and bootstrap CIs, and the direction in which the metric is sparser."""
+    records = []
+    for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
+        for metric in metrics:
+            corr = stats.correlate(part[x], part[metric], n_boot=n_boot, seed=seed)
+            records.append(
+                {
+                    "layer": layer,
+                    "position": position,
+                    "metric": metric,
+                    "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                    **corr,
+                }
+            )
+    return pd.DataFrame.from_records(records)

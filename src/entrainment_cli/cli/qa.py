@@ -7,6 +7,14 @@ from typing import Annotated
 
 import typer
 
+from ..qa.accuracy import AccuracyConfig
+from ..qa.accuracy import run as run_accuracy
+from ..qa.conflict import ConflictConfig
+from ..qa.conflict import run as run_conflict
+from ..qa.deepmath import DeepmathConfig
+from ..qa.deepmath import run as run_deepmath
+from ..qa.longreason import LongreasonConfig
+from ..qa.longreason import run as run_longreason
 from ..qa.rankmath import RankmathConfig
 from ..qa.rankmath import run as run_rankmath
 from ..qa.robustness import RobustnessConfig, export_variants
@@ -17,8 +25,10 @@ from .common import (
     DataFile,
     Device,
     Dtype,
+    Engine,
     Layers,
     Limit,
+    MaxTokens,
     Metrics,
     Model,
     Quiet,
@@ -86,6 +96,229 @@ def rankmath(
         quiet=quiet,
     )
     print_done(run_rankmath(cfg))
+
+
+NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")]
+
+
+@app.command()
+@command
+def deepmath(
+    model: Model = None,
+    data_file: DataFile = None,
+    n: Annotated[
+        int, typer.Option("--n", help="Problems drawn at random (seeded by --seed).")
+    ] = 10_000,
+    limit: Limit = None,
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    n_boot: NBoot = 1000,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity of the prompt's last hidden state against DeepMath-103K's continuous
+    difficulty score (zwhe99/DeepMath-103K, fields question and difficulty).
+
+    Measures, per problem of a seeded sample of --n, each metric at the last prompt token;
+    then Pearson and Spearman of difficulty vs metric over the problems with p, N and a
+    bootstrap CI (tables/correlations.csv, with whether the metric is sparser on harder
+    problems at p < 0.05), an OLS line (tables/fit.csv) and its 95% band (tables/band.csv),
+    and a scatter with the band per metric (figures/). Offline: the bundled sample.
+    """
+    cfg = DeepmathConfig(
+        model=model,
+        data_file=data_file,
+        n=n,
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        n_boot=n_boot,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_deepmath(cfg))
+
+
+@app.command()
+@command
+def conflict(
+    model: Model = None,
+    data_file: DataFile = None,
+    limit: Limit = None,
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity when the context contradicts the model's knowledge (knowledge-conflict pairs).
+
+    Each item (fields main_entity, parametric_knowledge, conflicting_knowledge,
+    question_about_conflicting_segments, question_about_nonconflicting_segments; --data-file
+    as JSONL, Parquet, a JSON list or upstream's {subject: [items]} data.json) gives three
+    prompts: conflict (conflicting knowledge + its question), nonconflict (parametric
+    knowledge + the other question, upstream's comparison) and control (parametric knowledge +
+    the conflicting question: only the context differs). Measures each metric at the last
+    prompt token in float32; tables/paired.csv holds, per metric (and prompt length), the
+    Wilcoxon signed-rank test of conflict minus each other condition over items with the
+    rank-biserial and Cohen's d_z effect sizes; tables/summary.csv the per-condition
+    statistics; figures/ box plots. Without --data-file: the bundled sample (smoke test).
+    """
+    cfg = ConflictConfig(
+        model=model,
+        data_file=data_file,
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_conflict(cfg))
+
+
+@app.command()
+@command
+def longreason(
+    model: Model = None,
+    data_file: DataFile = None,
+    splits: Annotated[
+        str,
+        typer.Option(
+            help="Comma list of LongReason splits (context lengths): original, expanded, 8k, "
+            "16k, 32k, 64k, 128k. The first is the baseline of the paired tests."
+        ),
+    ] = "8k,16k,32k,64k",
+    limit: Annotated[
+        int | None,
+        typer.Option(help="Use the first N questions of each split.", show_default=False),
+    ] = None,
+    layers: Layers = "all",
+    metrics: Metrics = "all",
+    batch_size: Annotated[
+        int, typer.Option(help="Prompts per forward pass (long contexts: keep it small).")
+    ] = 1,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    engine: Engine = "auto",
+    max_tokens: MaxTokens = 8,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """Sparsity at every layer as the context grows (LongReason, lz1bytedance/LongReason).
+
+    For each split (the same questions with the background expanded to 8k ... 64k tokens),
+    measures each metric at the last prompt token at every layer (--layers all: the embedding
+    output, the residual stream after each block, and the state after the final norm), in
+    float32, and generates a short greedy answer whose letter (A-E) is parsed without taking
+    letters out of words. Prompts longer than the model's context are skipped and counted,
+    never truncated. Writes tables/samples.parquet, answers.parquet, accuracy.csv (per split,
+    Wilson CI, skipped count), profile.csv (per split and layer), paired.csv (Wilcoxon of each
+    longer split against the first, question by question) and figures/ (layer profile per
+    split with a zoom on the last layers; accuracy). --data-file: rows with the LongReason
+    fields; a 'split' field per row lets one file hold several splits.
+    """
+    cfg = LongreasonConfig(
+        model=model,
+        data_file=data_file,
+        splits=split_list(splits) or [],
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        engine=engine,
+        max_tokens=max_tokens,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_longreason(cfg))
+
+
+@app.command()
+@command
+def accuracy(
+    model: Model = None,
+    data_file: DataFile = None,
+    limit_per_level: Annotated[
+        int | None,
+        typer.Option(help="Keep the first N problems of each level.", show_default=False),
+    ] = None,
+    limit: Limit = None,
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
+    batch_size: BatchSize = 8,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    engine: Engine = "auto",
+    max_tokens: MaxTokens = 1024,
+    n_boot: NBoot = 1000,
+    run_dir: RunDirOpt = None,
+    runs_dir: RunsDir = None,
+    resume: Resume = False,
+    quiet: Quiet = False,
+) -> None:
+    """MATH-500 accuracy and the prompt's hidden-state sparsity: does sparsity predict a wrong
+    answer?
+
+    Generates a greedy answer per problem (asked for in \\boxed{}), grades its last box
+    against the gold answer with math-verify, and measures each metric at the last prompt token
+    of the same prompt. Writes tables/answers.parquet (output, prediction, correct),
+    samples.parquet (metrics with correctness), accuracy_by_level.csv (Wilson CI),
+    summary.csv (metrics per level), association.csv (per metric: point-biserial r of
+    correctness with p and bootstrap CI, AUROC with the Mann-Whitney p, and upstream's r across
+    the level means) and figures/.
+    """
+    cfg = AccuracyConfig(
+        model=model,
+        data_file=data_file,
+        limit_per_level=limit_per_level,
+        limit=limit,
+        layers=layers,
+        metrics=split_list(metrics),
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        engine=engine,
+        max_tokens=max_tokens,
+        n_boot=n_boot,
+        run_dir=run_dir,
+        runs_dir=runs_dir,
+        resume=resume,
+        quiet=quiet,
+    )
+    print_done(run_accuracy(cfg))
 
 
 @app.command()

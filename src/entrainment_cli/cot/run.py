@@ -216,7 +216,7 @@ def run(cfg: CotConfig) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     metric, sampling, kind = validate(cfg)
     test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
-    pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, "--pool-file")
+    pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, option="--pool-file")
     test = test_problems(test_data, cfg.limit, cfg.seed)
     pool = pool_problems(pool_data, test_data, cfg.pool_size)
     if cfg.n_levels > len(pool):

@@ -25,14 +25,24 @@ log = logging.getLogger("entrain")
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
-    hub_id: str
-    split: str
+    hub_id: str | None  # None: only --data-file or the bundled sample
+    split: str  # the default split
     fields: tuple[str, ...]  # required in every row
     id_field: str | None = None  # a stable id column; None: "<name>-<row index>"
     config: str | None = None
     text: str | None = None  # str.format template of the prompt text, for generation studies
     answer_field: str | None = None  # gold answers (GSM8K style: the number after ####)
     about: str = ""
+    splits: tuple[str, ...] = ()  # every split a study may ask for (empty: only ``split``)
+    columns: tuple[str, ...] | None = None  # read only these from the hub (large datasets)
+
+    def check_split(self, split: str) -> str:
+        known = self.splits or (self.split,)
+        if split not in known:
+            raise UserError(
+                f"dataset '{self.name}' has no split '{split}'; its splits: {', '.join(known)}"
+            )
+        return split
 
     def prompt_text(self, row: dict[str, Any]) -> str:
         if self.text is None:
@@ -98,6 +108,36 @@ REGISTRY: dict[str, DatasetSpec] = {
             id_field="question_id",
             about="MMLU-Pro multiple choice (up to 10 options) in 14 categories",
         ),
+        DatasetSpec(
+            name="deepmath",
+            hub_id="zwhe99/DeepMath-103K",
+            split="train",
+            fields=("question", "difficulty"),
+            columns=("question", "final_answer", "difficulty", "topic"),
+            about="DeepMath-103K problems with a continuous difficulty score (about 1-10)",
+        ),
+        DatasetSpec(
+            name="longreason",
+            hub_id="lz1bytedance/LongReason",
+            split="8k",
+            splits=("original", "expanded", "8k", "16k", "32k", "64k", "128k"),
+            fields=("example_idx", "background", "question", "answer"),
+            id_field="example_idx",
+            about="LongReason multiple-choice reasoning (A-E) with contexts expanded to 8k-128k",
+        ),
+        DatasetSpec(
+            name="conflict",
+            hub_id=None,
+            split="all",
+            fields=(
+                "main_entity",
+                "parametric_knowledge",
+                "conflicting_knowledge",
+                "question_about_conflicting_segments",
+                "question_about_nonconflicting_segments",
+            ),
+            about="knowledge-conflict pairs (Wang et al., COLM 2024): --data-file or the sample",
+        ),
     ]
 }
 
@@ -136,6 +176,7 @@ class LoadedData:
     rows: list[dict[str, Any]]
     source: str  # file | hub | sample
     location: str
+    split: str = ""  # empty: the spec's default split
     ids: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,7 +198,7 @@ class LoadedData:
         return {
             "id": self.spec.name,
             "hub_id": self.spec.hub_id,
-            "split": self.spec.split,
+            "split": self.split or self.spec.split,
             "data_source": self.source,
             "location": self.location,
             "rows": len(self.rows),
@@ -174,6 +215,28 @@ def _check_fields(rows: list[dict], spec: DatasetSpec, where: str, line_of=None)
                 f"{where}, {at}: missing field(s) {', '.join(missing)}; "
                 f"every {spec.name} row needs {', '.join(spec.fields)}"
             )
+
+
+def _groups(text: str) -> dict[str, list[dict]] | None:
+    """The JSON object of ``text`` if it maps group names to lists of rows, else None (then the
+    file is read as JSON lines)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in obj.values())
+    ):
+        return obj
+    return None
+
+
+def _flatten_groups(groups: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """``{"group": [row, ...], ...}`` (the knowledge-conflict data.json layout) -> rows in file
+    order, each keeping its group name in ``subject`` unless it has one."""
+    return [{"subject": name, **r} for name, members in groups.items() for r in members]
 
 
 def read_data_file(
@@ -203,6 +266,11 @@ def read_data_file(
             raise UserError(f"{option} {path}: invalid JSON at line {e.lineno} ({e.msg})") from None
         _check_fields(rows, spec, str(path))
         return rows
+    groups = _groups(text) if suffix == ".json" else None
+    if groups is not None:
+        rows = _flatten_groups(groups)
+        _check_fields(rows, spec, str(path))
+        return rows
     rows, lines = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -226,25 +294,51 @@ def sample_path(spec: DatasetSpec) -> Path:
     return Path(str(resources.files("entrainment_cli") / "assets" / "samples" / spec.sample_file))
 
 
+def _of_split(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """Files holding several splits mark each row with a ``split`` field; keep ``split``'s."""
+    if rows and all("split" in r for r in rows):
+        return [r for r in rows if str(r["split"]) == split]
+    return rows
+
+
 def load(
-    spec: DatasetSpec, data_file: Path | None = None, option: str = "--data-file"
+    spec: DatasetSpec,
+    data_file: Path | None = None,
+    split: str | None = None,
+    option: str = "--data-file",
 ) -> LoadedData:
-    """Rows of ``spec``: the given file, else the hub (or its cache), else the bundled sample."""
+    """Rows of ``spec`` (its ``split``, default the spec's): the given file, else the hub (or
+    its cache), else the bundled sample. A file whose rows carry a ``split`` field is read as
+    holding several splits; the others are taken as the requested split. ``option`` names the
+    command-line option that gave the file, for error messages."""
+    split = spec.check_split(split or spec.split)
     if data_file is not None:
-        rows = read_data_file(data_file, spec, option)
-        return LoadedData(spec, rows, "file", str(data_file.resolve()))
+        rows = _of_split(read_data_file(data_file, spec, option), split)
+        return LoadedData(spec, rows, "file", str(data_file.resolve()), split)
     try:
+        if spec.hub_id is None:
+            raise LookupError("no hub dataset")
         hub.offline_if_unreachable()
         import datasets
 
-        ds = datasets.load_dataset(spec.hub_id, spec.config, split=spec.split)
+        kwargs = {"columns": list(spec.columns)} if spec.columns else {}
+        ds = datasets.load_dataset(spec.hub_id, spec.config, split=split, **kwargs)
         rows = [dict(r) for r in ds]
         _check_fields(rows, spec, spec.hub_id)
-        return LoadedData(spec, rows, "hub", f"{spec.hub_id}:{spec.split}")
+        return LoadedData(spec, rows, "hub", f"{spec.hub_id}:{split}", split)
     except UserError:
         raise
     except Exception as e:  # offline, no cache, hub error: the sample stands in, loudly
         path = sample_path(spec)
+        if spec.hub_id is None:
+            log.warning(
+                "%s has no hub copy; using the bundled sample %s: results are a smoke test, "
+                "pass --data-file for the study",
+                spec.name,
+                path.name,
+            )
+            rows = _of_split(read_data_file(path, spec), split)
+            return LoadedData(spec, rows, "sample", str(path), split)
         log.warning(
             "could not load %s from the hub or its cache (%s); using the bundled sample "
             "%s (%s rows): results are a smoke test, not the study",
@@ -253,5 +347,5 @@ def load(
             path.name,
             sum(1 for _ in path.open()),
         )
-        rows = read_data_file(path, spec)
-        return LoadedData(spec, rows, "sample", str(path))
+        rows = _of_split(read_data_file(path, spec), split)
+        return LoadedData(spec, rows, "sample", str(path), split)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from . import correlate, cot, rankmath, robustness
+from . import correlate, cot, qa, rankmath, robustness
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
@@ -14,6 +14,10 @@ PLOTTERS = {
     "correlate": (correlate.plot_run, correlate.plot_compare),
     "qa robustness": (robustness.plot_run, robustness.plot_compare),
     "cot": (cot.plot_run, cot.plot_compare),
+    "qa deepmath": (qa.plot_deepmath, qa.compare_deepmath),
+    "qa conflict": (qa.plot_conflict, qa.compare_conflict),
+    "qa longreason": (qa.plot_longreason, qa.compare_longreason),
+    "qa accuracy": (qa.plot_accuracy, qa.compare_accuracy),
 }
 
 

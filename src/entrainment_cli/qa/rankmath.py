@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .. import study
@@ -20,7 +19,7 @@ from ..engines import models
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import sparsity, stats
+from ..science import stats
 
 log = logging.getLogger("entrain")
 
@@ -83,14 +82,7 @@ def select(data: registry.LoadedData, limit_per_level: int | None) -> pd.DataFra
 
 def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
     """(exact text given to the tokenizer, 'chat' or 'plain')."""
-    if tokenizer.chat_template:
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": problem + USER_SUFFIX},
-        ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, "chat"
-    return f"{SYSTEM_PROMPT}\n\nQuestion: {problem}{USER_SUFFIX}\nAnswer:", "plain"
+    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
 
 
 def run(cfg: RankmathConfig) -> Path:
@@ -167,13 +159,7 @@ def run(cfg: RankmathConfig) -> Path:
             samples = samples[columns + metric_names]
             rd.write_table("samples", samples)
             write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
-        nonfinite = int((~np.isfinite(samples[metric_names].to_numpy())).sum())
-        if nonfinite:
-            log.warning(
-                "%d metric value(s) are NaN/inf; they are kept in samples.parquet "
-                "and left out of every statistic",
-                nonfinite,
-            )
+        nonfinite = study.count_nonfinite(samples, metric_names)
         counts = {"probed": int(samples["id"].nunique()), "nonfinite_values": nonfinite}
         rd.update(counts={**rd.manifest["counts"], **counts})
         from ..plots.rankmath import plot_run
@@ -186,17 +172,5 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
     """Per-level summary and level-vs-metric correlations over all problems."""
     summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
-    records = []
-    for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
-        for metric in metrics:
-            corr = stats.correlate(part["level"], part[metric], n_boot=n_boot, seed=seed)
-            records.append(
-                {
-                    "layer": layer,
-                    "position": position,
-                    "metric": metric,
-                    "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
-                    **corr,
-                }
-            )
-    rd.write_text("tables/correlations.csv", pd.DataFrame.from_records(records).to_csv(index=False))
+    corr = study.correlation_table(samples, "level", metrics, seed, n_boot)
+    rd.write_text("tables/correlations.csv", corr.to_csv(index=False))

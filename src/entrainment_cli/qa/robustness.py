@@ -452,7 +452,8 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
                             "noise_a": a,
                             "noise_b": b,
                             "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
-                            **stats.paired_test(cell[(metric, a)], cell[(metric, b)]),
+                            # noise_b minus noise_a, question by question
+                            **stats.paired_test(cell[(metric, b)], cell[(metric, a)]),
                         }
                     )
             answers_ = per_prompt[per_prompt["area"] == area].pivot(

@@ -148,3 +148,54 @@ def answer_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> list[
     """Indices of the tokens sharing at least one character with ``[start, end)``; an empty
     span (part of a multi-byte character, see ``token_offsets``) shares none."""
     return [i for i, (lo, hi) in enumerate(offsets) if lo < end and hi > start and hi > lo]
+
+
+# -- multiple choice ---------------------------------------------------------------------------
+
+# A letter standing alone: no letter, digit, apostrophe or hyphen touching it ("I'm", "B-52").
+_ALONE = r"(?<![\w'’-])[({\[]?\s*({L})\s*[)}\]]?(?![\w'’-])"
+# "the answer is (B)", "Answer: C", "final answer - D", "option E", "choice A"
+_STATED = r"(?:answer\s*(?:is|would\s+be|:|-)?|option|choice)\s*[:\-]?\s*\**"
+
+
+def parse_choice(text: str, letters: str = "ABCDE") -> str | None:
+    """The option letter a reply gives, or None; never a letter taken out of a word.
+
+    In order: a stated answer ("The answer is (B)", "Answer: C", "option D"); a reply that is
+    only a letter ("B", "(B)", "**B.**"); a reply that starts with a marked letter ("B) ...",
+    "C. ..."); the first marked letter anywhere ("(D)", "D)", "D:" or "D." ending a sentence).
+    Lower-case letters never count, nor does a capital inside or next to a word ("The",
+    "I'm", "B-52"). "A" and "I" are also English words, so a bare "A"/"I" followed by more
+    text ("A good guess", "I think") is not an answer; marked they are ("(A)", "A.").
+    Upstream took the first character of the reply whose upper case was a letter A-E, so
+    "The answer..." gave E (spec 7.2 item 14).
+    """
+    ls = "".join(sorted(set(letters)))
+    if not ls.isalpha() or not ls.isupper():
+        raise ValueError(f"letters must be capital letters, got {letters!r}")
+    group = f"[{ls}]"
+    alone = _ALONE.replace("{L}", group)
+    cleaned = text.replace("*", "").strip()
+    m = re.search(r"(?i:" + _STATED + r")" + alone, cleaned)
+    if m:
+        return m.group(1)
+    m = re.fullmatch(r"[\"'`]?[({\[]?\s*(" + group + r")\s*[)}\]]?[.:!]?[\"'`]?", cleaned)
+    if m:
+        return m.group(1)
+    m = re.match(r"[({\[]?\s*(" + group + r")\s*(?:[)}\]]|[.:](?=\s|$))", cleaned)
+    if m:
+        return m.group(1)
+    marked = (
+        r"(?<![\w'’-])(?:[({\[]\s*(" + group + r")\s*[)}\]]"  # (D)
+        r"|(" + group + r")(?:\)|:|\.(?=\s|$))(?![\w'’-]))"  # D)  D:  D.
+    )
+    m = re.search(marked, cleaned)
+    if m:
+        return m.group(1) or m.group(2)
+    for m in re.finditer(alone, cleaned):  # a bare capital: B, C, ... but not "A good" / "I do"
+        letter = m.group(1)
+        rest = cleaned[m.end() :].lstrip()
+        if letter in "AI" and rest and rest[0].isalpha():
+            continue
+        return letter
+    return None

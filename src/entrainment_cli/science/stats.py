@@ -189,36 +189,84 @@ def fit_unimodal(x: Sequence[float], y: Sequence[float]) -> dict[str, float | bo
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:
-    """Wilcoxon signed-rank test of b - a over pairs (the same example under two conditions),
-    with the matched-pairs rank-biserial correlation as effect size: (R+ - R-) / (R+ + R-),
-    ranks of |b - a| over non-zero differences, in [-1, 1] (1: b larger in every pair).
+    """Wilcoxon signed-rank test of a - b over pairs, with two effect sizes.
 
-    Pairs with a non-finite member are dropped and counted; zero differences are dropped
-    (Wilcoxon's own convention) and counted in ``n_zero``.
+    ``rank_biserial`` is the matched-pairs rank-biserial correlation (W+ - W-) / (W+ + W-)
+    over the non-zero differences, in [-1, 1] (1: every a exceeds its b); ``cohens_dz`` is
+    mean(d) / std(d, ddof=1). A pair with a non-finite value is dropped (``n_dropped``);
+    zero differences are left out of the ranks as in Wilcoxon's original test (``n_zero``).
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
     keep = np.isfinite(a) & np.isfinite(b)
-    d = b[keep] - a[keep]
-    nonzero = d[d != 0]
+    d = a[keep] - b[keep]
     nan = float("nan")
     out: dict[str, float | int] = {
         "n": int(d.size),
-        "n_dropped_nonfinite": int((~keep).sum()),
-        "n_zero": int(d.size - nonzero.size),
+        "n_dropped": int((~keep).sum()),
+        "n_zero": int((d == 0).sum()),
+        "mean_a": float(a[keep].mean()) if d.size else nan,
+        "mean_b": float(b[keep].mean()) if d.size else nan,
         "mean_diff": float(d.mean()) if d.size else nan,
         "median_diff": float(np.median(d)) if d.size else nan,
+        "cohens_dz": nan,
+        "w_plus": nan,
+        "w_minus": nan,
+        "wilcoxon_p": nan,
+        "rank_biserial": nan,
     }
-    if nonzero.size == 0:
-        return out | {"wilcoxon_w": nan, "wilcoxon_p": nan, "rank_biserial": nan}
-    ranks = stats.rankdata(np.abs(nonzero))
-    r_plus, r_minus = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
-    test = stats.wilcoxon(nonzero)
-    return out | {
-        "wilcoxon_w": float(test.statistic),
-        "wilcoxon_p": float(test.pvalue),
-        "rank_biserial": (r_plus - r_minus) / (r_plus + r_minus),
+    if d.size > 1:
+        sd = float(d.std(ddof=1))
+        out["cohens_dz"] = float(d.mean()) / sd if sd > 0 else nan
+    nonzero = d[d != 0]
+    if nonzero.size:
+        ranks = stats.rankdata(np.abs(nonzero))
+        w_plus, w_minus = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+        res = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
+        out |= {
+            "w_plus": w_plus,
+            "w_minus": w_minus,
+            "wilcoxon_p": float(res.pvalue),
+            "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
+        }
+    return out
+
+
+def linear_fit_band(
+    x: Sequence[float], y: Sequence[float], grid: Sequence[float], level: float = 0.95
+) -> tuple[dict[str, float | int], pd.DataFrame]:
+    """Least-squares line y = intercept + slope x, and the ``level`` confidence band of the
+    fitted mean on ``grid``: fit +/- t * s * sqrt(1/n + (g - mean x)^2 / Sxx), with Student's t
+    on n - 2 degrees of freedom (upstream used 1.96 whatever n). Non-finite pairs are dropped.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    g = np.asarray(grid, dtype=np.float64)
+    nan = float("nan")
+    n = int(x.size)
+    params: dict[str, float | int] = {"n": n, "slope": nan, "intercept": nan, "r2": nan, "s": nan}
+    band = pd.DataFrame({"x": g, "fit": nan, "lo": nan, "hi": nan})
+    sxx = float(((x - x.mean()) ** 2).sum()) if n else 0.0
+    if n < 3 or sxx == 0:
+        return params, band
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    intercept = float(y.mean() - slope * x.mean())
+    resid = y - (intercept + slope * x)
+    s = float(np.sqrt((resid**2).sum() / (n - 2)))
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    fit = intercept + slope * g
+    half = stats.t.ppf((1 + level) / 2, n - 2) * s * np.sqrt(1 / n + (g - x.mean()) ** 2 / sxx)
+    params |= {
+        "slope": slope,
+        "intercept": intercept,
+        "r2": 1 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else nan,
+        "s": s,
     }
+    return params, pd.DataFrame({"x": g, "fit": fit, "lo": fit - half, "hi": fit + half})
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:

@@ -1,0 +1,298 @@
+"""`entrain qa accuracy`: does the prompt's hidden state predict whether the answer is right?
+
+Upstream (QA-bench/rankmath/accuracy_vs_sparsity.py, spec 4.1) generated with vLLM, reloaded
+the model in transformers for a second pass, graded with a substring rule that counts "1" in
+"10" as correct, replaced NaN metrics by 0, and correlated accuracy with the metric across the
+five level means (N = 5). Here: answers graded by the last ``\\boxed{}`` and math-verify
+(``entrainment_cli.grading``), the hook probe on the same prompts, and per-problem
+associations: point-biserial r (with p and a bootstrap CI) and AUROC (Mann-Whitney), next to
+upstream's level-means correlation for comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import grading, study
+from ..data import registry
+from ..engines import models
+from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind
+from ..engines.probe import HiddenProbe
+from ..errors import UserError
+from ..runs.rundir import RunDir
+from ..science import correctness, sparsity, stats
+from ..ui import progress
+from .rankmath import select
+
+log = logging.getLogger("entrain")
+
+COMMAND = "qa accuracy"
+SYSTEM_PROMPT = (
+    "You are a math expert. Solve the problem step by step, then give the final answer "
+    "in \\boxed{}."
+)
+USER_SUFFIX = "\n\nPut your final answer within \\boxed{}."
+
+
+@dataclass
+class AccuracyConfig:
+    model: str | None = None
+    data_file: Path | None = None
+    limit_per_level: int | None = None
+    limit: int | None = None
+    layers: str = "-1"
+    metrics: list[str] | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    engine: str = "auto"
+    max_tokens: int = 1024
+    n_boot: int = 1000
+    run_dir: Path | None = None
+    runs_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+
+
+def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
+    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
+
+
+def run(cfg: AccuracyConfig) -> Path:
+    metric_names = study.metric_names(cfg.metrics)
+    for name, value in (("--limit", cfg.limit), ("--batch-size", cfg.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    kind = resolve_kind(cfg.engine)
+    spec = registry.get_spec("math500")
+    data = registry.load(spec, cfg.data_file)
+    problems = select(data, cfg.limit_per_level)
+    if cfg.limit is not None:
+        problems = problems.head(cfg.limit)
+    gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
+    problems["gold"] = problems["id"].map(gold)
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    resolved = models.resolve_model(cfg.model)
+    layers = study.model_layers(resolved, cfg.layers)
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    built = [build_prompt(tokenizer, p) for p in problems["problem"]]
+    problems["prompt"] = [text for text, _ in built]
+    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in problems.prompt]
+    problems["n_prompt_tokens"] = [len(t) for t in token_lists]
+    config = AutoConfig.from_pretrained(resolved.path)
+    skipped = study.too_long(config, problems["n_prompt_tokens"], reserve=cfg.max_tokens)
+    if len(skipped) == len(problems):
+        raise UserError(
+            f"no prompt leaves room for --max-tokens {cfg.max_tokens} in the model's context "
+            f"({config.max_position_embeddings} tokens); lower --max-tokens"
+        )
+    keep = [i for i in range(len(problems)) if i not in skipped]
+    ids = problems["id"].tolist()
+
+    identity = {
+        "model": resolved.id,
+        "dataset": data.fingerprint,
+        "limit_per_level": cfg.limit_per_level,
+        "limit": cfg.limit,
+        "layers": layers,
+        "metrics": metric_names,
+        "max_tokens": cfg.max_tokens,
+        "dtype": str(dtype),
+    }
+    run_dir = RunDir.open(
+        command=COMMAND,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[study.model_slug(resolved), spec.name],
+        resume=cfg.resume,
+    )
+    with run_dir as rd:
+        rd.record_setup(cfg, resolved, data, device)
+
+        model = None
+        answered = rd.done_ids("generations", "id")
+        todo = [i for i in keep if ids[i] not in answered]
+        if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
+            if kind == "hf":
+                with rd.stage("load_model"):
+                    model, tokenizer = models.load_model(resolved, device, dtype)
+            engine = make_engine(
+                kind,
+                resolved.path,
+                device=device,
+                dtype=dtype,
+                batch_size=cfg.batch_size,
+                model=model,
+                tokenizer=tokenizer,
+            )
+            rd.update(engine=engine.name)
+            _generate(rd, cfg, engine, sampling, ids, token_lists, todo)
+            del engine
+            if kind == "vllm" and device.startswith("cuda"):
+                close_engines()
+        if model is None:
+            with rd.stage("load_model"):
+                model, tokenizer = models.load_model(resolved, device, dtype)
+        columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
+        already_done = study.probe_into(
+            rd,
+            "samples",
+            problems.iloc[keep][columns],
+            [token_lists[i] for i in keep],
+            HiddenProbe(model, layers, ["last-prompt"]),
+            metric_names,
+            cfg.batch_size,
+            tokenizer.pad_token_id,
+            cfg.quiet,
+        )
+        rd.update(
+            prompt_format=built[0][1],
+            counts={
+                "problems": len(problems),
+                "skipped_too_long": len(skipped),
+                "already_done": already_done,
+            },
+        )
+        with rd.stage("analysis"):
+            samples = rd.read_in_order("samples", ["id", "layer"], ids)
+            if samples is None:
+                raise UserError("no problem could be probed (all were skipped); see run.log")
+            answers = answer_table(
+                problems, rd.read_in_order("generations", ["id"], ids), tokenizer
+            )
+            rd.write_table("answers", answers)
+            samples = samples[[*columns, "layer", "position", *metric_names]]
+            samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
+            rd.write_table("samples", samples)
+            write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
+        counts = {
+            "probed": int(samples["id"].nunique()),
+            "correct": int(answers["correct"].sum()),
+            "no_boxed_answer": int(answers["prediction"].isna().sum()),
+            "nonfinite_values": study.count_nonfinite(samples, metric_names),
+        }
+        rd.update(counts={**rd.manifest["counts"], **counts})
+        from ..plots.qa import plot_accuracy
+
+        plot_accuracy(rd.path)
+    return rd.path
+
+
+def _generate(rd, cfg, engine, sampling, ids, token_lists, todo) -> None:
+    step = max(cfg.batch_size, 32)
+    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="prompts")
+        n_tokens = 0
+        for lo in range(0, len(todo), step):
+            part = todo[lo : lo + step]
+            gens = engine.generate(
+                [token_lists[i] for i in part],
+                [ids[i] for i in part],
+                sampling,
+                on_done=lambda n: bar.advance(task, n),
+            )
+            rd.append_shard(
+                "generations",
+                pd.DataFrame(
+                    {
+                        "id": [ids[i] for i in part],
+                        "token_ids": [g.token_ids for g in gens],
+                        "finish_reason": [g.finish_reason for g in gens],
+                    }
+                ),
+            )
+            n_tokens += sum(len(g.token_ids) for g in gens)
+        timing["prompts"] = len(todo)
+        timing["tokens"] = n_tokens
+
+
+def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> pd.DataFrame:
+    """One row per generated answer: the text, its last ``\\boxed{}`` and whether that equals
+    the gold answer (math-verify); no box is a wrong answer, counted in the manifest."""
+    if gens is None:
+        raise UserError("no answer was generated (every prompt was skipped); see run.log")
+    meta = problems.set_index("id")
+    out = pd.DataFrame({"id": gens["id"]})
+    out["level"] = out["id"].map(meta["level"])
+    out["subject"] = out["id"].map(meta["subject"])
+    out["gold"] = out["id"].map(meta["gold"])
+    out["output"] = [tokenizer.decode(list(t), skip_special_tokens=True) for t in gens.token_ids]
+    out["n_generated"] = [len(t) for t in gens["token_ids"]]
+    out["finish_reason"] = gens["finish_reason"].to_numpy()
+    out["prediction"] = [grading.extract_boxed(text) for text in out["output"]]
+    out["correct"] = [
+        grading.math_equal(p, g) for p, g in zip(out["prediction"], out["gold"], strict=True)
+    ]
+    return out
+
+
+def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> None:
+    """accuracy_by_level.csv, summary.csv (metrics per level) and association.csv."""
+    levels = []
+    for level, part in answers.groupby("level", sort=True):
+        k, n = int(part["correct"].sum()), len(part)
+        lo, hi = correctness.wilson_interval(k, n)
+        levels.append(
+            {"level": level, "n": n, "correct": k, "accuracy": k / n, "ci_lo": lo, "ci_hi": hi}
+        )
+    by_level = pd.DataFrame.from_records(levels)
+    rd.write_text("tables/accuracy_by_level.csv", by_level.to_csv(index=False))
+    summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
+    rd.write_text("tables/summary.csv", summary.to_csv(index=False))
+    rd.write_text(
+        "tables/association.csv",
+        association(samples, by_level, summary, metrics, seed, n_boot).to_csv(index=False),
+    )
+
+
+def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> pd.DataFrame:
+    """Per (layer, position, metric): point-biserial r of correctness and metric over problems
+    (Pearson with a 0/1 variable: p, N, bootstrap CI), AUROC of the metric for correctness
+    (Mann-Whitney U, p), and upstream's Pearson r across the level means (N = levels)."""
+    records = []
+    for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
+        groups = correctness.compare_groups(part, metrics).set_index("metric")
+        means = summary[(summary.layer == layer) & (summary.position == position)]
+        for metric in metrics:
+            pb = stats.correlate(
+                part["correct"].astype(float), part[metric], n_boot=n_boot, seed=seed
+            )
+            g = groups.loc[metric]
+            lm = means[means.metric == metric].merge(by_level[["level", "accuracy"]], on="level")
+            lm = lm[np.isfinite(lm["mean"])]
+            level_r = float("nan")
+            if len(lm) >= 3 and np.ptp(lm["mean"]) > 0 and np.ptp(lm["accuracy"]) > 0:
+                level_r = float(np.corrcoef(lm["accuracy"], lm["mean"])[0, 1])
+            records.append(
+                {
+                    "layer": layer,
+                    "position": position,
+                    "metric": metric,
+                    "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                    "n": pb["n"],
+                    "n_correct": int(g["n_correct"]),
+                    "point_biserial_r": pb["pearson_r"],
+                    "point_biserial_p": pb["pearson_p"],
+                    "point_biserial_lo": pb["pearson_lo"],
+                    "point_biserial_hi": pb["pearson_hi"],
+                    "auroc": g["auroc"],
+                    "mannwhitney_p": g["p"],
+                    "mean_correct": g["mean_correct"],
+                    "mean_incorrect": g["mean_incorrect"],
+                    "level_means_r": level_r,
+                    "n_levels": len(lm),
+                }
+            )
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,203 @@
+"""`entrain qa conflict`: is the hidden state sparser when the context contradicts what the
+model knows?
+
+Upstream (QA-bench/Knowledge_conflict/judge.py, spec 4.4) computed the metrics in bf16,
+called a pair "significant" when |ΔL1| > 0.02 (below bf16's resolution at L1 ~ 5k), asked for
+"a single letter: True or False", and compared conditions that differ in both the context and
+the question. Here: float32 metrics, a Wilcoxon signed-rank test over the pairs with two effect
+sizes, a prompt that asks for True or False, and a third condition that keeps the conflicting
+question but gives the model's own (parametric) knowledge, so that the context alone differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .. import study
+from ..data import registry
+from ..engines import models
+from ..engines.probe import HiddenProbe
+from ..errors import UserError
+from ..runs.rundir import RunDir
+from ..science import sparsity, stats
+
+log = logging.getLogger("entrain")
+
+COMMAND = "qa conflict"
+SYSTEM_PROMPT = (
+    "Judge whether the knowledge in the context is correct, then answer the question. "
+    "Reply with a single word: True or False."
+)
+# condition -> (context field, question field)
+CONDITIONS = {
+    "conflict": ("conflicting_knowledge", "question_about_conflicting_segments"),
+    "nonconflict": ("parametric_knowledge", "question_about_nonconflicting_segments"),
+    "control": ("parametric_knowledge", "question_about_conflicting_segments"),
+}
+# (a, b): a test of a - b per item. The first is upstream's; in the second only the context
+# differs (the question is the same), so it is free of the question confound.
+COMPARISONS = [("conflict", "nonconflict"), ("conflict", "control")]
+
+
+@dataclass
+class ConflictConfig:
+    model: str | None = None
+    data_file: Path | None = None
+    limit: int | None = None
+    layers: str = "-1"
+    metrics: list[str] | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    run_dir: Path | None = None
+    runs_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+
+
+def build_prompt(tokenizer, context: str, question: str) -> tuple[str, str]:
+    return study.chat_prompt(
+        tokenizer, SYSTEM_PROMPT, f"Context: {context}\n\nQuestion: {question}", label=""
+    )
+
+
+def examples(data: registry.LoadedData, limit: int | None) -> pd.DataFrame:
+    """One row per (item, condition), the first ``limit`` items in file order (as upstream)."""
+    rows = data.rows[:limit] if limit is not None else data.rows
+    if not rows:
+        raise UserError(f"no knowledge-conflict items in {data.location}; check the data file")
+    records = []
+    for item, row in zip(data.ids, rows, strict=False):
+        for condition, (context, question) in CONDITIONS.items():
+            records.append(
+                {
+                    "id": f"{item}/{condition}",
+                    "item": item,
+                    "condition": condition,
+                    "subject": str(row.get("subject", "")),
+                    "main_entity": str(row["main_entity"]),
+                    "context": str(row[context]),
+                    "question": str(row[question]),
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def run(cfg: ConflictConfig) -> Path:
+    metric_names = study.metric_names(cfg.metrics)
+    for name, value in (("--limit", cfg.limit), ("--batch-size", cfg.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    spec = registry.get_spec("conflict")
+    data = registry.load(spec, cfg.data_file)
+    frame = examples(data, cfg.limit)
+    device = models.pick_device(cfg.device)
+    dtype = models.pick_dtype(cfg.dtype, device)
+    resolved = models.resolve_model(cfg.model)
+    layers = study.model_layers(resolved, cfg.layers)
+
+    identity = {
+        "model": resolved.id,
+        "dataset": data.fingerprint,
+        "limit": cfg.limit,
+        "layers": layers,
+        "metrics": metric_names,
+        "dtype": str(dtype),
+    }
+    run_dir = RunDir.open(
+        command=COMMAND,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[study.model_slug(resolved), spec.name],
+        resume=cfg.resume,
+    )
+    with run_dir as rd:
+        rd.record_setup(cfg, resolved, data, device)
+        with rd.stage("load_model"):
+            model, tokenizer = models.load_model(resolved, device, dtype)
+        built = [
+            build_prompt(tokenizer, c, q)
+            for c, q in zip(frame.context, frame.question, strict=True)
+        ]
+        frame["prompt"] = [text for text, _ in built]
+        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in frame.prompt]
+        frame["n_prompt_tokens"] = [len(t) for t in token_lists]
+        skipped = study.too_long(model, frame["n_prompt_tokens"])
+        keep = [i for i in range(len(frame)) if i not in skipped]
+        columns = ["id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"]
+        already_done = study.probe_into(
+            rd,
+            "samples",
+            frame.iloc[keep][columns],
+            [token_lists[i] for i in keep],
+            HiddenProbe(model, layers, ["last-prompt"]),
+            metric_names,
+            cfg.batch_size,
+            tokenizer.pad_token_id,
+            cfg.quiet,
+        )
+        rd.update(
+            prompt_format=built[0][1],
+            counts={
+                "items": int(frame["item"].nunique()),
+                "prompts": len(frame),
+                "skipped_too_long": len(skipped),
+                "already_done": already_done,
+            },
+        )
+        with rd.stage("analysis"):
+            samples = rd.read_in_order("samples", ["id", "layer"], frame["id"].tolist())
+            if samples is None:
+                raise UserError("no prompt could be probed (all were skipped); see run.log")
+            samples = samples[[*columns, "layer", "position", *metric_names]]
+            rd.write_table("samples", samples)
+            write_analysis(rd, samples, metric_names)
+        counts = {"nonfinite_values": study.count_nonfinite(samples, metric_names)}
+        rd.update(counts={**rd.manifest["counts"], **counts})
+        from ..plots.qa import plot_conflict
+
+        plot_conflict(rd.path)
+    return rd.path
+
+
+def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per layer, comparison and metric: the Wilcoxon test of a - b over items, effect sizes,
+    and whether a is the sparser one at p < 0.05. Prompt length is tested the same way, since
+    a length difference between the conditions can drive a metric difference by itself."""
+    records = []
+    for layer, part in samples.groupby("layer", sort=True):
+        wide = part.pivot(index="item", columns="condition", values=["n_prompt_tokens", *metrics])
+        for a, b in COMPARISONS:
+            for metric in ["n_prompt_tokens", *metrics]:
+                if (metric, a) not in wide or (metric, b) not in wide:
+                    continue
+                test = stats.paired_test(wide[(metric, a)], wide[(metric, b)])
+                direction = sparsity.SPARSER.get(metric)
+                rec = {
+                    "layer": layer,
+                    "a": a,
+                    "b": b,
+                    "metric": metric,
+                    "sparser_when": None,
+                    **test,
+                    "a_sparser": None,
+                }
+                if direction is not None:
+                    rec["sparser_when"] = "higher" if direction > 0 else "lower"
+                    rec["a_sparser"] = bool(
+                        test["wilcoxon_p"] < 0.05 and test["mean_diff"] * direction > 0
+                    )
+                records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str]) -> None:
+    summary = stats.group_summary(samples, ["layer", "condition"], ["n_prompt_tokens", *metrics])
+    rd.write_text("tables/summary.csv", summary.to_csv(index=False))
+    rd.write_text("tables/paired.csv", paired_table(samples, metrics).to_csv(index=False))
