@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from entrainment_cli.engines import generate
 from entrainment_cli.engines.generate import Generation
-from entrainment_cli.runs.rundir import read_manifest
+from entrainment_cli.runs.rundir import read_manifest, run_label
 
 # What the "model" answers to each question, and the gold answers of those questions.
 REPLIES = [
@@ -86,6 +86,7 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
     for stem in ("correct_vs_incorrect", "logtoku_quadrants", "reliability", "entropy_vs_stops"):
         assert (out / "figures" / f"{stem}.png").is_file()
     assert read_manifest(out)["identity"]["grade"] == ["cot", 2]
+    assert run_label(out)[1].endswith("/cot")  # graded runs of one model stay apart in grids
 
 
 @pytest.mark.parametrize(

@@ -272,6 +272,25 @@ def test_conflict_paired_tests(cli, tiny_llama, tmp_path):
 # -- qa longreason ---------------------------------------------------------------------------
 
 
+def test_plot_report_over_runs_of_several_commands(cli, deepmath_run, tiny_llama, tmp_path):
+    conflict = tmp_path / "conflict"
+    _ok(cli("qa", "conflict", "--model", tiny_llama, "--run-dir", conflict, "--limit", 4,
+            "--metrics", METRICS, "--quiet"))  # fmt: skip
+    other = tmp_path / "deepmath-2"
+    shutil.copytree(deepmath_run, other)
+    report = tmp_path / "report"
+    _ok(cli("plot", deepmath_run, other, conflict, "--out", report, "--quiet"))
+    assert (report / "qa-deepmath" / "deepmath_compare.png").stat().st_size > 10_000
+    assert not (report / "qa-conflict" / "conflict_compare.png").exists()  # one run: no compare
+    for rd, command in ((deepmath_run, "qa-deepmath"), (other, "qa-deepmath"),
+                        (conflict, "qa-conflict")):  # fmt: skip
+        copied = report / command / rd.name
+        assert {p.name for p in copied.iterdir()} == _figures(rd)
+        for p in copied.iterdir():
+            assert p.read_bytes() == (rd / "figures" / p.name).read_bytes()
+    assert cli("plot", deepmath_run, other).exit_code == 2  # comparing needs --out
+
+
 def test_longreason_layers_skips_and_answers(cli, tiny_llama, tmp_path):
     out = tmp_path / "l"
     _ok(cli("qa", "longreason", "--model", tiny_llama, "--run-dir", out, "--splits", "8k,64k",

@@ -17,11 +17,19 @@ def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
     out: Annotated[
         Path | None,
-        typer.Option(help="Where the comparison figure of several runs goes.", show_default=False),
+        typer.Option(
+            help="Report directory: every run's figures are copied there, and runs of one "
+            "command are compared (one sub-directory per command when several are given).",
+            show_default=False,
+        ),
     ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Rebuild every figure of each run from its tables; with several runs, compare them."""
+    """Rebuild every figure of each run from its tables; compare several runs of one command.
+
+    Runs of different commands may be mixed: `entrain plot runs/*/* --out report` rebuilds
+    everything and writes one report directory.
+    """
     written = plot_runs(run_dirs, out)
     if not quiet:
         for path in written:

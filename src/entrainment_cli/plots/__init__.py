@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs.rundir import read_manifest
+from ..runs.rundir import read_manifest, slug
 from . import correlate, cot, qa, rankmath, robustness
 
 # command -> (figures of one run, comparison of several runs of that command)
@@ -22,24 +23,34 @@ PLOTTERS = {
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
-    """Rebuild every figure of each run; with several runs of one command, also compare them."""
-    commands = []
+    """Rebuild every figure of each run; runs of one command are also compared.
+
+    With ``out_dir`` this is a report: each run's figures are copied to
+    ``out_dir/<command>/<run>/`` and each comparison goes to ``out_dir/<command>/`` (straight
+    into ``out_dir`` when all runs belong to one command).
+    """
+    groups: dict[str, list[Path]] = {}
     for rd in run_dirs:
         command = read_manifest(rd).get("command")
         if command not in PLOTTERS:
             raise UserError(f"{rd}: no figures are defined for '{command}' runs")
         if not (rd / "tables").is_dir():
             raise UserError(f"{rd} has no tables/ yet; finish the run (--resume) first")
-        commands.append(command)
+        groups.setdefault(command, []).append(rd)
+    if out_dir is None and any(len(rds) > 1 for rds in groups.values()):
+        raise UserError("comparing several runs needs --out DIR for the comparison figures")
     written: list[Path] = []
-    for rd, command in zip(run_dirs, commands, strict=True):
-        written += PLOTTERS[command][0](rd)
-    if len(run_dirs) > 1:
-        if len(set(commands)) > 1:
-            raise UserError(
-                "cannot compare runs of different commands: " + ", ".join(set(commands))
-            )
+    for command, rds in groups.items():
+        for rd in rds:
+            written += PLOTTERS[command][0](rd)
         if out_dir is None:
-            raise UserError("comparing several runs needs --out DIR for the comparison figure")
-        written += PLOTTERS[commands[0]][1](run_dirs, out_dir)
+            continue
+        dest = out_dir if len(groups) == 1 else out_dir / slug(command)
+        if len(rds) > 1:
+            written += PLOTTERS[command][1](rds, dest)
+        for rd in rds:
+            for figure in sorted((rd / "figures").glob("*")):
+                target = dest / rd.name / figure.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written.append(Path(shutil.copy2(figure, target)))
     return written

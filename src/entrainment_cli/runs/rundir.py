@@ -322,9 +322,14 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def run_label(run_dir: Path) -> tuple[str, str]:
-    """(model, dataset) names of a run, for tables and figure rows and columns."""
+    """(model, dataset) names of a run, for tables and figure rows and columns; a graded
+    correlate run's dataset names its prompting too (gsm8k/cot), so runs stay apart."""
     m = read_manifest(run_dir)
-    return m.get("model", {}).get("id", run_dir.name), m.get("dataset", {}).get("id", "?")
+    dataset = m.get("dataset", {}).get("id", "?")
+    options = m.get("options", {})
+    if options.get("grade"):
+        dataset = f"{dataset}/{options.get('prompting')}"
+    return m.get("model", {}).get("id", run_dir.name), dataset
 
 
 def environment() -> dict[str, Any]:
