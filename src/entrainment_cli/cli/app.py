@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import correlate, plot, qa
+from . import correlate, plot, pretrain, qa
 
 app = typer.Typer(
     name="entrain",
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(qa.app, name="qa")
 app.command(name="correlate")(correlate.correlate)
 app.command(name="plot")(plot.plot)
+app.command(name="pretrain")(pretrain.pretrain)
 
 
 def _version(value: bool) -> None:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from . import correlate, rankmath
+from . import correlate, pretrain, rankmath
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
     "qa rankmath": (rankmath.plot_run, rankmath.plot_compare),
     "correlate": (correlate.plot_run, correlate.plot_compare),
+    "pretrain": (pretrain.plot_run, pretrain.plot_compare),
 }
 
 
