@@ -350,8 +350,7 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
                 f"held-out facts for {name} (rule length {'2' if name == 'ood_hard' else '3+'})",
                 0,
                 1,
-                "n_entities",
-                "n_derived",
+                "n_derived",  # more training facts: more held-out facts derivable from them
             )
         rng.shuffle(pool)
         del pool[p.num_test :]
