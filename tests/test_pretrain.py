@@ -42,7 +42,7 @@ def finished(tmp_path_factory):
     args = [
         "pretrain", "--llm-size", "llama-1-1", "--steps", str(STEPS), "--eval-every", "20",
         "--batch-size", "16", "--lr", "3e-3", "--layers", "0,-1", "--metrics", ",".join(METRICS),
-        "--seed", "0", "--run-dir", str(out), "--quiet", *GRAPH,
+        "--seed", "0", "--precision", "float32", "--run-dir", str(out), "--quiet", *GRAPH,
     ]  # fmt: skip
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -104,7 +104,7 @@ def test_packed_loss_equals_one_padded_line_per_fact(tok):
     facts = ["Q17 P3 Q2051", "Q1 P0 Q5", "Q123 P45 Q9", "Q9 P9 Q9999"] * 5
     seqs = [tok(f)["input_ids"] + [tok.eos_token_id] for f in facts]
     batch = train.pack(seqs, 16, tok.pad_token_id)
-    assert batch.input_ids.shape == (3, 8 * 16) and batch.tokens == sum(map(len, seqs))
+    assert batch.input_ids.shape == (5, train.PACK * 16) and batch.tokens == sum(map(len, seqs))
     with torch.no_grad():
         packed = model(
             input_ids=batch.input_ids,
@@ -120,6 +120,14 @@ def test_packed_loss_equals_one_padded_line_per_fact(tok):
         labels = ids.masked_fill(mask == 0, -100)
         padded = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
     assert packed.item() == pytest.approx(padded.item(), abs=1e-5)
+
+
+def test_precision():
+    assert train.autocast_dtype("float32", "cuda") is None
+    assert train.autocast_dtype("bf16", "cpu") == torch.bfloat16
+    assert train.autocast_dtype("auto", "cuda") == torch.bfloat16
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert train.autocast_dtype("auto", "cpu") == (torch.bfloat16 if native else None)
 
 
 def test_fact_batches_cover_each_epoch_and_are_seeded():
@@ -274,7 +282,14 @@ def test_unwritable_run_dir_exits_2(cli, tmp_path):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("--steps", "0"), ("--warmup-ratio", "1"), ("--lr", "0"), ("--layers", "5")],
+    [
+        ("--steps", "0"),
+        ("--warmup-ratio", "1"),
+        ("--lr", "0"),
+        ("--layers", "5"),
+        ("--precision", "fp8"),
+        ("--metrics", "nope"),
+    ],
 )
 def test_bad_options_exit_2(cli, tmp_path, option, value):
     result = cli("pretrain", "--llm-size", "llama-1-1", *GRAPH, option, value)

@@ -48,6 +48,13 @@ def pretrain(
     compile: Annotated[
         str, _opt("torch.compile the training step: auto (on GPU), on, off.")
     ] = "auto",
+    precision: Annotated[
+        str,
+        _opt(
+            "auto (bf16 autocast on GPU and on CPUs with native bf16, else float32), bf16, "
+            "float32. Weights are float32 either way."
+        ),
+    ] = "auto",
     device: Device = "auto",
     seed: Seed = 0,
     run_dir: RunDirOpt = None,
@@ -82,6 +89,7 @@ def pretrain(
         metrics=split_list(metrics),
         eval_batch_size=eval_batch_size,
         compile=compile,
+        precision=precision,
         device=device,
         seed=seed,
         run_dir=run_dir,

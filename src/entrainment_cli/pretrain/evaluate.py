@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from ..engines.probe import HiddenProbe, batches
 from ..science import kg, stats
-from .train import autocast_dtype
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -36,10 +35,11 @@ class Evaluator:
         layers: list[int],
         metrics: list[str],
         device: str,
+        amp: torch.dtype | None = None,
         batch_queries: int = 64,
     ):
         self.model, self.queries = model, list(queries)
-        self.layers, self.metrics, self.device = layers, metrics, device
+        self.layers, self.metrics, self.device, self.amp = layers, metrics, device, amp
         self.batch_queries = batch_queries
         self.pad = tokenizer.pad_token_id
         eos = tokenizer.eos_token_id
@@ -87,7 +87,7 @@ class Evaluator:
         """One row per (query, layer) at this training step."""
         was_training = self.model.training
         self.model.eval()
-        amp = autocast_dtype(self.device)
+        amp = self.amp
         with torch.autocast(self.device.split(":")[0], dtype=amp, enabled=amp is not None):
             scores = torch.cat(
                 [

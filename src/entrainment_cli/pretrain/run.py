@@ -65,6 +65,7 @@ class PretrainConfig:
     metrics: list[str] | None = None
     eval_batch_size: int = 64
     compile: str = "auto"
+    precision: str = "auto"
     device: str = "auto"
     seed: int = 0
     run_dir: Path | None = None
@@ -118,6 +119,10 @@ def _validate(cfg: PretrainConfig) -> None:
     if cfg.eval_every < 0:
         raise UserError(
             f"--eval-every must be 0 (only at the end) or positive (got {cfg.eval_every})"
+        )
+    if cfg.precision not in train.PRECISIONS:
+        raise UserError(
+            f"--precision must be one of {', '.join(train.PRECISIONS)} (got '{cfg.precision}')"
         )
     if cfg.compile not in ("auto", "on", "off"):
         raise UserError(f"--compile must be auto, on or off (got '{cfg.compile}')")
@@ -186,9 +191,10 @@ def run(cfg: PretrainConfig) -> Path:
         metric_names = sparsity.resolve_metric_names(cfg.metrics)
     except KeyError as e:
         raise UserError(
-            f"unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)}"
+            f"--metrics: unknown metric {e}; known: {', '.join(sparsity.METRICS)}, or all"
         ) from None
     device = models.pick_device(cfg.device)
+    amp = train.autocast_dtype(cfg.precision, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
     graph = generate_graph(cfg)
     models._quiet_transformers()  # our bar says what happens
@@ -230,7 +236,7 @@ def run(cfg: PretrainConfig) -> Path:
                 "max_fact_tokens": max_len,
             },
             compile=compile_model,
-            autocast=str(train.autocast_dtype(device)),
+            autocast=str(amp) if amp else "off (float32)",
         )
         log.info(
             "%s: %.2fM parameters; graph: %d entities, %d facts, %d training facts, "
@@ -243,7 +249,7 @@ def run(cfg: PretrainConfig) -> Path:
             *graph.stats["pool_sizes"].values(),
         )
         evaluator = evaluate.Evaluator(
-            model, tokenizer, graph.queries, layers, metric_names, device, cfg.eval_batch_size
+            model, tokenizer, graph.queries, layers, metric_names, device, amp, cfg.eval_batch_size
         )
         eval_steps = {cfg.steps} | (
             set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
@@ -294,6 +300,7 @@ def run(cfg: PretrainConfig) -> Path:
                 max_len=max_len,
                 pad_id=tokenizer.pad_token_id,
                 device=device,
+                amp=amp,
                 compile_model=compile_model,
                 on_step=on_step,
                 evaluate_at=evaluate_at,

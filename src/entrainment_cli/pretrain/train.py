@@ -1,8 +1,8 @@
 """Model construction, packed batches and the training loop of `entrain pretrain`.
 
 Upstream (spec 2.5-2.6) ran the HF Trainer on pure-bf16 weights, one padded line per fact,
-with the initialisation always seeded 42. Here: float32 master weights with bf16 autocast on
-GPU (float32 on CPU), the initialisation seeded by ``--seed``, facts packed into a few short
+with the initialisation always seeded 42. Here: float32 master weights with bf16 autocast
+(``--precision``), the initialisation seeded by ``--seed``, facts packed into a few short
 rows whose attention stays inside each fact (block-diagonal mask, positions restarting at 0
 per fact, so the model computes exactly what it would on one padded line per fact), fused
 AdamW, ``torch.compile`` on GPU, and the same schedule: linear warmup then cosine to 0.
@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UserError
 
-PACK = 8  # facts per packed row: attention cost grows with the square of the row width
+PACK = 4  # facts per packed row: attention cost grows with the square of the row width
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,22 @@ def make_optimizer(model, lr: float, device: str) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), foreach=True, **kwargs)
 
 
-def autocast_dtype(device: str) -> torch.dtype | None:
-    return torch.bfloat16 if device.startswith("cuda") else None
+PRECISIONS = ("auto", "bf16", "float32")
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """bf16 for autocast (weights stay float32), or None for plain float32.
+
+    ``auto`` is bf16 on CUDA and on CPUs with native bf16 matrix products (AVX512-BF16 or
+    AMX), where it is much faster than float32 (bench/README.md), float32 elsewhere.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bf16" or device.startswith("cuda"):
+        return torch.bfloat16
+    if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def train(
@@ -151,6 +165,7 @@ def train(
     max_len: int,
     pad_id: int,
     device: str,
+    amp: torch.dtype | None,
     compile_model: bool,
     on_step: Callable[[int, float, float, int], None],
     evaluate_at: Callable[[int], None],
@@ -165,7 +180,6 @@ def train(
     optimizer = make_optimizer(model, lr, device)
     warmup = math.ceil(warmup_ratio * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
-    amp = autocast_dtype(device)
     evaluate_at(0)
     loss_sum = torch.zeros((), device=device)
     tokens = 0
