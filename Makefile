@@ -29,6 +29,10 @@ demo: install
 		--n-prompts 20 --max-tokens 64
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset gsm8k --grade \
 		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
+	# One thread: a model this small loses more to thread sync than it gains on a busy CPU.
+	OMP_NUM_THREADS=1 $(BIN)/entrain pretrain --llm-size llama-2-4 --steps 1000 --lr 1e-3 \
+		--eval-every 200 --num-test 200 --entities 1000 --relations 20 --rules 10 \
+		--deductible-rules 8 --n-atomic 2000 --n-derived 2000
 
 lint: install
 	$(BIN)/ruff format --check src tests bench
