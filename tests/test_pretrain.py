@@ -216,6 +216,38 @@ def test_checkpoint_loads_everywhere(finished):
         assert torch.allclose(loaded(ids).logits, model(ids).logits)
 
 
+def test_checkpoint_serves_with_vllm(finished):
+    """vLLM loads the checkpoint and its greedy continuation equals transformers'."""
+    import os
+
+    from entrainment_cli.engines import generate
+
+    if not generate.vllm_available():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("vLLM is not installed but CI=true: CI must run the vLLM tests")
+        pytest.skip("vLLM is not installed")
+    ckpt = finished / "checkpoint"
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    prompts = [tok(p)["input_ids"] for p in ("Q1 P2 ", "Q17 P3 ", "Q400 P7 ")]
+    engine = generate.make_engine(
+        "vllm", ckpt, device="cpu", dtype=torch.float32, batch_size=4, max_model_len=64
+    )
+    try:
+        gens = engine.generate(
+            prompts, ["a", "b", "c"], generate.Sampling(temperature=0, max_tokens=6)
+        )
+    finally:
+        generate.close_engines(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    for prompt, gen in zip(prompts, gens, strict=True):
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=18
+        )[0, len(prompt) :].tolist()
+        if gen.finish_reason == "stop":  # vLLM leaves the final EOS out
+            out = out[: out.index(tok.eos_token_id)]
+        assert gen.token_ids == out
+
+
 def test_final_scores_and_metrics_match_an_independent_pass(finished):
     """Re-score the last step's queries one option at a time with plain HF forwards."""
     ckpt = finished / "checkpoint"
