@@ -48,13 +48,10 @@ def test_rules_are_acyclic_and_sized(graph):
     deps = defaultdict(set)
     for r in graph.rules:
         deps[r.head] |= set(r.body)
-    indeg = defaultdict(int)
-    for head, body in deps.items():
+    nodes = set(deps) | {b for body in deps.values() for b in body}
+    indeg = {n: 0 for n in nodes}
+    for body in deps.values():
         for b in body:
-            indeg[b] += 0
-            indeg[head] += 0
-    for head in deps:
-        for b in deps[head]:
             indeg[b] += 1
     ready = [n for n, d in indeg.items() if d == 0]
     seen = 0

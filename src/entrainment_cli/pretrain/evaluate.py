@@ -87,8 +87,9 @@ class Evaluator:
         """One row per (query, layer) at this training step."""
         was_training = self.model.training
         self.model.eval()
-        amp = self.amp
-        with torch.autocast(self.device.split(":")[0], dtype=amp, enabled=amp is not None):
+        with torch.autocast(
+            self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None
+        ):
             scores = torch.cat(
                 [
                     self._scores(range(s, min(s + self.batch_queries, len(self.queries))))

@@ -242,8 +242,7 @@ def _grow(rules: list[Rule], p: KGParams, rng: random.Random) -> _Graph:
                 "entities of the seed graph", len(g.out), p.n_entities, "n_entities", "n_rules"
             )
 
-    start = [tok for tok in adj if tok in child_set]
-    start.sort()
+    start = sorted(tok for tok in adj if tok in child_set)
     since_check = 0
     while len(g.out) < p.n_entities:
         k = g.new_entity()
