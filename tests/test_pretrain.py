@@ -276,12 +276,15 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
             assert row[name] == pytest.approx(reference(name, h), rel=1e-4)
 
 
-def test_plot_rebuilds_figures(finished, cli):
+def test_plot_rebuilds_figures(finished, cli, tmp_path):
     for f in (finished / "figures").glob("*.png"):
         f.unlink()
     result = cli("plot", finished)
     assert result.exit_code == 0, result.output
     assert (finished / "figures" / "dynamics_layer-1.png").is_file()
+    result = cli("plot", finished, finished, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pretrain_compare.png").is_file()
 
 
 # -- errors ---------------------------------------------------------------------------------
