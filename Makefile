@@ -37,6 +37,10 @@ demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa deepmath --n 16
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa longreason --limit 2 --engine hf
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa conflict --limit 8
+	# One thread: a model this small loses more to thread sync than it gains on a busy CPU.
+	OMP_NUM_THREADS=1 $(BIN)/entrain pretrain --llm-size llama-2-4 --steps 1000 --lr 1e-3 \
+		--eval-every 200 --num-test 200 --entities 1000 --relations 20 --rules 10 \
+		--deductible-rules 8 --n-atomic 2000 --n-derived 2000
 
 lint: install
 	$(BIN)/ruff format --check src tests bench
@@ -51,7 +55,8 @@ bench: install
 # Llama models need `hf auth login`). MODELS="a b" replaces every study's model list;
 # DEVICE, REPORT and CONFLICT_DATA (the Wang et al. knowledge-conflict data.json, which has no
 # hub copy) can be set too. Each run goes to $(REPORT)/<study>/<model>; running it again
-# resumes unfinished runs. `make -n reproduce` prints every command.
+# resumes unfinished runs and skips finished pretrain runs (pretrain has no --resume: delete
+# an unfinished pretrain run first). `make -n reproduce` prints every command.
 REPORT        ?= runs/reproduce
 DEVICE        ?= cuda
 MODELS        ?=
@@ -78,8 +83,10 @@ endef
 R := $(REPORT)
 
 reproduce: install
-	$(ENTRAIN) pretrain --seed 42 --device $(DEVICE) --run-dir $(R)/pretrain/llama \
-		$(call resume,$(R)/pretrain/llama)
+	$(foreach z,llama-16-16 llama-32-32,test -f $(R)/pretrain/$(z)/tables/final.csv || \
+		$(ENTRAIN) pretrain --llm-size $(z) --steps 5000 \
+		--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) \
+		--run-dir $(R)/pretrain/$(z)$(nl))
 	$(foreach m,$(call pick,$(RANKMATH_MODELS)),$(ENTRAIN) qa rankmath --model $(m) \
 		--device $(DEVICE) --dtype float16 --layers -1 \
 		--run-dir $(R)/rankmath/$(call slug,$(m)) $(call resume,$(R)/rankmath/$(call slug,$(m)))$(nl))

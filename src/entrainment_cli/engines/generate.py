@@ -365,10 +365,10 @@ def _vllm_llm(path: Path, device: str, dtype: torch.dtype, max_model_len: int | 
     return _LLMS[key]
 
 
-def close_engines() -> None:
-    """Shut down every cached vLLM engine (frees its memory, GPU memory included)."""
-    while _LLMS:
-        _, llm = _LLMS.popitem()
+def close_engines(path: Path | None = None) -> None:
+    """Shut down every cached vLLM engine, or those of ``path`` (frees memory, GPU's too)."""
+    for key in [k for k in _LLMS if path is None or k[0] == str(path)]:
+        llm = _LLMS.pop(key)
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()

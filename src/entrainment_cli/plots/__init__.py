@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest, slug
-from . import correlate, cot, qa, rankmath, robustness
+from . import correlate, cot, pretrain, qa, rankmath, robustness
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
@@ -19,6 +19,7 @@ PLOTTERS = {
     "qa conflict": (qa.plot_conflict, qa.compare_conflict),
     "qa longreason": (qa.plot_longreason, qa.compare_longreason),
     "qa accuracy": (qa.plot_accuracy, qa.compare_accuracy),
+    "pretrain": (pretrain.plot_run, pretrain.plot_compare),
 }
 
 

@@ -161,8 +161,14 @@ class RunDir:
         return run
 
     def __enter__(self) -> RunDir:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as e:
+            raise UserError(
+                f"cannot write the run directory {self.path} ({e.strerror}); "
+                "choose a writable --run-dir or --runs-dir"
+            ) from None
         self._log_handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
         self._log_handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")

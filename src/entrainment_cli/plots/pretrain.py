@@ -1,0 +1,134 @@
+"""Figures of `pretrain` runs, read from their saved tables only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UserError
+from ..runs.rundir import read_manifest
+from .common import panel_grid, save
+
+SPLITS = {
+    "id": ("ID", "#1f77b4"),
+    "ood_medium": ("OOD-medium", "#2ca02c"),
+    "ood_hard": ("OOD-hard", "#ff7f0e"),
+}
+DYNAMICS = ["top5_energy", "top10_energy", "eff_rank", "accuracy"]
+
+
+def _layer_name(layer: int) -> str:
+    return "final norm" if layer == -1 else f"layer {layer}"
+
+
+def _label(run_dir: Path) -> str:
+    options = read_manifest(run_dir).get("options", {})
+    return f"{options.get('llm_size', run_dir.name)} (seed {options.get('seed', '?')})"
+
+
+def _columns(name: str) -> tuple[str, str]:
+    return (
+        (name, f"{name}_sem") if name in ("accuracy", "loss") else (f"{name}_mean", f"{name}_sem")
+    )
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """Per probed layer: metrics and accuracy against step (one line per split, SEM bands),
+    and the per-split comparison at the last step; plus the training loss curve."""
+    dyn = pd.read_parquet(run_dir / "tables" / "dynamics.parquet")
+    label = _label(run_dir)
+    metrics = [c[: -len("_mean")] for c in dyn.columns if c.endswith("_mean")]
+    written: list[Path] = []
+    for layer, part in dyn.groupby("layer", sort=True):
+        names = [m for m in DYNAMICS if m == "accuracy" or m in metrics]
+        fig, axes = panel_grid(len(names), 2, (4.2, 3.2))
+        for ax, name in zip(axes, names, strict=True):
+            mean, sem = _columns(name)
+            for split, (title, color) in SPLITS.items():
+                s = part[part.split == split].sort_values("step")
+                if s.empty:
+                    continue
+                ax.plot(
+                    s.step,
+                    s[mean],
+                    marker="o",
+                    ms=3,
+                    color=color,
+                    label=f"{title} (n={s.n.iloc[-1]})",
+                )
+                ax.fill_between(
+                    s.step,
+                    s[mean] - s[sem].fillna(0),
+                    s[mean] + s[sem].fillna(0),
+                    color=color,
+                    alpha=0.2,
+                )
+            if name == "accuracy":
+                ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("training step")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"Learning dynamics: {label}, {_layer_name(layer)} (mean ± SEM)", fontsize=11)
+        written += save(fig, run_dir / "figures" / f"dynamics_layer{layer}")
+
+        last = part[part.step == part.step.max()]
+        names = ["accuracy", "loss", *metrics]
+        fig, axes = panel_grid(len(names), 4, (3.0, 2.8))
+        for ax, name in zip(axes, names, strict=True):
+            mean, sem = _columns(name)
+            rows = [last[last.split == s] for s in SPLITS]
+            present = [(s, r) for s, r in zip(SPLITS, rows, strict=True) if not r.empty]
+            ax.bar(
+                [SPLITS[s][0] for s, _ in present],
+                [r[mean].iloc[0] for _, r in present],
+                yerr=[r[sem].fillna(0).iloc[0] for _, r in present],
+                color=[SPLITS[s][1] for s, _ in present],
+                capsize=3,
+            )
+            lo = min(r[mean].iloc[0] - r[sem].fillna(0).iloc[0] for _, r in present)
+            hi = max(r[mean].iloc[0] + r[sem].fillna(0).iloc[0] for _, r in present)
+            pad = (hi - lo) * 0.3 or abs(hi) * 0.05 or 1.0
+            ax.set_ylim(lo - pad if name not in ("accuracy", "loss") else 0, hi + pad)
+            ax.set_title(name, fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
+        fig.suptitle(
+            f"By split at step {int(last.step.max())}: {label}, {_layer_name(layer)}", fontsize=11
+        )
+        written += save(fig, run_dir / "figures" / f"final_layer{layer}")
+
+    log = pd.read_parquet(run_dir / "tables" / "train.parquet")
+    fig, axes = panel_grid(1, 1, (5.0, 3.2))
+    axes[0].plot(log.step, log.loss, color="#444444")
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("training loss (per token)")
+    axes[0].set_title(f"Training loss: {label}", fontsize=10)
+    written += save(fig, run_dir / "figures" / "train_loss")
+    return written
+
+
+def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Several runs (sizes, seeds): accuracy and top-5% energy against step, per split."""
+    loaded = []
+    for rd in run_dirs:
+        dyn = pd.read_parquet(rd / "tables" / "dynamics.parquet")
+        loaded.append((_label(rd), dyn[dyn.layer == -1] if (dyn.layer == -1).any() else dyn))
+    if any(d.empty for _, d in loaded):
+        raise UserError("every compared pretrain run needs dynamics; finish the runs first")
+    names = [n for n in ("accuracy", "top5_energy") if all(_columns(n)[0] in d for _, d in loaded)]
+    fig, axes = panel_grid(len(names) * len(SPLITS), len(SPLITS), (3.6, 3.0))
+    for row, name in enumerate(names):
+        mean, sem = _columns(name)
+        for col, (split, (title, _)) in enumerate(SPLITS.items()):
+            ax = axes[row * len(SPLITS) + col]
+            for label, dyn in loaded:
+                s = dyn[dyn.split == split].sort_values("step")
+                ax.plot(s.step, s[mean], marker="o", ms=2, label=label)
+                ax.fill_between(
+                    s.step, s[mean] - s[sem].fillna(0), s[mean] + s[sem].fillna(0), alpha=0.15
+                )
+            ax.set_title(f"{title}: {name}", fontsize=9)
+            ax.set_xlabel("training step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Learning dynamics across runs (mean ± SEM)")
+    return save(fig, out_dir / "pretrain_compare")

@@ -1,0 +1,1 @@
+"""`entrain pretrain`: knowledge graph, tokenizer, training loop and evaluation."""

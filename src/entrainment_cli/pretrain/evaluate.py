@@ -1,0 +1,144 @@
+"""Multiple-choice evaluation and last-prompt sparsity of the knowledge-graph model.
+
+Per query (spec 2.7): each of the 10 options is scored by the mean cross-entropy of its answer
+tokens and EOS after the prompt ``Q<h> P<r> ``; the prediction is the lowest score. Unlike
+upstream this runs under ``inference_mode``, batches many queries per forward, and draws
+negatives that are never a true answer (science.kg). The hidden state at the prompt's
+trailing space (the position that predicts the answer) goes through the shared probe pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..engines.probe import HiddenProbe, batches
+from ..science import kg, stats
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class Evaluator:
+    """Scores every query of every split and measures its prompt's hidden state."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        queries: Sequence[kg.Query],
+        layers: list[int],
+        metrics: list[str],
+        device: str,
+        amp: torch.dtype | None = None,
+        batch_queries: int = 64,
+    ):
+        self.model, self.queries = model, list(queries)
+        self.layers, self.metrics, self.device, self.amp = layers, metrics, device, amp
+        self.batch_queries = batch_queries
+        self.pad = tokenizer.pad_token_id
+        eos = tokenizer.eos_token_id
+        self.prompts = [encode(tokenizer, kg.prompt_text(q.h, q.r)) for q in self.queries]
+        self.answers = [
+            [encode(tokenizer, kg.entity(o)) + [eos] for o in q.options] for q in self.queries
+        ]
+        self.frame = pd.DataFrame(
+            {
+                "query_id": [f"{q.split}-{i}" for i, q in enumerate(self.queries)],
+                "split": [q.split for q in self.queries],
+                "h": [q.h for q in self.queries],
+                "r": [q.r for q in self.queries],
+                "t": [q.t for q in self.queries],
+                "kind": [q.kind for q in self.queries],
+                "rule_length": [q.rule_length for q in self.queries],
+            }
+        )
+
+    def _scores(self, chunk: range) -> torch.Tensor:
+        """[len(chunk), options] mean answer-token cross-entropy."""
+        rows, starts = [], []
+        for i in chunk:
+            for answer in self.answers[i]:
+                rows.append(self.prompts[i] + answer)
+                starts.append(len(self.prompts[i]))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for k, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            ids[k, : len(row)] = torch.as_tensor(row)
+            mask[k, : len(row)] = 1
+            labels[k, start : len(row)] = ids[k, start : len(row)]
+        ids, mask, labels = (x.to(self.device) for x in (ids, mask, labels))
+        logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        ce = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), labels[:, 1:], reduction="none"
+        )
+        per_row = ce.sum(1) / (labels[:, 1:] != -100).sum(1)
+        return per_row.view(len(chunk), -1)
+
+    @torch.inference_mode()
+    def __call__(self, step: int) -> pd.DataFrame:
+        """One row per (query, layer) at this training step."""
+        was_training = self.model.training
+        self.model.eval()
+        with torch.autocast(
+            self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None
+        ):
+            scores = torch.cat(
+                [
+                    self._scores(range(s, min(s + self.batch_queries, len(self.queries))))
+                    for s in range(0, len(self.queries), self.batch_queries)
+                ]
+            ).cpu()
+            probe = HiddenProbe(self.model, self.layers, ["last-prompt"])
+            measured: dict[int, dict[str, np.ndarray]] = {
+                layer: {m: np.empty(len(self.queries)) for m in self.metrics}
+                for layer in self.layers
+            }
+            for batch in batches(self.prompts, 8 * self.batch_queries, self.pad, self.device):
+                out = probe.measure(batch.input_ids, batch.attention_mask, self.metrics)
+                for (layer, _), values in out.items():
+                    for name, tensor in values.items():
+                        measured[layer][name][batch.indices] = tensor.double().cpu().numpy()
+        if was_training:
+            self.model.train()
+        gold = torch.tensor([q.gold for q in self.queries])
+        pred = scores.argmin(1)
+        base = self.frame.assign(
+            step=step,
+            correct=(pred == gold).numpy(),
+            pred=[q.options[p] for q, p in zip(self.queries, pred.tolist(), strict=True)],
+            gold_loss=scores.gather(1, gold[:, None])[:, 0].double().numpy(),
+        )
+        frames = [base.assign(layer=layer, **measured[layer]) for layer in self.layers]
+        return pd.concat(frames, ignore_index=True)
+
+
+def dynamics(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Per (step, split, layer): n, accuracy, mean gold loss, every metric's mean and SEM."""
+    keys = ["step", "split", "layer"]
+    frame = evals.assign(accuracy=evals["correct"].astype(float), loss=evals["gold_loss"])
+    summary = stats.group_summary(frame, keys, ["accuracy", "loss", *metrics])
+    wide = summary.pivot_table(index=keys, columns="metric", values=["mean", "sem"], sort=False)
+    wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
+    wide = wide.reset_index()
+    wide.insert(
+        3,
+        "n",
+        evals.groupby(keys, sort=False)
+        .size()
+        .reindex(pd.MultiIndex.from_frame(wide[keys]))
+        .to_numpy(),
+    )
+    wide = wide.rename(columns={"accuracy_mean": "accuracy", "loss_mean": "loss"})
+    columns = [*keys, "n", "accuracy", "accuracy_sem", "loss", "loss_sem"]
+    columns += [f"{m}_{stat}" for m in metrics for stat in ("mean", "sem")]
+    order = wide["split"].map({s: i for i, s in enumerate(kg.SPLITS)})
+    wide = wide.assign(_order=order).sort_values(["step", "layer", "_order"])
+    return wide[columns].reset_index(drop=True)

@@ -1,0 +1,347 @@
+"""`entrain pretrain`: knowledge graph -> Llama trained from scratch -> ID/OOD accuracy and
+sparsity, with the learning dynamics (spec section 2).
+
+Run directory: ``kg/`` (rules, every fact, the training set, the test queries with their
+options, ``stats.json``), ``checkpoint/`` (an HF model + tokenizer directory that every
+other command accepts as ``--model``), ``tables/train.parquet`` (loss, learning rate,
+tokens/s), ``tables/eval.parquet`` (one row per query, split, step and layer),
+``tables/dynamics.parquet`` (per step, split and layer: accuracy, gold loss, every metric's
+mean and SEM), ``tables/final.csv`` (the last step of dynamics) and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..engines import models
+from ..engines.probe import parse_layers
+from ..errors import UserError
+from ..runs.rundir import RunDir, atomic_write_parquet
+from ..science import kg, sparsity
+from ..ui import progress
+from . import evaluate, train
+from .tokenizer import build_tokenizer
+
+log = logging.getLogger("entrain")
+
+COMMAND = "pretrain"
+# KGParams field -> the option that sets it, for "graph too small" messages.
+FLAGS = {
+    "n_entities": "--entities",
+    "n_relations": "--relations",
+    "n_rules": "--rules",
+    "n_deductible": "--deductible-rules",
+    "attach": "--attach",
+    "n_atomic": "--n-atomic",
+    "n_derived": "--n-derived",
+    "num_test": "--num-test",
+}
+
+
+@dataclass
+class PretrainConfig:
+    llm_size: str = "llama-16-16"
+    steps: int = 2500
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_ratio: float = 0.2
+    eval_every: int = 100
+    num_test: int = 1000
+    entities: int = 4000
+    relations: int = 50
+    rules: int = 25
+    deductible_rules: int = 20
+    attach: int = 6
+    n_atomic: int = 5000
+    n_derived: int = 5000
+    layers: str = "-1"
+    metrics: list[str] | None = None
+    eval_batch_size: int = 64
+    compile: str = "auto"
+    precision: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    run_dir: Path | None = None
+    runs_dir: Path | None = None
+    quiet: bool = False
+
+    def kg_params(self) -> kg.KGParams:
+        return kg.KGParams(
+            n_entities=self.entities,
+            n_relations=self.relations,
+            n_rules=self.rules,
+            n_deductible=self.deductible_rules,
+            attach=self.attach,
+            n_atomic=self.n_atomic,
+            n_derived=self.n_derived,
+            num_test=self.num_test,
+        )
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What the manifest records of something that is not a hub model or dataset."""
+
+    info: dict
+
+    def identity(self) -> dict:
+        return self.info
+
+
+def _validate(cfg: PretrainConfig) -> None:
+    positive = {
+        "--steps": cfg.steps,
+        "--batch-size": cfg.batch_size,
+        "--num-test": cfg.num_test,
+        "--entities": cfg.entities,
+        "--relations": cfg.relations,
+        "--rules": cfg.rules,
+        "--deductible-rules": cfg.deductible_rules,
+        "--attach": cfg.attach,
+        "--n-atomic": cfg.n_atomic,
+        "--n-derived": cfg.n_derived,
+        "--eval-batch-size": cfg.eval_batch_size,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1 (got {value})")
+    if not cfg.lr > 0:
+        raise UserError(f"--lr must be positive (got {cfg.lr})")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise UserError(f"--warmup-ratio must be in [0, 1) (got {cfg.warmup_ratio})")
+    if cfg.eval_every < 0:
+        raise UserError(
+            f"--eval-every must be 0 (only at the end) or positive (got {cfg.eval_every})"
+        )
+    if cfg.precision not in train.PRECISIONS:
+        raise UserError(
+            f"--precision must be one of {', '.join(train.PRECISIONS)} (got '{cfg.precision}')"
+        )
+    if cfg.compile not in ("auto", "on", "off"):
+        raise UserError(f"--compile must be auto, on or off (got '{cfg.compile}')")
+
+
+def generate_graph(cfg: PretrainConfig) -> kg.KnowledgeGraph:
+    """The graph, or one line naming the count that fell short and the option to change."""
+    try:
+        return kg.generate(cfg.kg_params(), seed=cfg.seed)
+    except kg.GraphTooSmall as e:
+        fix = f"raise {FLAGS[e.raise_param]}"
+        if e.lower_param:
+            fix += f" or lower {FLAGS[e.lower_param]}"
+        raise UserError(
+            f"the knowledge graph is too small for the requested splits: {e.what}: {e.have}, "
+            f"need {e.need}; {fix}"
+        ) from None
+
+
+def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
+    """``kg/``: rules, facts, training set, queries, stats; returns the graph's fingerprint."""
+    rules = [
+        {
+            "index": i,
+            "head": kg.relation(r.head),
+            "body": [kg.relation(b) for b in r.body],
+            "length": len(r.body),
+            "deductible": r.deductible,
+        }
+        for i, r in enumerate(graph.rules)
+    ]
+    in_train = set(graph.train)
+    facts = pd.DataFrame(
+        [
+            (h, r, t, kind, (h, r, t) in in_train, list(graph.derivations.get((h, r, t), ())))
+            for (h, r, t), kind in graph.facts.items()
+        ],
+        columns=["h", "r", "t", "kind", "in_train", "rules"],
+    )
+    train_set = pd.DataFrame(graph.train, columns=["h", "r", "t"])
+    train_set["kind"] = [graph.facts[f] for f in graph.train]
+    train_set["text"] = [kg.fact_text(*f) for f in graph.train]
+    queries = pd.DataFrame([asdict(q) for q in graph.queries])
+    queries["alt_tails"] = queries["alt_tails"].map(list)
+    queries["options"] = queries["options"].map(list)
+    queries.insert(0, "query_id", [f"{q.split}-{i}" for i, q in enumerate(graph.queries)])
+    queries["prompt"] = [kg.prompt_text(q.h, q.r) for q in graph.queries]
+    queries["answer"] = [kg.entity(q.t) for q in graph.queries]
+    rd.write_text("kg/rules.json", json.dumps(rules, indent=1) + "\n")
+    atomic_write_parquet(rd.path / "kg" / "facts.parquet", facts)
+    atomic_write_parquet(rd.path / "kg" / "train.parquet", train_set)
+    atomic_write_parquet(rd.path / "kg" / "queries.parquet", queries)
+    rd.write_text("kg/stats.json", json.dumps(graph.stats, indent=1) + "\n")
+    digest = hashlib.sha256()
+    digest.update(json.dumps([rules, sorted(graph.facts.items()), graph.train]).encode())
+    digest.update(queries.drop(columns=["alt_tails", "options"]).to_csv().encode())
+    return digest.hexdigest()
+
+
+def run(cfg: PretrainConfig) -> Path:
+    # Every input check, and the graph itself, come before the run directory exists.
+    _validate(cfg)
+    size = train.parse_size(cfg.llm_size)
+    layers = parse_layers(cfg.layers, size.layers)
+    try:
+        metric_names = sparsity.resolve_metric_names(cfg.metrics)
+    except KeyError as e:
+        raise UserError(
+            f"--metrics: unknown metric {e}; known: {', '.join(sparsity.METRICS)}, or all"
+        ) from None
+    device = models.pick_device(cfg.device)
+    amp = train.autocast_dtype(cfg.precision, device)
+    compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
+    graph = generate_graph(cfg)
+    models._quiet_transformers()  # our bar says what happens
+    tokenizer = build_tokenizer()
+    seqs = [
+        evaluate.encode(tokenizer, kg.fact_text(*f)) + [tokenizer.eos_token_id] for f in graph.train
+    ]
+    max_len = max(len(s) for s in seqs)
+
+    identity = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "runs_dir", "quiet")}
+    rd = RunDir.open(
+        command=COMMAND,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"],
+        resume=False,
+    )
+    with rd:
+        fingerprint = write_graph(rd, graph)
+        model = train.build_model(size, tokenizer, cfg.seed)
+        n_params = sum(p.numel() for p in model.parameters())
+        rd.record_setup(
+            cfg,
+            _Identity({"id": cfg.llm_size, "source": "trained from scratch", "params": n_params}),
+            _Identity(
+                {
+                    "id": "synthetic-kg",
+                    "data_source": "generated",
+                    "fingerprint": fingerprint,
+                    "location": str(rd.path / "kg"),
+                    **{k: graph.stats[k] for k in ("entities", "facts", "train", "pool_sizes")},
+                }
+            ),
+            device,
+            counts={
+                "train_facts": len(seqs),
+                "queries": len(graph.queries),
+                "max_fact_tokens": max_len,
+            },
+            compile=compile_model,
+            autocast=str(amp) if amp else "off (float32)",
+        )
+        log.info(
+            "%s: %.2fM parameters; graph: %d entities, %d facts, %d training facts, "
+            "queries ID %d / OOD-medium %d / OOD-hard %d",
+            cfg.llm_size,
+            n_params / 1e6,
+            graph.stats["entities"],
+            graph.stats["facts"],
+            len(seqs),
+            *graph.stats["pool_sizes"].values(),
+        )
+        evaluator = evaluate.Evaluator(
+            model, tokenizer, graph.queries, layers, metric_names, device, amp, cfg.eval_batch_size
+        )
+        eval_steps = {cfg.steps} | (
+            set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
+        )
+        train_log: list[dict] = []
+        clock = {"eval": 0.0, "last": time.perf_counter()}
+
+        with rd.stage("train") as timing, progress(cfg.quiet) as bar:
+            task = bar.add_task("train", total=cfg.steps, unit="steps")
+
+            def on_step(step: int, loss: float, lr: float, tokens: int) -> None:
+                now = time.perf_counter()
+                seconds = now - clock["last"]
+                clock["last"] = now
+                tps = tokens / seconds if seconds > 0 else float("nan")
+                train_log.append(
+                    {"step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tps}
+                )
+                bar.update(
+                    task,
+                    completed=step,
+                    description=f"train loss {loss:.3f} {tps:,.0f} tok/s",
+                )
+
+            def evaluate_at(step: int) -> None:
+                if step not in eval_steps:
+                    return
+                t0 = time.perf_counter()
+                frame = evaluator(step)
+                rd.append_shard("eval", frame)
+                acc = frame[frame.layer == layers[0]].groupby("split")["correct"].mean()
+                log.info(
+                    "step %d: accuracy %s",
+                    step,
+                    ", ".join(f"{s} {acc.get(s, float('nan')):.3f}" for s in kg.SPLITS),
+                )
+                spent = time.perf_counter() - t0
+                clock["eval"] += spent
+                clock["last"] += spent  # evaluation time is not training time
+
+            t_start = time.perf_counter()
+            train.train(
+                model,
+                train.fact_batches(seqs, cfg.batch_size, cfg.seed),
+                steps=cfg.steps,
+                lr=cfg.lr,
+                warmup_ratio=cfg.warmup_ratio,
+                max_len=max_len,
+                pad_id=tokenizer.pad_token_id,
+                device=device,
+                amp=amp,
+                compile_model=compile_model,
+                on_step=on_step,
+                evaluate_at=evaluate_at,
+            )
+            train_seconds = time.perf_counter() - t_start - clock["eval"]
+            tokens = sum(r["tokens"] for r in train_log)
+            timing.update(steps=cfg.steps, tokens=tokens)
+        rd.update(
+            training={
+                "train_seconds": round(train_seconds, 3),
+                "eval_seconds": round(clock["eval"], 3),
+                "tokens_per_s": round(tokens / train_seconds, 1),
+            }
+        )
+
+        with rd.stage("save"):
+            checkpoint = rd.path / "checkpoint"
+            model.save_pretrained(checkpoint)
+            tokenizer.save_pretrained(checkpoint)
+            rd.write_table("train", pd.DataFrame.from_records(train_log))
+            evals = rd.read_in_order(
+                "eval", ["query_id", "step", "layer"], evaluator.frame["query_id"].tolist()
+            )
+            evals = evals.sort_values(["step", "layer"], kind="stable").reset_index(drop=True)
+            rd.write_table("eval", evals)
+            dyn = evaluate.dynamics(evals, metric_names)
+            rd.write_table("dynamics", dyn)
+            rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
+        resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
+        rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
+        final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
+        for row in final.itertuples():
+            log.info(
+                "final %s: accuracy %.3f, gold loss %.3f (n=%d)",
+                row.split,
+                row.accuracy,
+                row.loss,
+                row.n,
+            )
+        rd.update(final_accuracy={r.split: round(float(r.accuracy), 4) for r in final.itertuples()})
+        from ..plots.pretrain import plot_run
+
+        plot_run(rd.path)
+    return rd.path
