@@ -1,28 +1,100 @@
-"""Steps every study shares: checking requested metrics and layers, and the batched probe loop
-that measures last-prompt (or mean-prompt) hidden states and appends them to a run's shards."""
+"""Steps every study shares: checking options, metrics and layers, resolving the model and
+opening its run, the batched probe loop that measures last-prompt (or mean-prompt) hidden
+states and appends them to a run's shards, and the resumable generation stage."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .engines import models
+from .engines.generate import Engine, Generation, Sampling, close_engines, make_engine
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs.rundir import RunDir
 from .science import sparsity, stats
 from .ui import progress
 
+if TYPE_CHECKING:
+    from .data.registry import LoadedData
+
 log = logging.getLogger("entrain")
+
+
+class RunOptions(Protocol):
+    """The options every study's config has (its dataclass), as the shared steps read them."""
+
+    run_dir: Path | None
+    runs_dir: Path | None
+    resume: bool
+    batch_size: int
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The model a run uses, the device and the dtype: resolved before the run exists."""
+
+    resolved: models.ResolvedModel
+    device: str
+    dtype: torch.dtype
+
+
+def model_setup(model: str | None, device: str, dtype: str) -> Setup:
+    """``--device``, ``--dtype`` and ``--model`` checked and resolved (in that order)."""
+    picked = models.pick_device(device)
+    return Setup(models.resolve_model(model), picked, models.pick_dtype(dtype, picked))
 
 
 def model_slug(resolved: models.ResolvedModel) -> str:
     """The model's part of a run directory's name."""
     return resolved.id if resolved.source != "embedded" else "smollm2-135m"
+
+
+@contextlib.contextmanager
+def start_run(
+    command: str,
+    identity: dict[str, Any],
+    cfg: RunOptions,
+    setup: Setup,
+    data: LoadedData,
+    name_parts: Sequence[str],
+    **extra: Any,
+) -> Iterator[RunDir]:
+    """The entered run directory, new (named after the model and ``name_parts``) or the one
+    ``--resume`` continues (refused if ``identity`` differs), with the setup recorded: every
+    option, the model, the data, the device, and ``extra``."""
+    with RunDir.open(
+        command=command,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[model_slug(setup.resolved), *name_parts],
+        resume=cfg.resume,
+    ) as rd:
+        rd.record_setup(cfg, setup.resolved, data, setup.device, **extra)
+        yield rd
+
+
+def load_model(rd: RunDir, setup: Setup):
+    """(model, tokenizer), the load timed as the run's ``load_model`` stage."""
+    with rd.stage("load_model"):
+        return models.load_model(setup.resolved, setup.device, setup.dtype)
+
+
+def check_positive(*options: tuple[str, int | None]) -> None:
+    """Each (option name, value) must be at least 1; None (not given) passes."""
+    for name, value in options:
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
 
 
 def chat_prompt(tokenizer, system: str, user: str, label: str = "Question: ") -> tuple[str, str]:
@@ -87,6 +159,22 @@ def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
     return out
 
 
+class Tokenized(NamedTuple):
+    token_lists: list[list[int]]  # the ids of every prompt
+    skipped: set[int]  # rows too long for the context
+    keep: list[int]  # the other rows, in order
+
+
+def tokenize_prompts(frame: pd.DataFrame, tokenizer, model, reserve: int = 0) -> Tokenized:
+    """Tokenize ``frame["prompt"]`` (no special tokens: the prompt text holds its own), set
+    ``frame["n_prompt_tokens"]``, and find the rows that do not fit ``model``'s context (a
+    model or its config) with ``reserve`` tokens to spare (see :func:`too_long`)."""
+    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in frame["prompt"]]
+    frame["n_prompt_tokens"] = [len(t) for t in token_lists]
+    skipped = too_long(model, frame["n_prompt_tokens"], reserve)
+    return Tokenized(token_lists, skipped, [i for i in range(len(frame)) if i not in skipped])
+
+
 def measured_frame(
     part: pd.DataFrame, measured: dict[tuple[int, str], dict[str, torch.Tensor]]
 ) -> pd.DataFrame:
@@ -136,6 +224,96 @@ def probe_into(
         timing["prompts"] = len(todo)
         timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
     return len(done)
+
+
+def probe_samples(
+    rd: RunDir,
+    cfg: RunOptions,
+    examples: pd.DataFrame,
+    tokens: Tokenized,
+    probe: HiddenProbe,
+    metrics: Sequence[str],
+    pad_id: int,
+) -> int:
+    """:func:`probe_into` the run's ``samples`` table for the rows of ``examples`` that fit the
+    context; returns how many an earlier (resumed) attempt had already done."""
+    return probe_into(
+        rd,
+        "samples",
+        examples.iloc[tokens.keep],
+        [tokens.token_lists[i] for i in tokens.keep],
+        probe,
+        metrics,
+        cfg.batch_size,
+        pad_id,
+        cfg.quiet,
+    )
+
+
+@contextlib.contextmanager
+def engine_for(
+    rd: RunDir, kind: str, setup: Setup, batch_size: int, model, tokenizer
+) -> Iterator[Engine]:
+    """The generation engine, recorded in the manifest. ``model``/``tokenizer`` serve hf (a
+    model already loaded for the probe). On a GPU a vLLM engine is shut down on leaving, so
+    that its memory goes back to the probe's model."""
+    engine = make_engine(
+        kind,
+        setup.resolved.path,
+        device=setup.device,
+        dtype=setup.dtype,
+        batch_size=batch_size,
+        model=model,
+        tokenizer=tokenizer,
+    )
+    rd.update(engine=engine.name)
+    yield engine
+    if kind == "vllm" and setup.device.startswith("cuda"):
+        close_engines()
+
+
+def generate_into(
+    rd: RunDir,
+    cfg: RunOptions,
+    table: str,
+    engine: Engine,
+    sampling: Sampling,
+    keys: Sequence[str],
+    token_lists: Sequence[Sequence[int]],
+    todo: list[int],
+    *,
+    min_step: int = 32,
+    columns: Callable[[list[int], list[Generation]], dict] | None = None,
+    unit: str = "prompts",
+) -> None:
+    """Generate the ``todo`` rows (the ``generate`` stage) and append each part of
+    ``--batch-size`` (at least ``min_step``) prompts to ``table`` as one shard at once, so
+    that an interrupted run resumes where it stopped. A shard holds ``id``, ``token_ids`` and
+    ``finish_reason``, or the columns that ``columns(rows, generations)`` gives."""
+    step = max(cfg.batch_size, min_step)
+    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit=unit)
+        n_tokens = 0
+        for lo in range(0, len(todo), step):
+            part = todo[lo : lo + step]
+            gens = engine.generate(
+                [token_lists[i] for i in part],
+                [keys[i] for i in part],
+                sampling,
+                on_done=lambda n: bar.advance(task, n),
+            )
+            if columns is None:
+                shard = {
+                    "id": [keys[i] for i in part],
+                    "token_ids": [g.token_ids for g in gens],
+                    "finish_reason": [g.finish_reason for g in gens],
+                }
+            else:
+                shard = columns(part, gens)
+            rd.append_shard(table, pd.DataFrame(shard))
+            n_tokens += sum(len(g.token_ids) for g in gens)
+        timing[unit] = len(todo)
+        timing["tokens"] = n_tokens
 
 
 def correlation_table(

@@ -17,12 +17,10 @@ import pandas as pd
 
 from .. import study
 from ..data import prompts, registry
-from ..engines import models
-from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind
+from ..engines.generate import Generation, Sampling, resolve_kind
 from ..engines.probe import parse_layers
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
-from ..runs.rundir import RunDir
 from ..science import grading
 from ..ui import progress
 from . import analysis
@@ -75,9 +73,7 @@ class CorrelateConfig:
 def validate(cfg: CorrelateConfig) -> tuple[Sampling, str, list[str]]:
     """Checks that need no model: (sampling, engine kind, canonical hidden-metric names)."""
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
-    for name, value in (("--n-prompts", cfg.n_prompts), ("--batch-size", cfg.batch_size)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+    study.check_positive(("--n-prompts", cfg.n_prompts), ("--batch-size", cfg.batch_size))
     kind = resolve_kind(cfg.engine)
     if cfg.hidden_metrics is None:
         return sampling, kind, []
@@ -138,14 +134,12 @@ def run(cfg: CorrelateConfig) -> Path:
     if not rows:
         raise UserError(f"no prompts selected from {data.location}")
     golds = gold_answers(spec, rows, data.location) if cfg.grade else []
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(resolved.path)
+    config = AutoConfig.from_pretrained(setup.resolved.path)
     layers = parse_layers(cfg.layers, config.num_hidden_layers) if metric_names else []
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
     built = [build_prompt(cfg, spec.prompt_text(r), tokenizer) for r in rows]
     texts = [text for text, _ in built]
     token_lists = [ids_ for _, ids_ in built]
@@ -158,7 +152,7 @@ def run(cfg: CorrelateConfig) -> Path:
         )
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": data.fingerprint,
         "n_prompts": cfg.n_prompts,
         "max_tokens": cfg.max_tokens,
@@ -166,22 +160,14 @@ def run(cfg: CorrelateConfig) -> Path:
         "temperature": cfg.temperature,
         "chat": cfg.chat,
         "seed": cfg.seed,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
         "hidden_metrics": metric_names,
         "layers": layers,
         "grade": [cfg.prompting, cfg.shots] if cfg.grade else None,
     }
-    name = resolved.id if resolved.source != "embedded" else "smollm2-135m"
-    rd = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[name, spec.name],
-        resume=cfg.resume,
-    )
-    with rd:
-        skipped = [k for k, ok in zip(ids, fits, strict=True) if not ok]
+    skipped = [k for k, ok in zip(ids, fits, strict=True) if not ok]
+    counts = {"prompts": len(texts), "skipped_too_long": len(skipped)}
+    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name], counts=counts) as rd:
         if skipped:
             log.warning(
                 "skipping %d prompt(s) that do not fit the context of %d tokens "
@@ -190,39 +176,40 @@ def run(cfg: CorrelateConfig) -> Path:
                 context,
                 cfg.max_tokens,
             )
-        rd.record_setup(
-            cfg,
-            resolved,
-            data,
-            device,
-            counts={"prompts": len(texts), "skipped_too_long": len(skipped)},
-        )
         model = None
         done = rd.done_ids("generations", "prompt_id")
         todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
         if todo:  # a resumed run may have nothing left to generate: no engine start then
             if kind == "hf":  # the probe's model generates too
-                with rd.stage("load_model"):
-                    model, tokenizer = models.load_model(resolved, device, dtype)
-            engine = make_engine(
-                kind,
-                resolved.path,
-                device=device,
-                dtype=dtype,
-                batch_size=cfg.batch_size,
-                model=model,
-                tokenizer=tokenizer,
-            )
-            rd.update(engine=engine.name)
-            _generate(rd, cfg, engine, sampling, ids, texts, token_lists, todo)
-            del engine
-            if kind == "vllm" and device.startswith("cuda"):
-                close_engines()  # give vLLM's GPU memory to the probe's model
+                model, tokenizer = study.load_model(rd, setup)
+
+            def columns(part: list[int], gens: list[Generation]) -> dict:
+                """A shard of generations: the prompt beside its sampled tokens."""
+                return {
+                    "prompt_id": [ids[i] for i in part],
+                    "prompt": [texts[i] for i in part],
+                    "prompt_token_ids": [token_lists[i] for i in part],
+                    "token_ids": [g.token_ids for g in gens],
+                    "engine_logprobs": [g.logprobs for g in gens],
+                    "finish_reason": [g.finish_reason for g in gens],
+                }
+
+            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+                study.generate_into(
+                    rd,
+                    cfg,
+                    "generations",
+                    engine,
+                    sampling,
+                    ids,
+                    token_lists,
+                    todo,
+                    columns=columns,
+                )
         if model is None:
-            with rd.stage("load_model"):
-                model, tokenizer = models.load_model(resolved, device, dtype)
+            model, tokenizer = study.load_model(rd, setup)
         probe = TokenProbe(model, cfg.top_p, layers, metric_names)
-        _probe(rd, cfg, probe, tokenizer, ids, device)
+        _probe(rd, cfg, probe, tokenizer, ids, setup.device)
         table, tokens = _finalize(rd, tokenizer, ids)
         if cfg.grade:
             by_id = dict(zip(ids, golds, strict=True))
@@ -242,38 +229,6 @@ def run(cfg: CorrelateConfig) -> Path:
         with rd.stage("analysis"):
             analysis.analyze_run(rd.path, cfg.min_nucleus, cfg.bins, cfg.n_boot, cfg.seed)
     return rd.path
-
-
-def _generate(rd, cfg, engine, sampling, ids, texts, token_lists, todo):
-    """Sample the ``todo`` prompts, saving a shard every ``save_every`` prompts."""
-    save_every = max(cfg.batch_size, 32)
-    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
-        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="prompts")
-        n_tokens = 0
-        for lo in range(0, len(todo), save_every):
-            part = todo[lo : lo + save_every]
-            gens = engine.generate(
-                [token_lists[i] for i in part],
-                [ids[i] for i in part],
-                sampling,
-                on_done=lambda n: bar.advance(task, n),
-            )
-            rd.append_shard(
-                "generations",
-                pd.DataFrame(
-                    {
-                        "prompt_id": [ids[i] for i in part],
-                        "prompt": [texts[i] for i in part],
-                        "prompt_token_ids": [token_lists[i] for i in part],
-                        "token_ids": [g.token_ids for g in gens],
-                        "engine_logprobs": [g.logprobs for g in gens],
-                        "finish_reason": [g.finish_reason for g in gens],
-                    }
-                ),
-            )
-            n_tokens += sum(len(g.token_ids) for g in gens)
-        timing["prompts"] = len(todo)
-        timing["tokens"] = n_tokens
 
 
 def _probe(rd, cfg, probe, tokenizer, ids, device):

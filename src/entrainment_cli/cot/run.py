@@ -22,16 +22,14 @@ import pandas as pd
 
 from .. import study
 from ..data import registry
-from ..engines import embed, models
-from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind, row_seed
+from ..engines import embed
+from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..grading import extract_boxed, math_equal
 from ..qa.rankmath import parse_level
-from ..runs.rundir import RunDir
 from ..science import curriculum, sparsity
 from ..science.correctness import wilson_interval
-from ..ui import progress
 
 log = logging.getLogger("entrain")
 
@@ -72,14 +70,12 @@ def validate(cfg: CotConfig) -> tuple[str, Sampling, str]:
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"unknown --strategy '{cfg.strategy}'; use one of {', '.join(STRATEGIES)}")
     (metric,) = study.metric_names([cfg.rank_metric])
-    for name, value in (
+    study.check_positive(
         ("--pool-size", cfg.pool_size),
         ("--num-few-shot", cfg.num_few_shot),
         ("--batch-size", cfg.batch_size),
-        ("--limit", 1 if cfg.limit is None else cfg.limit),
-    ):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+        ("--limit", cfg.limit),
+    )
     if cfg.n_levels < 3:
         raise UserError(
             f"--n-levels must be at least 3 (easy, middle and hard bands), got {cfg.n_levels}"
@@ -224,12 +220,10 @@ def run(cfg: CotConfig) -> Path:
             f"--n-levels {cfg.n_levels} is larger than the pool ({len(pool)} problems); "
             "lower --n-levels or raise --pool-size"
         )
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": test_data.fingerprint,
         "pool": pool_data.fingerprint,
         "strategy": cfg.strategy,
@@ -240,27 +234,19 @@ def run(cfg: CotConfig) -> Path:
         "n_levels": cfg.n_levels,
         "max_tokens": cfg.max_tokens,
         "seed": cfg.seed,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
     }
-    name = resolved.id if resolved.source != "embedded" else "smollm2-135m"
-    rd = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[name, "math500", cfg.strategy],
-        resume=cfg.resume,
-    )
-    with rd:
-        rd.record_setup(cfg, resolved, test_data, device, pool=pool_data.identity())
-        with rd.stage("load_model"):
-            model, tokenizer = models.load_model(resolved, device, dtype)
+    name_parts = ["math500", cfg.strategy]
+    with study.start_run(
+        COMMAND, identity, cfg, setup, test_data, name_parts, pool=pool_data.identity()
+    ) as rd:
+        model, tokenizer = study.load_model(rd, setup)
         ranking, edges = rank(rd, cfg, metric, model, tokenizer, pool, test)
         pool["level"] = ranking.loc[ranking["role"] == "pool", "level"].to_numpy()
         test = test.merge(ranking.loc[ranking["role"] == "test", ["id", "score", "level"]], on="id")
 
         with rd.stage("retrieval") as timing:
-            demos = choose_demos(cfg, test, pool, device)
+            demos = choose_demos(cfg, test, pool, setup.device)
             timing["problems"] = len(test)
         rd.write_table("demos", demos)
         by_id = pool.set_index("id")
@@ -273,43 +259,53 @@ def run(cfg: CotConfig) -> Path:
             )
             for p, ds in zip(test["problem"], test["demo_ids"], strict=True)
         ]
-        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in test["prompt"]]
-        test["n_prompt_tokens"] = [len(t) for t in token_lists]
-        skipped = study.too_long(model, test["n_prompt_tokens"], reserve=cfg.max_tokens)
+        tokens = study.tokenize_prompts(test, tokenizer, model, reserve=cfg.max_tokens)
         rd.update(
             level_edges=[float(e) for e in edges],
             counts={
                 "test_problems": len(test),
                 "pool_problems": len(pool),
-                "skipped_too_long": len(skipped),
+                "skipped_too_long": len(tokens.skipped),
             },
         )
+        ids = test["id"].tolist()
         done = rd.done_ids("generations", "id")
-        todo = [i for i in range(len(test)) if i not in skipped and test["id"].iloc[i] not in done]
+        todo = [i for i in tokens.keep if ids[i] not in done]
         if todo:  # a resumed run may have nothing left to generate: no engine start then
-            if kind == "vllm" and device.startswith("cuda"):
+            if kind == "vllm" and setup.device.startswith("cuda"):
                 model = None  # vLLM takes the GPU memory
                 import torch
 
                 torch.cuda.empty_cache()
-            engine = make_engine(
-                kind,
-                resolved.path,
-                device=device,
-                dtype=dtype,
-                batch_size=cfg.batch_size,
-                model=model,
-                tokenizer=tokenizer,
-            )
-            rd.update(engine=engine.name)
-            generate(rd, cfg, engine, sampling, tokenizer, test, token_lists, todo)
-            del engine
-            if kind == "vllm" and device.startswith("cuda"):
-                close_engines()
+
+            def columns(part: list[int], gens: list[Generation]) -> dict:
+                """A shard of generations: the answer text beside its token count."""
+                return {
+                    "id": [ids[i] for i in part],
+                    "output": [
+                        tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens
+                    ],
+                    "tokens": [len(g.token_ids) for g in gens],
+                    "finish_reason": [g.finish_reason for g in gens],
+                }
+
+            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+                study.generate_into(
+                    rd,
+                    cfg,
+                    "generations",
+                    engine,
+                    sampling,
+                    ids,
+                    tokens.token_lists,
+                    todo,
+                    columns=columns,
+                    unit="problems",
+                )
         with rd.stage("grading"):
             table = grade(rd, cfg, test)
             rd.write_table("generations", table)
-            summary = summarize(table, cfg, metric, edges, len(skipped))
+            summary = summarize(table, cfg, metric, edges, len(tokens.skipped))
             rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
         rd.update(
             counts={
@@ -375,39 +371,6 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
 
 def _direction(metric: str) -> str:
     return "higher" if sparsity.SPARSER[metric] > 0 else "lower"
-
-
-def generate(rd, cfg, engine, sampling, tokenizer, test, token_lists, todo) -> None:
-    """Greedy answers for the ``todo`` rows, a shard every ``save_every`` problems."""
-    save_every = max(cfg.batch_size, 32)
-    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
-        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="problems")
-        n_tokens = 0
-        for lo in range(0, len(todo), save_every):
-            part = todo[lo : lo + save_every]
-            ids = [test["id"].iloc[i] for i in part]
-            gens = engine.generate(
-                [token_lists[i] for i in part],
-                ids,
-                sampling,
-                on_done=lambda n: bar.advance(task, n),
-            )
-            rd.append_shard(
-                "generations",
-                pd.DataFrame(
-                    {
-                        "id": ids,
-                        "output": [
-                            tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens
-                        ],
-                        "tokens": [len(g.token_ids) for g in gens],
-                        "finish_reason": [g.finish_reason for g in gens],
-                    }
-                ),
-            )
-            n_tokens += sum(len(g.token_ids) for g in gens)
-        timing["problems"] = len(todo)
-        timing["tokens"] = n_tokens
 
 
 def grade(rd, cfg, test: pd.DataFrame) -> pd.DataFrame:

@@ -20,13 +20,10 @@ import pandas as pd
 
 from .. import grading, study
 from ..data import registry
-from ..engines import models
-from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind
+from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..runs.rundir import RunDir
 from ..science import correctness, sparsity, stats
-from ..ui import progress
 from .rankmath import select
 
 log = logging.getLogger("entrain")
@@ -66,9 +63,7 @@ def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
 
 def run(cfg: AccuracyConfig) -> Path:
     metric_names = study.metric_names(cfg.metrics)
-    for name, value in (("--limit", cfg.limit), ("--batch-size", cfg.batch_size)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+    study.check_positive(("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     kind = resolve_kind(cfg.engine)
     spec = registry.get_spec("math500")
@@ -78,90 +73,61 @@ def run(cfg: AccuracyConfig) -> Path:
         problems = problems.head(cfg.limit)
     gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
     problems["gold"] = problems["id"].map(gold)
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
-    layers = study.model_layers(resolved, cfg.layers)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
+    layers = study.model_layers(setup.resolved, cfg.layers)
 
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
     built = [build_prompt(tokenizer, p) for p in problems["problem"]]
     problems["prompt"] = [text for text, _ in built]
-    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in problems.prompt]
-    problems["n_prompt_tokens"] = [len(t) for t in token_lists]
-    config = AutoConfig.from_pretrained(resolved.path)
-    skipped = study.too_long(config, problems["n_prompt_tokens"], reserve=cfg.max_tokens)
-    if len(skipped) == len(problems):
+    config = AutoConfig.from_pretrained(setup.resolved.path)
+    tokens = study.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
+    if not tokens.keep:
         raise UserError(
             f"no prompt leaves room for --max-tokens {cfg.max_tokens} in the model's context "
             f"({config.max_position_embeddings} tokens); lower --max-tokens"
         )
-    keep = [i for i in range(len(problems)) if i not in skipped]
     ids = problems["id"].tolist()
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": data.fingerprint,
         "limit_per_level": cfg.limit_per_level,
         "limit": cfg.limit,
         "layers": layers,
         "metrics": metric_names,
         "max_tokens": cfg.max_tokens,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
     }
-    run_dir = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[study.model_slug(resolved), spec.name],
-        resume=cfg.resume,
-    )
-    with run_dir as rd:
-        rd.record_setup(cfg, resolved, data, device)
-
+    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
         model = None
         answered = rd.done_ids("generations", "id")
-        todo = [i for i in keep if ids[i] not in answered]
+        todo = [i for i in tokens.keep if ids[i] not in answered]
         if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
             if kind == "hf":
-                with rd.stage("load_model"):
-                    model, tokenizer = models.load_model(resolved, device, dtype)
-            engine = make_engine(
-                kind,
-                resolved.path,
-                device=device,
-                dtype=dtype,
-                batch_size=cfg.batch_size,
-                model=model,
-                tokenizer=tokenizer,
-            )
-            rd.update(engine=engine.name)
-            _generate(rd, cfg, engine, sampling, ids, token_lists, todo)
-            del engine
-            if kind == "vllm" and device.startswith("cuda"):
-                close_engines()
+                model, tokenizer = study.load_model(rd, setup)
+            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+                study.generate_into(
+                    rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo
+                )
         if model is None:
-            with rd.stage("load_model"):
-                model, tokenizer = models.load_model(resolved, device, dtype)
+            model, tokenizer = study.load_model(rd, setup)
         columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
-        already_done = study.probe_into(
+        already_done = study.probe_samples(
             rd,
-            "samples",
-            problems.iloc[keep][columns],
-            [token_lists[i] for i in keep],
+            cfg,
+            problems[columns],
+            tokens,
             HiddenProbe(model, layers, ["last-prompt"]),
             metric_names,
-            cfg.batch_size,
             tokenizer.pad_token_id,
-            cfg.quiet,
         )
         rd.update(
             prompt_format=built[0][1],
             counts={
                 "problems": len(problems),
-                "skipped_too_long": len(skipped),
+                "skipped_too_long": len(tokens.skipped),
                 "already_done": already_done,
             },
         )
@@ -188,34 +154,6 @@ def run(cfg: AccuracyConfig) -> Path:
 
         plot_accuracy(rd.path)
     return rd.path
-
-
-def _generate(rd, cfg, engine, sampling, ids, token_lists, todo) -> None:
-    step = max(cfg.batch_size, 32)
-    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
-        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="prompts")
-        n_tokens = 0
-        for lo in range(0, len(todo), step):
-            part = todo[lo : lo + step]
-            gens = engine.generate(
-                [token_lists[i] for i in part],
-                [ids[i] for i in part],
-                sampling,
-                on_done=lambda n: bar.advance(task, n),
-            )
-            rd.append_shard(
-                "generations",
-                pd.DataFrame(
-                    {
-                        "id": [ids[i] for i in part],
-                        "token_ids": [g.token_ids for g in gens],
-                        "finish_reason": [g.finish_reason for g in gens],
-                    }
-                ),
-            )
-            n_tokens += sum(len(g.token_ids) for g in gens)
-        timing["prompts"] = len(todo)
-        timing["tokens"] = n_tokens
 
 
 def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> pd.DataFrame:

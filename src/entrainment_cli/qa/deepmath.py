@@ -19,7 +19,6 @@ import pandas as pd
 
 from .. import study
 from ..data import registry
-from ..engines import models
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
@@ -87,64 +86,45 @@ def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> p
 
 def run(cfg: DeepmathConfig) -> Path:
     metric_names = study.metric_names(cfg.metrics)
-    for name, value in (("--n", cfg.n), ("--limit", cfg.limit), ("--batch-size", cfg.batch_size)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+    study.check_positive(("--n", cfg.n), ("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
     spec = registry.get_spec("deepmath")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.n, cfg.limit, cfg.seed)
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
-    layers = study.model_layers(resolved, cfg.layers)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
+    layers = study.model_layers(setup.resolved, cfg.layers)
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": data.fingerprint,
         "n": cfg.n,
         "limit": cfg.limit,
         "seed": cfg.seed,  # picks the sample
         "layers": layers,
         "metrics": metric_names,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
     }
-    run_dir = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[study.model_slug(resolved), spec.name],
-        resume=cfg.resume,
-    )
-    with run_dir as rd:
-        rd.record_setup(cfg, resolved, data, device)
-        with rd.stage("load_model"):
-            model, tokenizer = models.load_model(resolved, device, dtype)
+    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
+        model, tokenizer = study.load_model(rd, setup)
         prompts, formats = zip(
             *(build_prompt(tokenizer, q) for q in problems["question"]), strict=True
         )
         problems["prompt"] = list(prompts)
-        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        problems["n_prompt_tokens"] = [len(t) for t in token_lists]
-        skipped = study.too_long(model, problems["n_prompt_tokens"])
-        keep = [i for i in range(len(problems)) if i not in skipped]
+        tokens = study.tokenize_prompts(problems, tokenizer, model)
         columns = ["id", "difficulty", "topic", "prompt", "n_prompt_tokens"]
-        already_done = study.probe_into(
+        already_done = study.probe_samples(
             rd,
-            "samples",
-            problems.iloc[keep][columns],
-            [token_lists[i] for i in keep],
+            cfg,
+            problems[columns],
+            tokens,
             HiddenProbe(model, layers, ["last-prompt"]),
             metric_names,
-            cfg.batch_size,
             tokenizer.pad_token_id,
-            cfg.quiet,
         )
         rd.update(
             prompt_format=formats[0],
             counts={
                 "problems": len(problems),
-                "skipped_too_long": len(skipped),
+                "skipped_too_long": len(tokens.skipped),
                 "already_done": already_done,
             },
         )

@@ -22,13 +22,10 @@ import torch
 
 from .. import study
 from ..data import registry
-from ..engines import models
-from ..engines.generate import Sampling, close_engines, make_engine, resolve_kind
+from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..runs.rundir import RunDir
 from ..science import correctness, grading, sparsity, stats
-from ..ui import progress
 
 log = logging.getLogger("entrain")
 
@@ -110,9 +107,7 @@ def examples(spec, data_file: Path | None, splits: list[str], limit: int | None)
 
 def run(cfg: LongreasonConfig) -> Path:
     metric_names = study.metric_names(cfg.metrics)
-    for name, value in (("--limit", cfg.limit), ("--batch-size", cfg.batch_size)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+    study.check_positive(("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
     splits = list(dict.fromkeys(cfg.splits))
     if not splits:
         raise UserError("--splits is empty; name at least one, e.g. 8k,16k,32k,64k")
@@ -122,92 +117,63 @@ def run(cfg: LongreasonConfig) -> Path:
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     kind = resolve_kind(cfg.engine)
     frame, loaded = examples(spec, cfg.data_file, splits, cfg.limit)
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
-    layers = study.model_layers(resolved, cfg.layers)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
+    layers = study.model_layers(setup.resolved, cfg.layers)
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": [d.fingerprint for d in loaded],
         "splits": splits,
         "limit": cfg.limit,
         "layers": layers,
         "metrics": metric_names,
         "max_tokens": cfg.max_tokens,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
     }
-    run_dir = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[study.model_slug(resolved), spec.name, *splits],
-        resume=cfg.resume,
-    )
-    with run_dir as rd:
-        rd.record_setup(
-            cfg,
-            resolved,
-            loaded[0],
-            device,
-            dataset_splits={d.split: d.identity() for d in loaded},
-        )
-        with rd.stage("load_model"):
-            model, tokenizer = models.load_model(resolved, device, dtype)
+    split_record = {d.split: d.identity() for d in loaded}
+    with study.start_run(
+        COMMAND, identity, cfg, setup, loaded[0], [spec.name, *splits], dataset_splits=split_record
+    ) as rd:
+        model, tokenizer = study.load_model(rd, setup)
         built = [
             build_prompt(tokenizer, b, q)
             for b, q in zip(frame.background, frame.question, strict=True)
         ]
         frame["prompt"] = [text for text, _ in built]
-        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in frame.prompt]
-        frame["n_prompt_tokens"] = [len(t) for t in token_lists]
         # skipped, never truncated: a cut context may no longer hold what the question needs
-        skipped = study.too_long(model, frame["n_prompt_tokens"], reserve=cfg.max_tokens)
-        frame["skipped_too_long"] = [i in skipped for i in range(len(frame))]
-        keep = [i for i in range(len(frame)) if i not in skipped]
+        tokens = study.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
+        frame["skipped_too_long"] = [i in tokens.skipped for i in range(len(frame))]
         columns = ["id", "split", "example_idx", "n_prompt_tokens"]
-        already_done = study.probe_into(
+        already_done = study.probe_samples(
             rd,
-            "samples",
-            frame.iloc[keep][columns],
-            [token_lists[i] for i in keep],
+            cfg,
+            frame[columns],
+            tokens,
             HiddenProbe(model, layers, ["last-prompt"]),
             metric_names,
-            cfg.batch_size,
             tokenizer.pad_token_id,
-            cfg.quiet,
         )
+        ids = frame["id"].tolist()
         answered = rd.done_ids("answers", "id")
-        todo = [i for i in keep if frame.id[i] not in answered]
+        todo = [i for i in tokens.keep if ids[i] not in answered]
         if todo:
-            if kind == "vllm" and device.startswith("cuda"):
+            if kind == "vllm" and setup.device.startswith("cuda"):
                 model = None  # the probe is done: vLLM gets the GPU memory
                 gc.collect()
                 torch.cuda.empty_cache()
-            engine = make_engine(
-                kind,
-                resolved.path,
-                device=device,
-                dtype=dtype,
-                batch_size=cfg.batch_size,
-                model=model if kind == "hf" else None,
-                tokenizer=tokenizer,
-            )
-            rd.update(engine=engine.name)
-            _generate(rd, cfg, engine, sampling, frame, token_lists, todo)
-            if kind == "vllm" and device.startswith("cuda"):
-                close_engines()
+            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+                study.generate_into(
+                    rd, cfg, "answers", engine, sampling, ids, tokens.token_lists, todo, min_step=8
+                )
         rd.update(
             prompt_format=built[0][1],
             counts={
                 "prompts": len(frame),
-                "skipped_too_long": len(skipped),
+                "skipped_too_long": len(tokens.skipped),
                 "already_done": already_done,
             },
         )
         with rd.stage("analysis"):
-            ids = frame["id"].tolist()
             samples = rd.read_in_order("samples", ["id", "layer"], ids)
             if samples is None:
                 raise UserError(
@@ -229,32 +195,6 @@ def run(cfg: LongreasonConfig) -> Path:
 
         plot_longreason(rd.path)
     return rd.path
-
-
-def _generate(rd, cfg, engine, sampling, frame, token_lists, todo) -> None:
-    """Greedy answers of the ``todo`` prompts, a shard per ``batch_size`` (at least 8)."""
-    step = max(cfg.batch_size, 8)
-    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
-        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit="prompts")
-        for lo in range(0, len(todo), step):
-            part = todo[lo : lo + step]
-            gens = engine.generate(
-                [token_lists[i] for i in part],
-                [frame.id[i] for i in part],
-                sampling,
-                on_done=lambda n: bar.advance(task, n),
-            )
-            rd.append_shard(
-                "answers",
-                pd.DataFrame(
-                    {
-                        "id": [frame.id[i] for i in part],
-                        "token_ids": [g.token_ids for g in gens],
-                        "finish_reason": [g.finish_reason for g in gens],
-                    }
-                ),
-            )
-        timing["prompts"] = len(todo)
 
 
 def answer_table(frame: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> pd.DataFrame:

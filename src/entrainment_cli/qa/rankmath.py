@@ -15,7 +15,6 @@ import pandas as pd
 
 from .. import study
 from ..data import registry
-from ..engines import models
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
@@ -88,64 +87,46 @@ def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
 def run(cfg: RankmathConfig) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     metric_names = study.metric_names(cfg.metrics)
-    if cfg.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
+    study.check_positive(("--batch-size", cfg.batch_size))
     spec = registry.get_spec(cfg.dataset)
     if "level" not in spec.fields:
         raise UserError(f"dataset '{cfg.dataset}' has no difficulty level; use math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit_per_level)
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
-    layers = study.model_layers(resolved, cfg.layers)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
+    layers = study.model_layers(setup.resolved, cfg.layers)
     probe_positions = study.check_positions(cfg.positions)
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": data.identity()["fingerprint"],
         "limit_per_level": cfg.limit_per_level,
         "layers": layers,
         "positions": probe_positions,
         "metrics": metric_names,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
     }
-    run_dir = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[resolved.id if resolved.source != "embedded" else "smollm2-135m", spec.name],
-        resume=cfg.resume,
-    )
-    with run_dir as rd:
-        rd.record_setup(cfg, resolved, data, device)
-        with rd.stage("load_model"):
-            model, tokenizer = models.load_model(resolved, device, dtype)
+    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
+        model, tokenizer = study.load_model(rd, setup)
         prompts, formats = zip(
             *(build_prompt(tokenizer, p) for p in problems["problem"]), strict=True
         )
         problems["prompt"] = list(prompts)
-        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        problems["n_prompt_tokens"] = [len(t) for t in token_lists]
-        skipped = study.too_long(model, problems["n_prompt_tokens"])
-        keep = [i for i in range(len(problems)) if i not in skipped]
-        already_done = study.probe_into(
+        tokens = study.tokenize_prompts(problems, tokenizer, model)
+        already_done = study.probe_samples(
             rd,
-            "samples",
-            problems.iloc[keep][["id", "level", "subject", "prompt", "n_prompt_tokens"]],
-            [token_lists[i] for i in keep],
+            cfg,
+            problems[["id", "level", "subject", "prompt", "n_prompt_tokens"]],
+            tokens,
             HiddenProbe(model, layers, probe_positions),
             metric_names,
-            cfg.batch_size,
             tokenizer.pad_token_id,
-            cfg.quiet,
         )
         rd.update(
             prompt_format=formats[0],
             counts={
                 "problems": len(problems),
-                "skipped_too_long": len(skipped),
+                "skipped_too_long": len(tokens.skipped),
                 "already_done": already_done,
             },
         )

@@ -22,7 +22,6 @@ import pandas as pd
 
 from .. import study
 from ..data import registry
-from ..engines import models
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir, atomic_write_text
@@ -286,8 +285,7 @@ def letter_token_ids(tokenizer, n: int, prompt_format: str) -> list[int]:
 def run(cfg: RobustnessConfig) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     metric_names = study.metric_names(cfg.metrics)
-    if cfg.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
+    study.check_positive(("--batch-size", cfg.batch_size))
     if cfg.seed < 0:
         raise UserError("--seed must be 0 or more")
     levels = noise_levels(cfg.noise)
@@ -296,13 +294,11 @@ def run(cfg: RobustnessConfig) -> Path:
         raise UserError(f"dataset '{cfg.dataset}' is not multiple choice; use mmlu_pro")
     data = registry.load(spec, cfg.data_file)
     questions = select(data, cfg.categories, cfg.per_category, cfg.limit)
-    device = models.pick_device(cfg.device)
-    dtype = models.pick_dtype(cfg.dtype, device)
-    resolved = models.resolve_model(cfg.model)
-    layers = study.model_layers(resolved, cfg.layers)
+    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
+    layers = study.model_layers(setup.resolved, cfg.layers)
 
     identity = {
-        "model": resolved.id,
+        "model": setup.resolved.id,
         "dataset": data.identity()["fingerprint"],
         "categories": sorted(set(questions["area"])),
         "per_category": cfg.per_category,
@@ -311,45 +307,31 @@ def run(cfg: RobustnessConfig) -> Path:
         "seed": cfg.seed,
         "layers": layers,
         "metrics": metric_names,
-        "dtype": str(dtype),
+        "dtype": str(setup.dtype),
     }
-    run_dir = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[resolved.id if resolved.source != "embedded" else "smollm2-135m", spec.name],
-        resume=cfg.resume,
-    )
-    with run_dir as rd:
-        rd.record_setup(
-            cfg, resolved, data, device, noise_levels={lv.name: asdict(lv) for lv in levels}
-        )
+    noise_record = {lv.name: asdict(lv) for lv in levels}
+    with study.start_run(
+        COMMAND, identity, cfg, setup, data, [spec.name], noise_levels=noise_record
+    ) as rd:
         variants = make_variants(questions, levels, cfg.seed)
         rd.write_table("variants", variants)
         rates = noise_rates(variants, levels)
         rd.write_text("tables/noise_rates.csv", rates.to_csv(index=False))
-        with rd.stage("load_model"):
-            model, tokenizer = models.load_model(resolved, device, dtype)
+        model, tokenizer = study.load_model(rd, setup)
         prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
         letter_ids = letter_token_ids(tokenizer, int(variants["n_options"].max()), formats[0])
         variants["prompt"] = list(prompts)
-        token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        variants["n_prompt_tokens"] = [len(t) for t in token_lists]
-        skipped = study.too_long(model, variants["n_prompt_tokens"])
-        keep = [i for i in range(len(variants)) if i not in skipped]
+        tokens = study.tokenize_prompts(variants, tokenizer, model)
         columns = ["id", "question_id", "category", "area", "noise", "n_options", "answer"]
         columns += ["prompt", "n_prompt_tokens"]
-        already_done = study.probe_into(
+        already_done = study.probe_samples(
             rd,
-            "samples",
-            variants.iloc[keep][columns],
-            [token_lists[i] for i in keep],
+            cfg,
+            variants[columns],
+            tokens,
             HiddenProbe(model, layers, ["last-prompt"], logit_ids=letter_ids),
             metric_names,
-            cfg.batch_size,
             tokenizer.pad_token_id,
-            cfg.quiet,
         )
         rd.update(
             prompt_format=formats[0],
@@ -357,7 +339,7 @@ def run(cfg: RobustnessConfig) -> Path:
             counts={
                 "questions": len(questions),
                 "prompts": len(variants),
-                "skipped_too_long": len(skipped),
+                "skipped_too_long": len(tokens.skipped),
                 "already_done": already_done,
             },
         )
