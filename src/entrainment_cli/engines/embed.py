@@ -42,9 +42,9 @@ def encoder(device: str = "cpu"):
     if key not in _ENCODERS:
         from sentence_transformers import SentenceTransformer
 
-        from .models import _quiet_transformers
+        from .models import quiet_transformers
 
-        _quiet_transformers()
+        quiet_transformers()
         _ENCODERS[key] = SentenceTransformer(str(path), device=device)
     return _ENCODERS[key]
 

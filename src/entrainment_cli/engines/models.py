@@ -28,7 +28,7 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     """Our own progress bar and log lines say what happens; transformers' bars only clutter."""
     from transformers.utils import logging as hf_logging
 
@@ -79,7 +79,7 @@ def dequantize_gguf(gguf: Path) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     log.info("dequantizing %s into %s (once)", gguf, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +179,7 @@ def load_model(resolved: ResolvedModel, device: str, dtype: torch.dtype):
     """Load (model, tokenizer) for inference. ``device='auto'`` on several GPUs shards it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

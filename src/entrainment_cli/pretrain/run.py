@@ -197,7 +197,7 @@ def run(cfg: PretrainConfig) -> Path:
     amp = train.autocast_dtype(cfg.precision, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
     graph = generate_graph(cfg)
-    models._quiet_transformers()  # our bar says what happens
+    models.quiet_transformers()  # our bar says what happens
     tokenizer = build_tokenizer()
     seqs = [
         evaluate.encode(tokenizer, kg.fact_text(*f)) + [tokenizer.eos_token_id] for f in graph.train
