@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ..errors import UserError
 from ..ui import console, setup_logging
+
+T = TypeVar("T")
 
 Model = Annotated[
     str | None,
@@ -85,6 +88,13 @@ def split_list(value: str | None) -> list[str] | None:
     if value is None or value.strip() == "all":
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def typed_config(cls: type[T], params: dict[str, Any], **converted: Any) -> T:
+    """A command's typed config from its parameters (pass ``locals()``): each field of ``cls``
+    takes the parameter of the same name; ``converted`` gives the values that need parsing."""
+    values = {f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params}
+    return cls(**(values | converted))
 
 
 def print_done(run_dir: Path) -> None:

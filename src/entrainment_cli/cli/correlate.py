@@ -27,6 +27,7 @@ from .common import (
     command,
     print_done,
     split_list,
+    typed_config,
 )
 
 
@@ -124,31 +125,5 @@ def correlate(
             console.print(str(path), highlight=False)
         return
     hidden = None if hidden_metrics is None else (split_list(hidden_metrics) or [])
-    cfg = CorrelateConfig(
-        model=model,
-        dataset=dataset,
-        data_file=data_file,
-        n_prompts=n_prompts,
-        max_tokens=max_tokens,
-        top_p=top_p,
-        temperature=temperature,
-        chat=chat,
-        engine=engine,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        hidden_metrics=hidden,
-        layers=layers,
-        grade=grade,
-        prompting=prompting,
-        shots=shots,
-        min_nucleus=min_nucleus,
-        bins=bins,
-        n_boot=n_boot,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
-    )
+    cfg = typed_config(CorrelateConfig, locals(), hidden_metrics=hidden)
     print_done(run(cfg))

@@ -24,6 +24,7 @@ from .common import (
     Seed,
     command,
     print_done,
+    typed_config,
 )
 
 
@@ -103,25 +104,5 @@ def cot(
         if strategy not in (None, "curriculum"):
             raise UserError(f"--curriculum contradicts --strategy {strategy}; drop one of them")
         strategy = "curriculum"
-    cfg = CotConfig(
-        strategy=strategy or "cot",
-        model=model,
-        data_file=data_file,
-        pool_file=pool_file,
-        limit=limit,
-        pool_size=pool_size,
-        num_few_shot=num_few_shot,
-        rank_metric=rank_metric,
-        n_levels=n_levels,
-        max_tokens=max_tokens,
-        engine=engine,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
-    )
+    cfg = typed_config(CotConfig, locals(), strategy=strategy or "cot")
     print_done(run(cfg))

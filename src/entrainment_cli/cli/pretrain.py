@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from ..pretrain.run import PretrainConfig, run
-from .common import Device, Quiet, RunDirOpt, RunsDir, Seed, command, print_done, split_list
+from .common import (
+    Device,
+    Quiet,
+    RunDirOpt,
+    RunsDir,
+    Seed,
+    command,
+    print_done,
+    split_list,
+    typed_config,
+)
 
 
 def _opt(help_text: str):
@@ -70,30 +80,5 @@ def pretrain(
     (one row per query, split, step and layer), tables/dynamics.parquet (per step, split and
     layer: accuracy, gold loss, metric means and SEMs), tables/final.csv and figures/.
     """
-    cfg = PretrainConfig(
-        llm_size=llm_size,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_ratio=warmup_ratio,
-        eval_every=eval_every,
-        num_test=num_test,
-        entities=entities,
-        relations=relations,
-        rules=rules,
-        deductible_rules=deductible_rules,
-        attach=attach,
-        n_atomic=n_atomic,
-        n_derived=n_derived,
-        layers=layers,
-        metrics=split_list(metrics),
-        eval_batch_size=eval_batch_size,
-        compile=compile,
-        precision=precision,
-        device=device,
-        seed=seed,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        quiet=quiet,
-    )
+    cfg = typed_config(PretrainConfig, locals(), metrics=split_list(metrics))
     print_done(run(cfg))

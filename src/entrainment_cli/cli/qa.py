@@ -39,6 +39,7 @@ from .common import (
     command,
     print_done,
     split_list,
+    typed_config,
 )
 
 app = typer.Typer(help="Hidden-state sparsity against difficulty.", no_args_is_help=True)
@@ -77,23 +78,11 @@ def rankmath(
     (per level: n, mean, std, SEM, median), tables/correlations.csv (Spearman and Pearson of
     level vs metric over all problems, p, N, bootstrap CI) and figures/.
     """
-    cfg = RankmathConfig(
-        model=model,
-        dataset=dataset,
-        data_file=data_file,
-        limit_per_level=limit_per_level,
-        layers=layers,
+    cfg = typed_config(
+        RankmathConfig,
+        locals(),
         positions=split_list(positions) or ["last-prompt"],
         metrics=split_list(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        n_boot=n_boot,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
     )
     print_done(run_rankmath(cfg))
 
@@ -131,23 +120,7 @@ def deepmath(
     problems at p < 0.05), an OLS line (tables/fit.csv) and its 95% band (tables/band.csv),
     and a scatter with the band per metric (figures/). Offline: the bundled sample.
     """
-    cfg = DeepmathConfig(
-        model=model,
-        data_file=data_file,
-        n=n,
-        limit=limit,
-        layers=layers,
-        metrics=split_list(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        n_boot=n_boot,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
-    )
+    cfg = typed_config(DeepmathConfig, locals(), metrics=split_list(metrics))
     print_done(run_deepmath(cfg))
 
 
@@ -181,21 +154,7 @@ def conflict(
     rank-biserial and Cohen's d_z effect sizes; tables/summary.csv the per-condition
     statistics; figures/ box plots. Without --data-file: the bundled sample (smoke test).
     """
-    cfg = ConflictConfig(
-        model=model,
-        data_file=data_file,
-        limit=limit,
-        layers=layers,
-        metrics=split_list(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
-    )
+    cfg = typed_config(ConflictConfig, locals(), metrics=split_list(metrics))
     print_done(run_conflict(cfg))
 
 
@@ -243,23 +202,8 @@ def longreason(
     split with a zoom on the last layers; accuracy). --data-file: rows with the LongReason
     fields; a 'split' field per row lets one file hold several splits.
     """
-    cfg = LongreasonConfig(
-        model=model,
-        data_file=data_file,
-        splits=split_list(splits) or [],
-        limit=limit,
-        layers=layers,
-        metrics=split_list(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        engine=engine,
-        max_tokens=max_tokens,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
+    cfg = typed_config(
+        LongreasonConfig, locals(), splits=split_list(splits) or [], metrics=split_list(metrics)
     )
     print_done(run_longreason(cfg))
 
@@ -299,25 +243,7 @@ def accuracy(
     correctness with p and bootstrap CI, AUROC with the Mann-Whitney p, and upstream's r across
     the level means) and figures/.
     """
-    cfg = AccuracyConfig(
-        model=model,
-        data_file=data_file,
-        limit_per_level=limit_per_level,
-        limit=limit,
-        layers=layers,
-        metrics=split_list(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        engine=engine,
-        max_tokens=max_tokens,
-        n_boot=n_boot,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
-    )
+    cfg = typed_config(AccuracyConfig, locals(), metrics=split_list(metrics))
     print_done(run_accuracy(cfg))
 
 
@@ -372,24 +298,13 @@ def robustness(
     of each metric between noise levels, same questions), accuracy_tests.csv (McNemar) and
     figures/ (heatmaps of each metric and accuracy, category x noise).
     """
-    cfg = RobustnessConfig(
-        model=model,
-        data_file=data_file,
+    cfg = typed_config(
+        RobustnessConfig,
+        locals(),
         categories=split_list(categories),
         per_category=per_category if per_category != 0 else None,
-        limit=limit,
         noise=split_list(noise),
-        layers=layers,
         metrics=split_list(metrics),
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        export=export,
-        run_dir=run_dir,
-        runs_dir=runs_dir,
-        resume=resume,
-        quiet=quiet,
     )
     if export is not None:
         console.print(f"[green]wrote:[/] {export_variants(cfg)}", highlight=False)
