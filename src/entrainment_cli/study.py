@@ -267,9 +267,11 @@ def engine_for(
         tokenizer=tokenizer,
     )
     rd.update(engine=engine.name)
-    yield engine
-    if kind == "vllm" and setup.device.startswith("cuda"):
-        close_engines()
+    try:
+        yield engine
+    finally:  # also when generation fails, so the memory is not left held
+        if kind == "vllm" and setup.device.startswith("cuda"):
+            close_engines()
 
 
 def generate_into(

@@ -6,6 +6,7 @@ manifest), never silent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -189,8 +190,9 @@ class LoadedData:
                 f"{self.location}: the id field '{key}' has duplicate values; ids must be unique"
             )
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
+        """SHA-256 of the rows; computed once (the identity and the manifest both need it)."""
         blob = json.dumps(self.rows, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -315,37 +317,36 @@ def load(
     if data_file is not None:
         rows = _of_split(read_data_file(data_file, spec, option), split)
         return LoadedData(spec, rows, "file", str(data_file.resolve()), split)
-    try:
-        if spec.hub_id is None:
-            raise LookupError("no hub dataset")
-        hub.offline_if_unreachable()
-        import datasets
-
-        kwargs = {"columns": list(spec.columns)} if spec.columns else {}
-        ds = datasets.load_dataset(spec.hub_id, spec.config, split=split, **kwargs)
-        rows = [dict(r) for r in ds]
-        _check_fields(rows, spec, spec.hub_id)
-        return LoadedData(spec, rows, "hub", f"{spec.hub_id}:{split}", split)
-    except UserError:
-        raise
-    except Exception as e:  # offline, no cache, hub error: the sample stands in, loudly
-        path = sample_path(spec)
-        if spec.hub_id is None:
-            log.warning(
-                "%s has no hub copy; using the bundled sample %s: results are a smoke test, "
-                "pass --data-file for the study",
-                spec.name,
-                path.name,
-            )
-            rows = _of_split(read_data_file(path, spec), split)
-            return LoadedData(spec, rows, "sample", str(path), split)
+    path = sample_path(spec)
+    if spec.hub_id is None:
         log.warning(
-            "could not load %s from the hub or its cache (%s); using the bundled sample "
-            "%s (%s rows): results are a smoke test, not the study",
-            spec.hub_id,
-            type(e).__name__,
+            "%s has no hub copy; using the bundled sample %s: results are a smoke test, "
+            "pass --data-file for the study",
+            spec.name,
             path.name,
-            sum(1 for _ in path.open()),
         )
-        rows = _of_split(read_data_file(path, spec), split)
-        return LoadedData(spec, rows, "sample", str(path), split)
+    else:
+        try:
+            hub.offline_if_unreachable()
+            import datasets
+
+            kwargs = {"columns": list(spec.columns)} if spec.columns else {}
+            ds = datasets.load_dataset(spec.hub_id, spec.config, split=split, **kwargs)
+            rows = [dict(r) for r in ds]
+            _check_fields(rows, spec, spec.hub_id)
+            return LoadedData(spec, rows, "hub", f"{spec.hub_id}:{split}", split)
+        except UserError:
+            raise
+        except Exception as e:  # offline, no cache, hub error: the sample stands in, loudly
+            all_rows = read_data_file(path, spec)
+            log.warning(
+                "could not load %s from the hub or its cache (%s); using the bundled sample "
+                "%s (%s rows): results are a smoke test, not the study",
+                spec.hub_id,
+                type(e).__name__,
+                path.name,
+                len(all_rows),
+            )
+            return LoadedData(spec, _of_split(all_rows, split), "sample", str(path), split)
+    rows = _of_split(read_data_file(path, spec), split)
+    return LoadedData(spec, rows, "sample", str(path), split)

@@ -99,7 +99,7 @@ def run(cfg: RankmathConfig) -> Path:
 
     identity = {
         "model": setup.resolved.id,
-        "dataset": data.identity()["fingerprint"],
+        "dataset": data.fingerprint,
         "limit_per_level": cfg.limit_per_level,
         "layers": layers,
         "positions": probe_positions,
