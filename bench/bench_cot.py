@@ -167,11 +167,9 @@ def retrieve_ours(pool: list[str], test: list[str], device: str) -> np.ndarray:
 def main() -> None:
     args = parse_args()
     device = models.pick_device(args.device)
-    dtype = (
-        models.DTYPES[args.dtype]
-        if args.dtype != "auto"
-        else (torch.float16 if device.startswith("cuda") else torch.float32)
-    )
+    # auto: float16 on CUDA as upstream (entrain's own auto is bfloat16 there)
+    auto_fp16 = args.dtype == "auto" and device.startswith("cuda")
+    dtype = torch.float16 if auto_fp16 else models.pick_dtype(args.dtype, device)
     resolved = models.resolve_model(args.model)
     pool, test = problems(args.n_pool, args.n_test)
     from transformers import AutoTokenizer

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .. import study
 from ..data import registry
@@ -163,14 +164,16 @@ def choose_demos(
 ) -> pd.DataFrame:
     """One row per (test problem, demonstration): which pool problem, in prompt order."""
     records = []
-    if cfg.strategy in ("auto-shot", "curriculum"):
-        pool_vectors = embed.embed(pool["problem"].tolist(), device)  # once per run
+    retrieval = cfg.strategy in ("auto-shot", "curriculum")
+    if retrieval:  # the pool is embedded once per run
+        pool_vectors = embed.embed(pool["problem"].tolist(), device)
         order, sims = embed.similarity_order(
             embed.embed(test["problem"].tolist(), device), pool_vectors
         )
     for t, row in enumerate(test.itertuples(index=False)):
         if cfg.strategy == "cot":
-            continue
+            continue  # no demonstrations
+        level, band = int(row.level), None
         if cfg.strategy == "few-shot":  # fresh random examples per problem, seeded by its id
             rng = random.Random(row_seed(cfg.seed, row.id))
             picks = [
@@ -179,25 +182,22 @@ def choose_demos(
         elif cfg.strategy == "auto-shot":
             picks = [(int(i), None) for i in order[t, : cfg.num_few_shot]]
         else:
+            band = curriculum.band(level, cfg.n_levels)
             picks = curriculum.select_demos(
-                int(row.level), cfg.n_levels, order[t].tolist(), pool["level"].to_numpy()
+                level, cfg.n_levels, order[t].tolist(), pool["level"].to_numpy()
             )
         for k, (i, target) in enumerate(picks):
             records.append(
                 {
                     "id": row.id,
-                    "level": int(row.level),
-                    "band": curriculum.band(int(row.level), cfg.n_levels)
-                    if cfg.strategy == "curriculum"
-                    else None,
+                    "level": level,
+                    "band": band,
                     "position": k,
                     "demo_id": pool["id"].iloc[i],
                     "demo_level": int(pool["level"].iloc[i]),
                     "target_level": target,
                     "demo_math_level": pool["math_level"].iloc[i],
-                    "similarity": float(sims[t, i])
-                    if cfg.strategy in ("auto-shot", "curriculum")
-                    else float("nan"),
+                    "similarity": float(sims[t, i]) if retrieval else float("nan"),
                 }
             )
     columns = [
@@ -274,8 +274,6 @@ def run(cfg: CotConfig) -> Path:
         if todo:  # a resumed run may have nothing left to generate: no engine start then
             if kind == "vllm" and setup.device.startswith("cuda"):
                 model = None  # vLLM takes the GPU memory
-                import torch
-
                 torch.cuda.empty_cache()
 
             def columns(part: list[int], gens: list[Generation]) -> dict:
@@ -329,20 +327,19 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     ]
     frame = frame.rename(columns={"id": "problem_id"})
     frame.insert(0, "id", frame["role"] + ":" + frame["problem_id"])  # pool and test ids may meet
-    prompts = [render(tokenizer, messages(p, [])) for p in frame["problem"]]
-    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    frame["n_prompt_tokens"] = [len(t) for t in token_lists]
-    too_long = study.too_long(model, frame["n_prompt_tokens"])
-    if too_long:
+    frame["prompt"] = [render(tokenizer, messages(p, [])) for p in frame["problem"]]
+    tokens = study.tokenize_prompts(frame, tokenizer, model)  # adds n_prompt_tokens
+    if tokens.skipped:
         raise UserError(
-            f"{len(too_long)} problem(s) (e.g. {frame['id'].iloc[min(too_long)]}) do not fit the "
-            "model's context, so they cannot be ranked; use a model with a longer context"
+            f"{len(tokens.skipped)} problem(s) (e.g. {frame['id'].iloc[min(tokens.skipped)]}) do "
+            "not fit the model's context, so they cannot be ranked; use a model with a longer "
+            "context"
         )
     study.probe_into(
         rd,
         "ranking",
-        frame,
-        token_lists,
+        frame.drop(columns="prompt"),  # the ranking table keeps the problem, not its prompt
+        tokens.token_lists,
         HiddenProbe(model, [-1], ["last-prompt"]),
         [metric],
         cfg.batch_size,
