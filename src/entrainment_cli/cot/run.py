@@ -28,7 +28,6 @@ from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..grading import extract_boxed, math_equal
-from ..qa.rankmath import parse_level
 from ..science import curriculum, sparsity
 from ..science.correctness import wilson_interval
 
@@ -97,7 +96,7 @@ def test_problems(data: registry.LoadedData, limit: int | None, seed: int) -> pd
             "problem": [str(r["problem"]) for r in rows],
             "subject": [str(r.get("subject", "")) for r in rows],
             "math_level": [
-                parse_level(r["level"], f"{data.location} row {i}")
+                registry.parse_level(r["level"], f"{data.location} row {i}")
                 for i, r in zip(keep, rows, strict=True)
             ],
             "answer": [str(r["answer"]) for r in rows],
@@ -134,7 +133,7 @@ def _level_or_none(value) -> int | None:
     """A pool problem's MATH level; MATH's own files hold a few 'Level ?' problems, which
     stay in the pool (the level is only reported for demonstrations)."""
     try:
-        return parse_level(value, "pool")
+        return registry.parse_level(value, "pool")
     except UserError:
         return None
 

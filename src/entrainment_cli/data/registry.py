@@ -165,6 +165,14 @@ def drop_overlap(
     return kept_rows, kept_ids, len(rows) - len(kept_rows)
 
 
+def parse_level(value, where: str) -> int:
+    """MATH levels are ints in MATH-500 and 'Level 3' strings in the original MATH."""
+    try:
+        return int(str(value).split()[-1])
+    except (ValueError, IndexError):
+        raise UserError(f"{where}: level '{value}' is not a number like 3 or 'Level 3'") from None
+
+
 def get_spec(name: str) -> DatasetSpec:
     if name not in REGISTRY:
         raise UserError(f"unknown dataset '{name}'; known datasets: {', '.join(sorted(REGISTRY))}")

@@ -50,21 +50,14 @@ class RankmathConfig:
     quiet: bool = False
 
 
-def parse_level(value, where: str) -> int:
-    """MATH levels are ints in MATH-500 and 'Level 3' strings in the original MATH."""
-    try:
-        return int(str(value).split()[-1])
-    except (ValueError, IndexError):
-        raise UserError(f"{where}: level '{value}' is not a number like 3 or 'Level 3'") from None
-
-
 def select(data: registry.LoadedData, limit_per_level: int | None) -> pd.DataFrame:
     """Problems with their level, the first ``limit_per_level`` of each level (as upstream)."""
     frame = pd.DataFrame(
         {
             "id": data.ids,
             "level": [
-                parse_level(r["level"], f"{data.location} row {i}") for i, r in enumerate(data.rows)
+                registry.parse_level(r["level"], f"{data.location} row {i}")
+                for i, r in enumerate(data.rows)
             ],
             "subject": [str(r.get("subject", "")) for r in data.rows],
             "problem": [str(r["problem"]) for r in data.rows],
