@@ -332,7 +332,7 @@ def correlation_table(
                     "layer": layer,
                     "position": position,
                     "metric": metric,
-                    "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                    "sparser_when": sparsity.sparser_when(metric),
                     **corr,
                 }
             )

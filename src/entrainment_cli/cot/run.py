@@ -29,7 +29,7 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..grading import extract_boxed, math_equal
 from ..science import curriculum, sparsity
-from ..science.correctness import wilson_interval
+from ..science.correctness import accuracy_record
 
 log = logging.getLogger("entrain")
 
@@ -360,13 +360,11 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     ranking = ranking.drop(columns=["id", "layer", "position"])
     ranking = ranking.rename(columns={"problem_id": "id", metric: "score"})
     ranking.insert(ranking.columns.get_loc("score"), "metric", metric)
-    ranking.insert(ranking.columns.get_loc("score") + 1, "sparser_when", _direction(metric))
+    ranking.insert(
+        ranking.columns.get_loc("score") + 1, "sparser_when", sparsity.sparser_when(metric)
+    )
     rd.write_table("ranking", ranking)
     return ranking, sparser * edges  # edges in score units, for the record
-
-
-def _direction(metric: str) -> str:
-    return "higher" if sparsity.SPARSER[metric] > 0 else "lower"
 
 
 def grade(rd, cfg, test: pd.DataFrame) -> pd.DataFrame:
@@ -390,15 +388,10 @@ def grade(rd, cfg, test: pd.DataFrame) -> pd.DataFrame:
 def accuracy(frame: pd.DataFrame, by: str | None = None) -> list[dict] | dict:
     """n, correct, accuracy and its Wilson 95% interval, overall or per value of ``by``."""
 
-    def one(part: pd.DataFrame) -> dict:
-        k, n = int(part["correct"].sum()), len(part)
-        lo, hi = wilson_interval(k, n)
-        return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci_lo": lo, "ci_hi": hi}
-
     if by is None:
-        return one(frame)
+        return accuracy_record(frame["correct"])
     return [
-        {by: value.item() if hasattr(value, "item") else value, **one(part)}
+        {by: value.item() if hasattr(value, "item") else value, **accuracy_record(part["correct"])}
         for value, part in frame.groupby(by, sort=True)
     ]
 
@@ -407,7 +400,7 @@ def summarize(table, cfg, metric, edges, n_skipped) -> dict:
     return {
         "strategy": cfg.strategy,
         "rank_metric": metric,
-        "sparser_when": _direction(metric),
+        "sparser_when": sparsity.sparser_when(metric),
         "n_levels": cfg.n_levels,
         "level_edges": [float(e) for e in edges],  # score at which each next level starts
         "skipped_too_long": n_skipped,

@@ -93,6 +93,13 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def accuracy_record(correct: Sequence) -> dict:
+    """n, correct, accuracy (None when there is nothing to score) and its Wilson 95% interval."""
+    k, n = int(np.sum(correct)), len(correct)
+    lo, hi = wilson_interval(k, n)
+    return {"n": n, "correct": k, "accuracy": k / n if n else None, "ci_lo": lo, "ci_hi": hi}
+
+
 def accuracy_by_bins(values: Sequence[float], correct: Sequence, bins: int = 5) -> pd.DataFrame:
     """Accuracy with a Wilson 95% interval in quantile (equal-count) bins of a metric.
 

@@ -127,6 +127,11 @@ SPARSER = {
 }
 
 
+def sparser_when(metric: str) -> str:
+    """'higher' or 'lower': which values of ``metric`` mean a sparser vector (for tables)."""
+    return "higher" if SPARSER[metric] > 0 else "lower"
+
+
 def resolve_metric_names(names: Iterable[str] | None) -> list[str]:
     """Canonical metric names, in the order given; None means all. Raises KeyError on unknown."""
     if names is None:
