@@ -9,6 +9,8 @@ import typer
 from ..pretrain.run import PretrainConfig, run
 from .common import (
     Device,
+    Layers,
+    Metrics,
     Quiet,
     RunDirOpt,
     RunsDir,
@@ -46,14 +48,8 @@ def pretrain(
     attach: Annotated[int, _opt("Edges each new entity attaches with.")] = 6,
     n_atomic: Annotated[int, _opt("Atomic facts in the training set.")] = 5000,
     n_derived: Annotated[int, _opt("Derived facts in the training set.")] = 5000,
-    layers: Annotated[
-        str,
-        _opt(
-            "Hidden states to measure: -1 (after the final norm), 0..L (residual stream "
-            "after block i), lists like 0,2,-1, ranges, or all."
-        ),
-    ] = "-1",
-    metrics: Annotated[str, _opt("Comma list of sparsity metrics, or all.")] = "all",
+    layers: Layers = "-1",
+    metrics: Metrics = "all",
     eval_batch_size: Annotated[int, _opt("Queries (x 10 options) per evaluation forward.")] = 64,
     compile: Annotated[
         str, _opt("torch.compile the training step: auto (on GPU), on, off.")

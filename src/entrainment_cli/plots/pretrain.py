@@ -39,11 +39,12 @@ def plot_run(run_dir: Path) -> list[Path]:
     dyn = pd.read_parquet(run_dir / "tables" / "dynamics.parquet")
     label = _label(run_dir)
     metrics = [c[: -len("_mean")] for c in dyn.columns if c.endswith("_mean")]
+    lines = [m for m in DYNAMICS if m == "accuracy" or m in metrics]
+    bars = ["accuracy", "loss", *metrics]
     written: list[Path] = []
     for layer, part in dyn.groupby("layer", sort=True):
-        names = [m for m in DYNAMICS if m == "accuracy" or m in metrics]
-        fig, axes = panel_grid(len(names), 2, (4.2, 3.2))
-        for ax, name in zip(axes, names, strict=True):
+        fig, axes = panel_grid(len(lines), 2, (4.2, 3.2))
+        for ax, name in zip(axes, lines, strict=True):
             mean, sem = _columns(name)
             for split, (title, color) in SPLITS.items():
                 s = part[part.split == split].sort_values("step")
@@ -72,22 +73,20 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig.suptitle(f"Learning dynamics: {label}, {_layer_name(layer)} (mean ± SEM)", fontsize=11)
         written += save(fig, run_dir / "figures" / f"dynamics_layer{layer}")
 
-        last = part[part.step == part.step.max()]
-        names = ["accuracy", "loss", *metrics]
-        fig, axes = panel_grid(len(names), 4, (3.0, 2.8))
-        for ax, name in zip(axes, names, strict=True):
+        last = part[part.step == part.step.max()].set_index("split")
+        present = [s for s in SPLITS if s in last.index]
+        fig, axes = panel_grid(len(bars), 4, (3.0, 2.8))
+        for ax, name in zip(axes, bars, strict=True):
             mean, sem = _columns(name)
-            rows = [last[last.split == s] for s in SPLITS]
-            present = [(s, r) for s, r in zip(SPLITS, rows, strict=True) if not r.empty]
+            means, errs = last.loc[present, mean], last.loc[present, sem].fillna(0)
             ax.bar(
-                [SPLITS[s][0] for s, _ in present],
-                [r[mean].iloc[0] for _, r in present],
-                yerr=[r[sem].fillna(0).iloc[0] for _, r in present],
-                color=[SPLITS[s][1] for s, _ in present],
+                [SPLITS[s][0] for s in present],
+                means,
+                yerr=errs,
+                color=[SPLITS[s][1] for s in present],
                 capsize=3,
             )
-            lo = min(r[mean].iloc[0] - r[sem].fillna(0).iloc[0] for _, r in present)
-            hi = max(r[mean].iloc[0] + r[sem].fillna(0).iloc[0] for _, r in present)
+            lo, hi = (means - errs).min(), (means + errs).max()
             pad = (hi - lo) * 0.3 or abs(hi) * 0.05 or 1.0
             ax.set_ylim(lo - pad if name not in ("accuracy", "loss") else 0, hi + pad)
             ax.set_title(name, fontsize=9)

@@ -24,6 +24,11 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def query_ids(queries: Sequence[kg.Query]) -> list[str]:
+    """``{split}-{index}``: the key of each query in ``kg/queries.parquet`` and the eval table."""
+    return [f"{q.split}-{i}" for i, q in enumerate(queries)]
+
+
 class Evaluator:
     """Scores every query of every split and measures its prompt's hidden state."""
 
@@ -49,7 +54,7 @@ class Evaluator:
         ]
         self.frame = pd.DataFrame(
             {
-                "query_id": [f"{q.split}-{i}" for i, q in enumerate(self.queries)],
+                "query_id": query_ids(self.queries),
                 "split": [q.split for q in self.queries],
                 "h": [q.h for q in self.queries],
                 "r": [q.r for q in self.queries],
@@ -125,17 +130,11 @@ def dynamics(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     keys = ["step", "split", "layer"]
     frame = evals.assign(accuracy=evals["correct"].astype(float), loss=evals["gold_loss"])
     summary = stats.group_summary(frame, keys, ["accuracy", "loss", *metrics])
-    wide = summary.pivot_table(index=keys, columns="metric", values=["mean", "sem"], sort=False)
+    wide = summary.pivot(index=keys, columns="metric", values=["mean", "sem"])
     wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
-    wide = wide.reset_index()
-    wide.insert(
-        3,
-        "n",
-        evals.groupby(keys, sort=False)
-        .size()
-        .reindex(pd.MultiIndex.from_frame(wide[keys]))
-        .to_numpy(),
-    )
+    # accuracy is never NaN, so its n is the group's size
+    n = summary[summary.metric == "accuracy"].set_index(keys)["n"]
+    wide = wide.assign(n=n).reset_index()
     wide = wide.rename(columns={"accuracy_mean": "accuracy", "loss_mean": "loss"})
     columns = [*keys, "n", "accuracy", "accuracy_sem", "loss", "loss_sem"]
     columns += [f"{m}_{stat}" for m in metrics for stat in ("mean", "sem")]

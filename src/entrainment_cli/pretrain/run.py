@@ -25,6 +25,7 @@ from ..engines.probe import parse_layers
 from ..errors import UserError
 from ..runs.rundir import RunDir, atomic_write_parquet
 from ..science import kg, sparsity
+from ..study import check_positive
 from ..ui import progress
 from . import evaluate, train
 from .tokenizer import build_tokenizer
@@ -32,17 +33,23 @@ from .tokenizer import build_tokenizer
 log = logging.getLogger("entrain")
 
 COMMAND = "pretrain"
-# KGParams field -> the option that sets it, for "graph too small" messages.
-FLAGS = {
-    "n_entities": "--entities",
-    "n_relations": "--relations",
-    "n_rules": "--rules",
-    "n_deductible": "--deductible-rules",
-    "attach": "--attach",
-    "n_atomic": "--n-atomic",
-    "n_derived": "--n-derived",
-    "num_test": "--num-test",
+# KGParams field -> the PretrainConfig field (and so the option) that sets it, in the order
+# the options are checked.
+KG_FIELDS = {
+    "num_test": "num_test",
+    "n_entities": "entities",
+    "n_relations": "relations",
+    "n_rules": "rules",
+    "n_deductible": "deductible_rules",
+    "attach": "attach",
+    "n_atomic": "n_atomic",
+    "n_derived": "n_derived",
 }
+
+
+def _flag(field: str) -> str:
+    """The option of a PretrainConfig field: ``deductible_rules`` -> ``--deductible-rules``."""
+    return "--" + field.replace("_", "-")
 
 
 @dataclass
@@ -73,16 +80,7 @@ class PretrainConfig:
     quiet: bool = False
 
     def kg_params(self) -> kg.KGParams:
-        return kg.KGParams(
-            n_entities=self.entities,
-            n_relations=self.relations,
-            n_rules=self.rules,
-            n_deductible=self.deductible_rules,
-            attach=self.attach,
-            n_atomic=self.n_atomic,
-            n_derived=self.n_derived,
-            num_test=self.num_test,
-        )
+        return kg.KGParams(**{p: getattr(self, f) for p, f in KG_FIELDS.items()})
 
 
 @dataclass(frozen=True)
@@ -96,22 +94,8 @@ class _Identity:
 
 
 def _validate(cfg: PretrainConfig) -> None:
-    positive = {
-        "--steps": cfg.steps,
-        "--batch-size": cfg.batch_size,
-        "--num-test": cfg.num_test,
-        "--entities": cfg.entities,
-        "--relations": cfg.relations,
-        "--rules": cfg.rules,
-        "--deductible-rules": cfg.deductible_rules,
-        "--attach": cfg.attach,
-        "--n-atomic": cfg.n_atomic,
-        "--n-derived": cfg.n_derived,
-        "--eval-batch-size": cfg.eval_batch_size,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1 (got {value})")
+    positive = ["steps", "batch_size", *KG_FIELDS.values(), "eval_batch_size"]
+    check_positive(*((_flag(f), getattr(cfg, f)) for f in positive))
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -133,9 +117,9 @@ def generate_graph(cfg: PretrainConfig) -> kg.KnowledgeGraph:
     try:
         return kg.generate(cfg.kg_params(), seed=cfg.seed)
     except kg.GraphTooSmall as e:
-        fix = f"raise {FLAGS[e.raise_param]}"
+        fix = f"raise {_flag(KG_FIELDS[e.raise_param])}"
         if e.lower_param:
-            fix += f" or lower {FLAGS[e.lower_param]}"
+            fix += f" or lower {_flag(KG_FIELDS[e.lower_param])}"
         raise UserError(
             f"the knowledge graph is too small for the requested splits: {e.what}: {e.have}, "
             f"need {e.need}; {fix}"
@@ -168,7 +152,7 @@ def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
     queries = pd.DataFrame([asdict(q) for q in graph.queries])
     queries["alt_tails"] = queries["alt_tails"].map(list)
     queries["options"] = queries["options"].map(list)
-    queries.insert(0, "query_id", [f"{q.split}-{i}" for i, q in enumerate(graph.queries)])
+    queries.insert(0, "query_id", evaluate.query_ids(graph.queries))
     queries["prompt"] = [kg.prompt_text(q.h, q.r) for q in graph.queries]
     queries["answer"] = [kg.entity(q.t) for q in graph.queries]
     rd.write_text("kg/rules.json", json.dumps(rules, indent=1) + "\n")

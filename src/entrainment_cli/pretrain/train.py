@@ -128,7 +128,7 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model, lr: float, device: str) -> torch.optim.Optimizer:
+def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
     """AdamW as the Trainer's defaults (betas 0.9/0.999, eps 1e-8, no weight decay), fused."""
     kwargs = dict(lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     try:
@@ -177,7 +177,7 @@ def train(
     model.to(device)
     model.train()
     forward = torch.compile(model) if compile_model else model
-    optimizer = make_optimizer(model, lr, device)
+    optimizer = make_optimizer(model, lr)
     warmup = math.ceil(warmup_ratio * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
     evaluate_at(0)

@@ -359,7 +359,7 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
     queries = []
     for name in SPLITS:
         for (h, r, t), length, alt in pools[name]:
-            true = set(g.out[h].get(r, ())) | set(pruned.out[h].get(r, ())) | alt
+            true = set(g.out[h].get(r, ())) | alt  # the training facts are among g's
             if name == "id":
                 true |= _shortest_rule(pruned, rules, (h, r, t))[1]
             options, gold = _options(rng, t, len(g.out), true - {t}, p.n_options)
@@ -371,7 +371,7 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
         seed=seed,
         rules=rules,
         facts=facts,
-        derivations={f: tuple(sorted(v)) for f, v in g.derivations.items() if f in facts},
+        derivations={f: tuple(sorted(v)) for f, v in g.derivations.items()},
         train=train,
         queries=queries,
     )
