@@ -120,13 +120,15 @@ def count_nonfinite(samples: pd.DataFrame, metrics: Sequence[str]) -> int:
     return n
 
 
-def metric_names(requested: Sequence[str] | None) -> list[str]:
-    """Canonical metric names (None: all of them); unknown names are a UserError."""
+def metric_names(requested: Sequence[str] | None, option: str | None = None) -> list[str]:
+    """Canonical metric names (None: all of them); unknown names are a UserError, which names
+    ``option`` when given."""
     try:
         return sparsity.resolve_metric_names(requested)
     except KeyError as e:
+        where = f"{option}: " if option else ""
         raise UserError(
-            f"unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)} "
+            f"{where}unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)} "
             f"(alias: {', '.join(sparsity.ALIASES)})"
         ) from None
 

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["panel_grid", "plt", "save"]
+__all__ = ["layer_name", "panel_grid", "plt", "save"]
 
 
 def panel_grid(n: int, ncols: int, panel: tuple[float, float]):
@@ -45,3 +45,8 @@ def save(fig, stem: Path) -> list[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def layer_name(layer: int) -> str:
+    """How figures name a layer: -1 is the state after the final norm."""
+    return "final norm" if layer == -1 else f"layer {layer}"

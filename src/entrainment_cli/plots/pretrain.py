@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from .common import panel_grid, save
+from .common import layer_name, panel_grid, save
 
 SPLITS = {
     "id": ("ID", "#1f77b4"),
@@ -16,10 +16,6 @@ SPLITS = {
     "ood_hard": ("OOD-hard", "#ff7f0e"),
 }
 DYNAMICS = ["top5_energy", "top10_energy", "eff_rank", "accuracy"]
-
-
-def _layer_name(layer: int) -> str:
-    return "final norm" if layer == -1 else f"layer {layer}"
 
 
 def _label(run_dir: Path) -> str:
@@ -70,7 +66,7 @@ def plot_run(run_dir: Path) -> list[Path]:
             ax.set_title(name, fontsize=10)
             ax.set_xlabel("training step")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"Learning dynamics: {label}, {_layer_name(layer)} (mean ± SEM)", fontsize=11)
+        fig.suptitle(f"Learning dynamics: {label}, {layer_name(layer)} (mean ± SEM)", fontsize=11)
         written += save(fig, run_dir / "figures" / f"dynamics_layer{layer}")
 
         last = part[part.step == part.step.max()].set_index("split")
@@ -92,7 +88,7 @@ def plot_run(run_dir: Path) -> list[Path]:
             ax.set_title(name, fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
         fig.suptitle(
-            f"By split at step {int(last.step.max())}: {label}, {_layer_name(layer)}", fontsize=11
+            f"By split at step {int(last.step.max())}: {label}, {layer_name(layer)}", fontsize=11
         )
         written += save(fig, run_dir / "figures" / f"final_layer{layer}")
 

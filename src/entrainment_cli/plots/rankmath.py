@@ -7,13 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..runs.rundir import run_label
-from .common import panel_grid, plt, save
+from .common import layer_name, panel_grid, plt, save
 
 PANEL = 3.2  # inches per panel side
-
-
-def _layer_name(layer: int) -> str:
-    return "final norm" if layer == -1 else f"layer {layer}"
 
 
 def _grid(n: int):
@@ -54,7 +50,7 @@ def plot_run(run_dir: Path) -> list[Path]:
             pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
             ax.set_ylim(lo - pad, hi + pad)
         fig.suptitle(
-            f"Sparsity by MATH level: {model}, {_layer_name(layer)}, {position} (mean ± SEM)",
+            f"Sparsity by MATH level: {model}, {layer_name(layer)}, {position} (mean ± SEM)",
             fontsize=11,
         )
         written += save(fig, run_dir / "figures" / f"levels_layer{layer}_{position}")
@@ -129,5 +125,5 @@ def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("MATH level")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Sparsity by MATH level across models ({_layer_name(layer)}, {position})")
+    fig.suptitle(f"Sparsity by MATH level across models ({layer_name(layer)}, {position})")
     return save(fig, out_dir / "rankmath_compare")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import study
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
 from ..runs.rundir import RunDir, atomic_write_parquet
-from ..science import kg, sparsity
-from ..study import check_positive
+from ..science import kg
 from ..ui import progress
 from . import evaluate, train
 from .tokenizer import build_tokenizer
@@ -95,7 +95,7 @@ class _Identity:
 
 def _validate(cfg: PretrainConfig) -> None:
     positive = ["steps", "batch_size", *KG_FIELDS.values(), "eval_batch_size"]
-    check_positive(*((_flag(f), getattr(cfg, f)) for f in positive))
+    study.check_positive(*((_flag(f), getattr(cfg, f)) for f in positive))
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -171,12 +171,7 @@ def run(cfg: PretrainConfig) -> Path:
     _validate(cfg)
     size = train.parse_size(cfg.llm_size)
     layers = parse_layers(cfg.layers, size.layers)
-    try:
-        metric_names = sparsity.resolve_metric_names(cfg.metrics)
-    except KeyError as e:
-        raise UserError(
-            f"--metrics: unknown metric {e}; known: {', '.join(sparsity.METRICS)}, or all"
-        ) from None
+    metric_names = study.metric_names(cfg.metrics, "--metrics")
     device = models.pick_device(cfg.device)
     amp = train.autocast_dtype(cfg.precision, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
