@@ -20,8 +20,8 @@ def _layer_name(layer: int) -> str:
     return "final norm" if layer == -1 else f"layer {layer}"
 
 
-def _grid(n: int, ncols: int = 4):
-    return panel_grid(n, ncols, (PANEL, PANEL))
+def _grid(n: int):
+    return panel_grid(n, 4, (PANEL, PANEL))
 
 
 def _labels(run_dirs: list[Path]) -> list[str]:
@@ -34,7 +34,8 @@ def _labels(run_dirs: list[Path]) -> list[str]:
 
 
 def _grouped_bars(ax, frames: list[pd.DataFrame], labels: list[str], x: str, y: str, err=None):
-    """One bar group per value of ``x``, one bar per run; ``err``: a (lo, hi) column pair."""
+    """One bar group per value of ``x``, one bar per run (named in the legend); ``err``: a
+    (lo, hi) column pair."""
     keys = sorted(set().union(*(f[x] for f in frames)), key=str)
     pos = {k: i for i, k in enumerate(keys)}
     width = 0.8 / len(frames)
@@ -46,6 +47,7 @@ def _grouped_bars(ax, frames: list[pd.DataFrame], labels: list[str], x: str, y: 
         ax.bar(xs, frame[y], width=width, yerr=yerr, capsize=2, label=label)
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([str(k) for k in keys], fontsize=7, rotation=45, ha="right")
+    ax.legend(fontsize=7)
 
 
 # -- deepmath ----------------------------------------------------------------------------------
@@ -89,12 +91,10 @@ def compare_deepmath(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     corrs = [pd.read_csv(rd / "tables" / "correlations.csv") for rd in run_dirs]
     layer = _shared_layer([set(c["layer"]) for c in corrs])
     frames = [c[c.layer == layer] for c in corrs]
-    fig, axes = _grid(1, 1)
-    fig.set_size_inches(max(6, 0.5 * len(frames[0])), 4)
-    _grouped_bars(axes[0], frames, _labels(run_dirs), "metric", "spearman_rho", err=None)
-    axes[0].axhline(0, color="k", lw=0.8)
-    axes[0].set_ylabel("Spearman ρ (difficulty, metric)")
-    axes[0].legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(frames[0])), 4))
+    _grouped_bars(ax, frames, _labels(run_dirs), "metric", "spearman_rho")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel("Spearman ρ (difficulty, metric)")
     fig.suptitle(f"DeepMath difficulty vs sparsity across models ({_layer_name(layer)})")
     return save(fig, out_dir / "deepmath_compare")
 
@@ -154,13 +154,11 @@ def compare_conflict(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         t[(t.layer == layer) & (t.b == "nonconflict") & (t.metric != "n_prompt_tokens")]
         for t in tables
     ]
-    fig, axes = _grid(1, 1)
-    fig.set_size_inches(max(6, 0.5 * len(frames[0])), 4)
-    _grouped_bars(axes[0], frames, _labels(run_dirs), "metric", "rank_biserial")
-    axes[0].axhline(0, color="k", lw=0.8)
-    axes[0].set_ylim(-1.05, 1.05)
-    axes[0].set_ylabel("rank-biserial r (conflict − non-conflict)")
-    axes[0].legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(frames[0])), 4))
+    _grouped_bars(ax, frames, _labels(run_dirs), "metric", "rank_biserial")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("rank-biserial r (conflict − non-conflict)")
     fig.suptitle(f"Knowledge conflict across models ({_layer_name(layer)})")
     return save(fig, out_dir / "conflict_compare")
 
@@ -241,9 +239,7 @@ def plot_longreason(run_dir: Path) -> list[Path]:
     fig.suptitle(f"Layer profile by context length: {model} (mean ± SEM)", fontsize=11)
     written = save(fig, run_dir / "figures" / "layer_profile")
 
-    fig, axes = _grid(1, 1)
-    fig.set_size_inches(5, 3.5)
-    ax = axes[0]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
     acc = accuracy.fillna({"accuracy": 0.0, "ci_lo": 0.0, "ci_hi": 0.0})
     ax.bar(
         acc["split"],
@@ -270,19 +266,17 @@ def plot_longreason(run_dir: Path) -> list[Path]:
 def compare_longreason(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Accuracy per split (Wilson CI), one bar per run."""
     frames = [pd.read_csv(rd / "tables" / "accuracy.csv", dtype={"split": str}) for rd in run_dirs]
-    fig, axes = _grid(1, 1)
-    fig.set_size_inches(6, 4)
+    fig, ax = plt.subplots(figsize=(6, 4))
     _grouped_bars(
-        axes[0],
+        ax,
         [f.fillna(0.0) for f in frames],
         _labels(run_dirs),
         "split",
         "accuracy",
         err=("ci_lo", "ci_hi"),
     )
-    axes[0].set_ylim(0, 1)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
     fig.suptitle("LongReason accuracy by context length across models")
     return save(fig, out_dir / "longreason_compare")
 
@@ -333,12 +327,10 @@ def plot_accuracy(run_dir: Path) -> list[Path]:
 def compare_accuracy(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Accuracy per MATH level (Wilson CI), one bar per run."""
     frames = [pd.read_csv(rd / "tables" / "accuracy_by_level.csv") for rd in run_dirs]
-    fig, axes = _grid(1, 1)
-    fig.set_size_inches(6, 4)
-    _grouped_bars(axes[0], frames, _labels(run_dirs), "level", "accuracy", err=("ci_lo", "ci_hi"))
-    axes[0].set_ylim(0, 1)
-    axes[0].set_xlabel("MATH level")
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=7)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _grouped_bars(ax, frames, _labels(run_dirs), "level", "accuracy", err=("ci_lo", "ci_hi"))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("MATH level")
+    ax.set_ylabel("accuracy")
     fig.suptitle("MATH accuracy by level across models")
     return save(fig, out_dir / "accuracy_compare")

@@ -39,6 +39,11 @@ def _heatmap(ax, grid: pd.DataFrame, title: str, fmt: str, accuracy: bool = Fals
     ax.set_title(title, fontsize=9)
 
 
+def _heatmap_grid(n: int, n_rows: int):
+    """``n`` heatmap panels, 4 per row, each tall enough for ``n_rows`` areas."""
+    return panel_grid(n, 4, (3.6, 1.2 + 0.28 * n_rows))
+
+
 def _order(frame: pd.DataFrame, levels: list[str]) -> pd.DataFrame:
     """Areas alphabetically with 'All' last; noise levels in the order they were asked for."""
     areas = [a for a in dict.fromkeys(frame.index) if a != "All"]
@@ -61,8 +66,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     metrics = list(dict.fromkeys(summary["metric"]))
     written: list[Path] = []
     for (layer, position), part in summary.groupby(["layer", "position"], sort=True):
-        n_rows = acc.shape[0]
-        fig, axes = panel_grid(len(metrics) + 1, 4, (3.6, 1.2 + 0.28 * n_rows))
+        fig, axes = _heatmap_grid(len(metrics) + 1, acc.shape[0])
         _heatmap(axes[0], acc, "accuracy (constrained letter)", ".2f", accuracy=True)
         for ax, metric in zip(axes[1:], metrics, strict=True):
             m = part[part["metric"] == metric]
@@ -103,8 +107,7 @@ def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         loaded.append((label, grid))
     if len({tuple(g.columns) for _, g in loaded}) > 1:
         raise UserError("these robustness runs used different noise levels; nothing to compare")
-    n_rows = max(g.shape[0] for _, g in loaded)
-    fig, axes = panel_grid(len(loaded), 4, (3.6, 1.2 + 0.28 * n_rows))
+    fig, axes = _heatmap_grid(len(loaded), max(g.shape[0] for _, g in loaded))
     for ax, (label, grid) in zip(axes, loaded, strict=True):
         _heatmap(ax, grid, f"accuracy: {label}", ".2f", accuracy=True)
     fig.suptitle("MMLU-Pro accuracy under noise across models")

@@ -11,7 +11,6 @@ upstream's level-means correlation for comparison.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +24,6 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..science import correctness, sparsity, stats
 from .rankmath import select
-
-log = logging.getLogger("entrain")
 
 COMMAND = "qa accuracy"
 SYSTEM_PROMPT = (

@@ -11,7 +11,6 @@ question but gives the model's own (parametric) knowledge, so that the context a
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
 from ..science import sparsity, stats
-
-log = logging.getLogger("entrain")
 
 COMMAND = "qa conflict"
 SYSTEM_PROMPT = (

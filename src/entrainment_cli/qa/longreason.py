@@ -13,7 +13,6 @@ layers, and a paired test of every longer split against the shortest over the sa
 from __future__ import annotations
 
 import gc
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +25,6 @@ from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..science import correctness, grading, sparsity, stats
-
-log = logging.getLogger("entrain")
 
 COMMAND = "qa longreason"
 LETTERS = "ABCDE"

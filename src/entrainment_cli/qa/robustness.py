@@ -115,9 +115,7 @@ def select(
 ) -> pd.DataFrame:
     """Questions of the chosen categories, the first ``per_category`` of each (as upstream),
     in dataset order, then the first ``limit`` of those."""
-    for name, value in (("--per-category", per_category), ("--limit", limit)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1")
+    study.check_positive(("--per-category", per_category), ("--limit", limit))
     rows = [
         {"id": id_, **_question(row, f"{data.location} row {i}")}
         for i, (id_, row) in enumerate(zip(data.ids, data.rows, strict=True))
@@ -253,14 +251,10 @@ def export_variants(cfg: RobustnessConfig) -> Path:
 
 
 def build_prompt(tokenizer, body: str) -> tuple[str, str]:
-    """(exact text given to the tokenizer, 'chat' or 'plain')."""
+    """(exact text given to the tokenizer, 'chat' or 'plain'). ``body`` ends in its own
+    ``Answer:``, so the plain text is the system prompt and the body alone."""
     if tokenizer.chat_template:
-        messages = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": body},
-        ]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, "chat"
+        return study.chat_prompt(tokenizer, SYSTEM_PROMPT, body)
     return f"{SYSTEM_PROMPT}\n\n{body}", "plain"
 
 
@@ -299,7 +293,7 @@ def run(cfg: RobustnessConfig) -> Path:
 
     identity = {
         "model": setup.resolved.id,
-        "dataset": data.identity()["fingerprint"],
+        "dataset": data.fingerprint,
         "categories": sorted(set(questions["area"])),
         "per_category": cfg.per_category,
         "limit": cfg.limit,
@@ -357,18 +351,11 @@ def run(cfg: RobustnessConfig) -> Path:
             ]
             rd.write_table("samples", samples)
             write_analysis(rd, samples, metric_names, [lv.name for lv in levels])
-        nonfinite = int((~np.isfinite(samples[metric_names].to_numpy())).sum())
-        if nonfinite:
-            log.warning(
-                "%d metric value(s) are NaN/inf; they are kept in samples.parquet "
-                "and left out of every statistic",
-                nonfinite,
-            )
         first = samples.drop_duplicates("id")
         counts = {
             "probed": len(first),
             "accuracy": float(first["correct"].mean()),
-            "nonfinite_values": nonfinite,
+            "nonfinite_values": study.count_nonfinite(samples, metric_names),
         }
         rd.update(counts={**rd.manifest["counts"], **counts})
         from ..plots.robustness import plot_run
@@ -415,12 +402,21 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
     )
     rd.write_text("tables/accuracy.csv", acc.to_csv(index=False))
 
+    # per area, once (not once per pair of levels): metrics and answers, one column per level
+    wides = {
+        area: (
+            part.pivot_table(
+                index=["question_id", "layer", "position"], columns="noise", values=metrics
+            ),
+            per_prompt[per_prompt["area"] == area].pivot(
+                index="question_id", columns="noise", values="correct"
+            ),
+        )
+        for area, part in pooled.groupby("area", sort=False)
+    }
     tests, acc_tests = [], []
     for a, b in itertools.combinations(levels, 2):
-        for area, part in pooled.groupby("area", sort=False):
-            wide = part.pivot_table(
-                index=["question_id", "layer", "position"], columns="noise", values=metrics
-            )
+        for area, (wide, answers_) in wides.items():
             for (layer, position), cell in wide.groupby(level=["layer", "position"]):
                 for metric in metrics:
                     if (metric, a) not in cell or (metric, b) not in cell:
@@ -438,9 +434,6 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
                             **stats.paired_test(cell[(metric, b)], cell[(metric, a)]),
                         }
                     )
-            answers_ = per_prompt[per_prompt["area"] == area].pivot(
-                index="question_id", columns="noise", values="correct"
-            )
             if a in answers_ and b in answers_:
                 both = answers_[[a, b]].dropna().astype(bool)
                 acc_tests.append(
