@@ -10,14 +10,10 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import run_label
-from .common import panel_grid, plt, save
+from .common import layer_name, panel_grid, plt, save
 
 PANEL = 3.2  # inches per panel side
 SPLIT_COLORS = {"8k": "#1f77b4", "16k": "#2ca02c", "32k": "#d62728", "64k": "#ff7f0e"}
-
-
-def _layer_name(layer: int) -> str:
-    return "final norm" if layer == -1 else f"layer {layer}"
 
 
 def _grid(n: int):
@@ -78,7 +74,7 @@ def plot_deepmath(run_dir: Path) -> list[Path]:
             )
             ax.set_xlabel("difficulty")
         fig.suptitle(
-            f"Sparsity vs DeepMath difficulty: {model}, {_layer_name(layer)} (OLS fit, 95% band)",
+            f"Sparsity vs DeepMath difficulty: {model}, {layer_name(layer)} (OLS fit, 95% band)",
             fontsize=11,
         )
         written += save(fig, run_dir / "figures" / f"difficulty_scatter_layer{layer}")
@@ -95,7 +91,7 @@ def compare_deepmath(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     _grouped_bars(ax, frames, _labels(run_dirs), "metric", "spearman_rho")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylabel("Spearman ρ (difficulty, metric)")
-    fig.suptitle(f"DeepMath difficulty vs sparsity across models ({_layer_name(layer)})")
+    fig.suptitle(f"DeepMath difficulty vs sparsity across models ({layer_name(layer)})")
     return save(fig, out_dir / "deepmath_compare")
 
 
@@ -138,7 +134,7 @@ def plot_conflict(run_dir: Path) -> list[Path]:
                 )
             ax.set_title("\n".join(lines), fontsize=7)
         fig.suptitle(
-            f"Knowledge conflict: {model}, {_layer_name(layer)} (Wilcoxon signed-rank over "
+            f"Knowledge conflict: {model}, {layer_name(layer)} (Wilcoxon signed-rank over "
             "items; r = matched-pairs rank-biserial)",
             fontsize=10,
         )
@@ -159,7 +155,7 @@ def compare_conflict(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     ax.axhline(0, color="k", lw=0.8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("rank-biserial r (conflict − non-conflict)")
-    fig.suptitle(f"Knowledge conflict across models ({_layer_name(layer)})")
+    fig.suptitle(f"Knowledge conflict across models ({layer_name(layer)})")
     return save(fig, out_dir / "conflict_compare")
 
 
@@ -317,7 +313,7 @@ def plot_accuracy(run_dir: Path) -> list[Path]:
             )
         fig.suptitle(
             f"Accuracy (red, right axis) and sparsity by MATH level: {model}, "
-            f"{_layer_name(layer)}, {position}",
+            f"{layer_name(layer)}, {position}",
             fontsize=10,
         )
         written += save(fig, run_dir / "figures" / f"accuracy_levels_layer{layer}_{position}")

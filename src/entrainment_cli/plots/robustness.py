@@ -9,11 +9,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import run_label
-from .common import panel_grid, save
-
-
-def _layer_name(layer: int) -> str:
-    return "final norm" if layer == -1 else f"layer {layer}"
+from .common import layer_name, panel_grid, save
 
 
 def _levels(run_dir: Path) -> list[str]:
@@ -89,7 +85,7 @@ def plot_run(run_dir: Path) -> list[Path]:
                     )
             _heatmap(ax, grid, title, ".3g")
         fig.suptitle(
-            f"MMLU-Pro under noise: {model}, {_layer_name(layer)}, {position} (means)", fontsize=11
+            f"MMLU-Pro under noise: {model}, {layer_name(layer)}, {position} (means)", fontsize=11
         )
         written += save(fig, run_dir / "figures" / f"heatmaps_layer{layer}_{position}")
     return written

@@ -175,14 +175,10 @@ def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -
 
 def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> None:
     """accuracy_by_level.csv, summary.csv (metrics per level) and association.csv."""
-    levels = []
-    for level, part in answers.groupby("level", sort=True):
-        k, n = int(part["correct"].sum()), len(part)
-        lo, hi = correctness.wilson_interval(k, n)
-        levels.append(
-            {"level": level, "n": n, "correct": k, "accuracy": k / n, "ci_lo": lo, "ci_hi": hi}
-        )
-    by_level = pd.DataFrame.from_records(levels)
+    by_level = pd.DataFrame.from_records(
+        {"level": level, **correctness.accuracy_record(part["correct"])}
+        for level, part in answers.groupby("level", sort=True)
+    )
     rd.write_text("tables/accuracy_by_level.csv", by_level.to_csv(index=False))
     summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
@@ -215,7 +211,7 @@ def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> 
                     "layer": layer,
                     "position": position,
                     "metric": metric,
-                    "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                    "sparser_when": sparsity.sparser_when(metric),
                     "n": pb["n"],
                     "n_correct": int(g["n_correct"]),
                     "point_biserial_r": pb["pearson_r"],

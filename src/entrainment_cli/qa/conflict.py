@@ -155,22 +155,22 @@ def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
                 if (metric, a) not in wide or (metric, b) not in wide:
                     continue
                 test = stats.paired_test(wide[(metric, a)], wide[(metric, b)])
-                direction = sparsity.SPARSER.get(metric)
-                rec = {
-                    "layer": layer,
-                    "a": a,
-                    "b": b,
-                    "metric": metric,
-                    "sparser_when": None,
-                    **test,
-                    "a_sparser": None,
-                }
-                if direction is not None:
-                    rec["sparser_when"] = "higher" if direction > 0 else "lower"
-                    rec["a_sparser"] = bool(
-                        test["wilcoxon_p"] < 0.05 and test["mean_diff"] * direction > 0
-                    )
-                records.append(rec)
+                direction = sparsity.SPARSER.get(metric)  # None: prompt length
+                records.append(
+                    {
+                        "layer": layer,
+                        "a": a,
+                        "b": b,
+                        "metric": metric,
+                        "sparser_when": None
+                        if direction is None
+                        else sparsity.sparser_when(metric),
+                        **test,
+                        "a_sparser": None
+                        if direction is None
+                        else bool(test["wilcoxon_p"] < 0.05 and test["mean_diff"] * direction > 0),
+                    }
+                )
     return pd.DataFrame.from_records(records)
 
 

@@ -261,7 +261,7 @@ def write_analysis(rd, samples, answers, metrics, splits) -> None:
                         "a": split,
                         "b": base,
                         "metric": metric,
-                        "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                        "sparser_when": sparsity.sparser_when(metric),
                         **test,
                     }
                 )

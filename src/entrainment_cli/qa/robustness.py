@@ -429,7 +429,7 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
                             "metric": metric,
                             "noise_a": a,
                             "noise_b": b,
-                            "sparser_when": "higher" if sparsity.SPARSER[metric] > 0 else "lower",
+                            "sparser_when": sparsity.sparser_when(metric),
                             # noise_b minus noise_a, question by question
                             **stats.paired_test(cell[(metric, b)], cell[(metric, a)]),
                         }
