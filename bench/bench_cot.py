@@ -35,7 +35,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import RESULTS, sync  # noqa: E402  (bench/ is on sys.path)
+from common import RESULTS, sync, timed  # noqa: E402  (bench/ is on sys.path)
 
 from entrainment_cli import study  # noqa: E402
 from entrainment_cli.cot.run import messages, render  # noqa: E402
@@ -69,21 +69,6 @@ def problems(n_pool: int, n_test: int) -> tuple[list[str], list[str]]:
     return [pool[i % len(pool)] for i in range(n_pool)], [
         test[i % len(test)] for i in range(n_test)
     ]
-
-
-def timed(fn, repeats: int, device: str):
-    """(seconds, every pass's seconds, output) of the fastest of ``repeats`` passes: the one
-    least disturbed by other work on the machine."""
-    best, times = None, []
-    for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-        if best is None or times[-1] < best[0]:
-            best = (times[-1], out)
-    return best[0], times, best[1]
 
 
 def rank_upstream(resolved, device, dtype, prompts_by_set) -> tuple[float, np.ndarray]:

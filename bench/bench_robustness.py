@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled mmlu_pro sample, without waiting
 
 import torch  # noqa: E402
 from bench_probe import METRIC_NAMES, check_agree  # noqa: E402  (bench/ is on sys.path)
-from common import RESULTS, sync  # noqa: E402
+from common import RESULTS, timed  # noqa: E402
 
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import models  # noqa: E402
@@ -103,16 +102,6 @@ def run_ours(model, toks, n_options, letter_ids, device, batch_size, pad_id):
     return metrics, logits, answers
 
 
-def timed(call, device: str, repeats: int):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = call()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times), times, result
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = models.pick_device(args.device)
@@ -129,12 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     run_ours(model, [toks[i] for i in longest], [20], letter_ids, device, 1, pad_id)
 
     up_s, up_all, (up_m, up_l, up_a) = timed(
-        lambda: run_upstream(model, tokenizer, toks, letter_ids, device), device, args.repeats
+        lambda: run_upstream(model, tokenizer, toks, letter_ids, device), args.repeats, device
     )
     our_s, our_all, (our_m, our_l, our_a) = timed(
         lambda: run_ours(model, toks, n_options, letter_ids, device, args.batch_size, pad_id),
-        device,
         args.repeats,
+        device,
     )
     max_diff = check_agree({"values": up_m.tolist()}, {"values": our_m.tolist()}, dtype)
     tol = 1e-4 if dtype == torch.float32 else 2e-2

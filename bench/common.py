@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import time
 from pathlib import Path
 
 import torch
@@ -53,3 +55,18 @@ def sync(device: str) -> None:
     """Wait for queued GPU work, so wall-clock timings cover it."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device: str):
+    """(seconds, every pass's seconds, output) of the fastest of ``repeats`` passes: the one
+    least disturbed by other work on the machine."""
+    best, times = None, []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+        if best is None or times[-1] < best[0]:
+            best = (times[-1], out)
+    return best[0], times, best[1]
