@@ -43,8 +43,8 @@ demo: install
 		--deductible-rules 8 --n-atomic 2000 --n-derived 2000
 
 lint: install
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check entrainment_cli tests bench
+	$(BIN)/ruff check entrainment_cli tests bench
 
 bench: install
 	$(BIN)/python bench/bench_probe.py

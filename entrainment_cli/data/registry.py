@@ -13,11 +13,10 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import hub
+from .. import assets_dir, hub
 from ..errors import UserError
 
 log = logging.getLogger("entrain")
@@ -301,7 +300,7 @@ def read_data_file(
 
 
 def sample_path(spec: DatasetSpec) -> Path:
-    return Path(str(resources.files("entrainment_cli") / "assets" / "samples" / spec.sample_file))
+    return assets_dir() / "samples" / spec.sample_file
 
 
 def _of_split(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

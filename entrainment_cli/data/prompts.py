@@ -10,11 +10,11 @@ in the answer style, and every answer ends in a ``#### N`` line that the grader 
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 import yaml
 
+from .. import assets_dir
 from ..errors import UserError
 
 TECHNIQUES = ("baseline", "cot", "cod")
@@ -26,7 +26,7 @@ def load_template(technique: str) -> dict[str, Any]:
         raise UserError(
             f"unknown prompting technique '{technique}'; known techniques: {', '.join(TECHNIQUES)}"
         )
-    path = resources.files("entrainment_cli") / "assets" / "prompts" / f"gsm8k_{technique}.yaml"
+    path = assets_dir() / "prompts" / f"gsm8k_{technique}.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
