@@ -79,6 +79,7 @@ def start_run(
         runs_dir=cfg.runs_dir,
         name_parts=[model_slug(setup.resolved), *name_parts],
         resume=cfg.resume,
+        weights_sha256=models.weights_hash(setup.resolved.path),
     ) as rd:
         rd.record_setup(cfg, setup.resolved, data, setup.device, **extra)
         yield rd

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..runs.rundir import atomic_write_text
 from ..science import correctness, grading
 
 # Quantities averaged per prompt; upstream's accuracy study used these over answer tokens.
@@ -62,8 +61,9 @@ def _mean(tokens: pd.DataFrame, steps: list[int], name: str) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def analyze(run_dir: Path, seed: int) -> dict:
-    """tables/summary.json (accuracy, counts, correct vs incorrect) and classifier.json."""
+def analyze(run_dir: Path, seed: int) -> dict[Path, str]:
+    """The texts of tables/summary.json (accuracy, counts, correct vs incorrect),
+    classifier.json and correct_vs_incorrect.csv, for the caller to write with the rest."""
     prompts = pd.read_parquet(run_dir / "tables" / "prompts.parquet")
     n = len(prompts)
     parsed = prompts[~prompts["parse_failed"]]
@@ -81,7 +81,8 @@ def analyze(run_dir: Path, seed: int) -> dict:
     }
     clf = correctness.classify(parsed[features], parsed["correct"].to_numpy(), seed=seed)
     tables = run_dir / "tables"
-    atomic_write_text(tables / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    atomic_write_text(tables / "classifier.json", json.dumps(clf, indent=2, default=float) + "\n")
-    atomic_write_text(tables / "correct_vs_incorrect.csv", groups.to_csv(index=False))
-    return summary
+    return {
+        tables / "summary.json": json.dumps(summary, indent=2, default=float) + "\n",
+        tables / "classifier.json": json.dumps(clf, indent=2, default=float) + "\n",
+        tables / "correct_vs_incorrect.csv": groups.to_csv(index=False),
+    }
