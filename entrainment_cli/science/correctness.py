@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+nan = float("nan")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile, for the Wilson interval
 
 _LABELS = {"yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
@@ -43,7 +44,6 @@ def compare_groups(df: pd.DataFrame, metrics: list[str], correct: str = "correct
     """
     y = _labels(df[correct])
     labelled = ~np.isnan(y)
-    nan = float("nan")
     records = []
     for metric in metrics:
         values = df[metric].to_numpy(dtype=np.float64)
@@ -60,24 +60,34 @@ def compare_groups(df: pd.DataFrame, metrics: list[str], correct: str = "correct
             "mean_incorrect": float(neg.mean()) if neg.size else nan,
             "median_correct": float(np.median(pos)) if pos.size else nan,
             "median_incorrect": float(np.median(neg)) if neg.size else nan,
-            "u": nan,
-            "p": nan,
-            "auroc": nan,
-            "auroc_best": nan,
-            "direction": None,
+            **rank_test(pos, neg),
         }
-        if pos.size and neg.size:
-            mw = stats.mannwhitneyu(pos, neg, alternative="two-sided")
-            auroc = float(mw.statistic) / (pos.size * neg.size)
-            rec |= {
-                "u": float(mw.statistic),
-                "p": float(mw.pvalue),
-                "auroc": auroc,
-                "auroc_best": max(auroc, 1 - auroc),
-                "direction": "higher" if auroc >= 0.5 else "lower",
-            }
         records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def rank_test(pos: np.ndarray, neg: np.ndarray) -> dict:
+    """Mann-Whitney U (two-sided) of ``pos`` against ``neg``, and AUROC = U / (n_pos n_neg):
+    P(a random ``pos`` value > a random ``neg`` value), ties 1/2; ``auroc_best`` and
+    ``direction`` say which way separates better. NaN (direction None) if a side is empty."""
+    if not (pos.size and neg.size):
+        return {"u": nan, "p": nan, "auroc": nan, "auroc_best": nan, "direction": None}
+    mw = stats.mannwhitneyu(pos, neg, alternative="two-sided")
+    auroc = float(mw.statistic) / (pos.size * neg.size)
+    return {
+        "u": float(mw.statistic),
+        "p": float(mw.pvalue),
+        "auroc": auroc,
+        "auroc_best": max(auroc, 1 - auroc),
+        "direction": "higher" if auroc >= 0.5 else "lower",
+    }
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """U / (n_pos n_neg) from midranks, without the test (for bootstrap resamples)."""
+    ranks = stats.rankdata(np.concatenate([pos, neg]))
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:

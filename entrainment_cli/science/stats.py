@@ -230,8 +230,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
         out["cohens_dz"] = float(d.mean()) / sd if sd > 0 else nan
     nonzero = d[d != 0]
     if nonzero.size:
-        ranks = stats.rankdata(np.abs(nonzero))
-        w_plus, w_minus = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+        w_plus, w_minus = signed_rank_sums(nonzero)
         res = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
         out |= {
             "w_plus": w_plus,
@@ -240,6 +239,21 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
             "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
         }
     return out
+
+
+def signed_rank_sums(d: np.ndarray) -> tuple[float, float]:
+    """(W+, W-): the sums of the ranks of |d| over the positive and the negative differences
+    (zeros left out, ties at midranks)."""
+    nonzero = d[d != 0]
+    ranks = stats.rankdata(np.abs(nonzero))
+    return float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+
+
+def rank_biserial(d: np.ndarray) -> float:
+    """The matched-pairs rank-biserial correlation (W+ - W-) / (W+ + W-); NaN if all d = 0."""
+    w_plus, w_minus = signed_rank_sums(d)
+    total = w_plus + w_minus
+    return (w_plus - w_minus) / total if total else float("nan")
 
 
 def linear_fit_band(
@@ -286,3 +300,101 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:
     n = a_only + b_only
     p = float(stats.binomtest(b_only, n, 0.5).pvalue) if n else float("nan")
     return {"n": int(a.size), "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
+
+
+def bootstrap_ci(
+    statistic, samples: Sequence[np.ndarray], n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*samples)``, each sample resampled with
+    replacement on its own (strata keep their sizes); NaN resamples are left out."""
+    if n_boot < 1 or any(s.size == 0 for s in samples):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [statistic(*(s[rng.integers(0, s.size, s.size)] for s in samples)) for _ in range(n_boot)]
+    )
+    if not np.isfinite(values).any():
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def kruskal_h(*groups: np.ndarray) -> float:
+    """Kruskal-Wallis H with the tie correction (scipy's), NaN when every value is tied."""
+    values = np.concatenate(groups)
+    n = values.size
+    ranks = stats.rankdata(values)
+    _, counts = np.unique(values, return_counts=True)
+    ties = 1 - float((counts**3 - counts).sum()) / (n**3 - n) if n > 1 else 0.0
+    if ties <= 0:
+        return float("nan")
+    bounds = np.cumsum([0, *(g.size for g in groups)])
+    sums = np.array([ranks[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    sizes = np.array([g.size for g in groups], dtype=np.float64)
+    h = 12 / (n * (n + 1)) * float((sums**2 / sizes).sum()) - 3 * (n + 1)
+    return h / ties
+
+
+def kruskal_test(
+    groups: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float | int]:
+    """Kruskal-Wallis test across ``groups`` (non-finite values dropped, empty groups left
+    out) with the effect size epsilon^2 = H / (n - 1), in [0, 1], and its bootstrap CI
+    (resampling within each group)."""
+    groups = [g[np.isfinite(g)] for g in (np.asarray(g, dtype=np.float64) for g in groups)]
+    groups = [g for g in groups if g.size]
+    n = int(sum(g.size for g in groups))
+    nan = float("nan")
+    out: dict[str, float | int] = {"n": n, "n_groups": len(groups), "h": nan, "p": nan}
+    out |= {"epsilon_sq": nan, "epsilon_sq_lo": nan, "epsilon_sq_hi": nan}
+    if len(groups) < 2 or n < 3:
+        return out
+    h = kruskal_h(*groups)
+    if not np.isfinite(h):
+        return out
+
+    def epsilon_sq(*gs: np.ndarray) -> float:
+        return kruskal_h(*gs) / (n - 1)
+
+    lo, hi = bootstrap_ci(epsilon_sq, groups, n_boot, seed, level)
+    return out | {
+        "h": h,
+        "p": float(stats.chi2.sf(h, len(groups) - 1)),
+        "epsilon_sq": h / (n - 1),
+        "epsilon_sq_lo": lo,
+        "epsilon_sq_hi": hi,
+    }
+
+
+def binned_means(x: Sequence[float], y: Sequence[float], bins: int = 5) -> pd.DataFrame:
+    """Mean and SEM of y per bin of x: one bin per value when x has at most ``bins`` values
+    (an ordinal label), else ``bins`` equal-count (quantile) bins, right-closed, the first
+    closed on both sides. Non-finite pairs are left out; empty bins are not listed."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    columns = ["lo", "hi", "x_mean", "n", "mean", "sem"]
+    values = np.unique(x)
+    if values.size <= bins:
+        idx, edges = np.searchsorted(values, x), np.repeat(values, 2).reshape(-1, 2)
+    else:
+        q = np.quantile(x, np.linspace(0, 1, bins + 1))
+        idx = np.clip(np.searchsorted(q, x, side="left") - 1, 0, bins - 1)
+        edges = np.column_stack([q[:-1], q[1:]])
+    records = []
+    for b in np.unique(idx):
+        part = y[idx == b]
+        sem = float(part.std(ddof=1) / np.sqrt(part.size)) if part.size > 1 else float("nan")
+        records.append(
+            {
+                "lo": float(edges[b, 0]),
+                "hi": float(edges[b, 1]),
+                "x_mean": float(x[idx == b].mean()),
+                "n": int(part.size),
+                "mean": float(part.mean()),
+                "sem": sem,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=columns)
