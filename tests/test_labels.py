@@ -71,6 +71,7 @@ def test_binned_means_per_label_value_and_quantiles():
         assert row.n == len(values) and row.mean == pytest.approx(values.mean())
         assert row.sem == pytest.approx(sps.sem(values))
     cont = stats.binned_means(df["m2"].fillna(0), df["m1"], bins=4)
+    assert len(stats.binned_means(np.arange(12.0), np.arange(12.0), max_levels=12)) == 12
     assert cont["n"].sum() == len(df) and len(cont) == 4
     assert (cont["n"] - len(df) / 4).abs().max() <= 1
 

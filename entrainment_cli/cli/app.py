@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import correlate, cot, plot, pretrain, qa
+from . import correlate, cot, plot, pretrain, probe, qa
 
 app = typer.Typer(
     name="entrain",
@@ -22,6 +22,7 @@ app.add_typer(qa.app, name="qa")
 app.command(name="correlate")(correlate.correlate)
 app.command(name="cot")(cot.cot)
 app.command(name="plot")(plot.plot)
+app.command(name="probe")(probe.probe)
 app.command(name="pretrain")(pretrain.pretrain)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest, slug
-from . import correlate, cot, pretrain, qa, rankmath, robustness
+from . import correlate, cot, pretrain, probe, qa, rankmath, robustness
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
@@ -20,6 +20,7 @@ PLOTTERS = {
     "qa longreason": (qa.plot_longreason, qa.compare_longreason),
     "qa accuracy": (qa.plot_accuracy, qa.compare_accuracy),
     "pretrain": (pretrain.plot_run, pretrain.plot_compare),
+    "probe": (probe.plot_run, probe.plot_compare),
 }
 
 

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["layer_name", "panel_grid", "plt", "save"]
+__all__ = ["layer_name", "panel_grid", "plt", "save", "zoom_to_bars"]
 
 
 def panel_grid(n: int, ncols: int, panel: tuple[float, float]):
@@ -50,3 +50,10 @@ def save(fig, stem: Path) -> list[Path]:
 def layer_name(layer: int) -> str:
     """How figures name a layer: -1 is the state after the final norm."""
     return "final norm" if layer == -1 else f"layer {layer}"
+
+
+def zoom_to_bars(ax, mean, sem) -> None:
+    """A y range around mean +/- SEM with a margin, so small differences between bars show."""
+    lo, hi = (mean - sem.fillna(0)).min(), (mean + sem.fillna(0)).max()
+    pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
+    ax.set_ylim(lo - pad, hi + pad)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runs.rundir import run_label
-from .common import layer_name, panel_grid, plt, save
+from .common import layer_name, panel_grid, plt, save, zoom_to_bars
 
 PANEL = 3.2  # inches per panel side
 
@@ -46,9 +46,7 @@ def plot_run(run_dir: Path) -> list[Path]:
                 f"{metric}\nρ={c.spearman_rho:.2f} (p={c.spearman_p:.2g}, N={c.n})", fontsize=9
             )
             ax.set_xlabel("MATH level")
-            lo, hi = (m["mean"] - m["sem"].fillna(0)).min(), (m["mean"] + m["sem"].fillna(0)).max()
-            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-            ax.set_ylim(lo - pad, hi + pad)
+            zoom_to_bars(ax, m["mean"], m["sem"])
         fig.suptitle(
             f"Sparsity by MATH level: {model}, {layer_name(layer)}, {position} (mean ± SEM)",
             fontsize=11,

@@ -224,3 +224,44 @@ def paired_table(
         return out
 
     return _per_metric(present, by, metrics, test)
+
+
+def question_tables(
+    frame: pd.DataFrame,
+    metrics: Sequence[str],
+    by: Sequence[str],
+    *,
+    label: str | None = None,
+    group: str | None = None,
+    pair_id: str | None = None,
+    condition: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """Every table the given columns ask for, by name: ``summary`` (each metric's
+    distribution) always; ``label_correlations`` + ``label_binned`` for a numeric label or
+    ``label_auroc`` for a two-valued one; ``group_summary`` + ``group_kruskal`` for a group
+    column; ``paired`` for pairs under conditions. Each names the column it is about."""
+    everything = frame.assign(_all="all")
+    out = {"summary": stats.group_summary(everything, [*by, "_all"], metrics).drop(columns="_all")}
+    if label is not None:
+        if label_kind(frame[label]) == "numeric":
+            out["label_correlations"] = numeric_table(frame, label, metrics, by, n_boot, seed)
+            out["label_binned"] = binned_table(frame, label, metrics, by)
+        else:
+            out["label_auroc"] = binary_table(frame, label, metrics, by, n_boot, seed)
+    if group is not None:
+        summary, kruskal = group_tables(frame, group, metrics, by, n_boot, seed)
+        out["group_summary"] = summary.rename(columns={group: "value"})
+        out["group_kruskal"] = kruskal
+    if pair_id is not None and condition is not None:
+        out["paired"] = paired_table(frame, pair_id, condition, metrics, by, n_boot, seed)
+    about = {
+        "label_correlations": {"label": label},
+        "label_binned": {"label": label},
+        "label_auroc": {"label": label},
+        "group_summary": {"group": group},
+        "group_kruskal": {"group": group},
+        "paired": {"pair_id": pair_id, "condition": condition},
+    }
+    return {name: table.assign(**about.get(name, {})) for name, table in out.items()}

@@ -367,17 +367,19 @@ def kruskal_test(
     }
 
 
-def binned_means(x: Sequence[float], y: Sequence[float], bins: int = 5) -> pd.DataFrame:
-    """Mean and SEM of y per bin of x: one bin per value when x has at most ``bins`` values
-    (an ordinal label), else ``bins`` equal-count (quantile) bins, right-closed, the first
-    closed on both sides. Non-finite pairs are left out; empty bins are not listed."""
+def binned_means(
+    x: Sequence[float], y: Sequence[float], bins: int = 5, max_levels: int = 10
+) -> pd.DataFrame:
+    """Mean and SEM of y per bin of x: one bin per value when x has at most ``max_levels``
+    values (an ordinal label), else ``bins`` equal-count (quantile) bins, right-closed, the
+    first closed on both sides. Non-finite pairs are left out; empty bins are not listed."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     columns = ["lo", "hi", "x_mean", "n", "mean", "sem"]
     values = np.unique(x)
-    if values.size <= bins:
+    if values.size <= max_levels:
         idx, edges = np.searchsorted(values, x), np.repeat(values, 2).reshape(-1, 2)
     else:
         q = np.quantile(x, np.linspace(0, 1, bins + 1))
@@ -398,3 +400,18 @@ def binned_means(x: Sequence[float], y: Sequence[float], bins: int = 5) -> pd.Da
             }
         )
     return pd.DataFrame.from_records(records, columns=columns)
+
+
+def per_example(
+    tokens: pd.DataFrame, key: str, columns: Sequence[str], how: Sequence[str] = ("mean", "max")
+) -> pd.DataFrame:
+    """One row per ``key`` value (in order of first appearance): ``n_tokens`` and, per column,
+    ``{column}_{how}`` over its tokens. NaN tokens (e.g. STOPS of a one-token nucleus) are
+    left out, never read as 0; a column with no finite token gives NaN."""
+    finite = tokens[[key]].join(tokens[list(columns)].where(np.isfinite(tokens[list(columns)])))
+    grouped = finite.groupby(key, sort=False)
+    out = grouped[list(columns)].agg(list(how))
+    out.columns = [f"{c}_{h}" for c, h in out.columns]
+    return out.reset_index().assign(n_tokens=grouped.size().to_numpy())[
+        [key, "n_tokens", *out.columns]
+    ]
