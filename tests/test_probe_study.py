@@ -208,3 +208,31 @@ def test_empty_selection_is_an_error(tmp_path):
     )
     assert result.exit_code == 2 and "has no rows" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_generation_adds_token_metrics_per_example(tiny_peaked, tmp_path):
+    out = tmp_path / "run"
+    result = _invoke(
+        "probe", "--model", tiny_peaked, "--label", "difficulty", "--limit", "10",
+        "--max-tokens", "5", "--engine", "hf", "--metrics", "l1", "--n-boot", "100",
+        "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tokens = pd.read_parquet(out / "tables" / "tokens.parquet")
+    summary = pd.read_parquet(out / "tables" / "token_summary.parquet")
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    assert summary["id"].tolist() == samples["id"].tolist()  # one row per example, in order
+    assert (summary["n_tokens"] == tokens.groupby("prompt_id").size()[summary["id"]].values).all()
+    for metric in ("entropy", "stops", "logtoku_eu", "nucleus_size"):
+        by = tokens.groupby("prompt_id")[metric]
+        for how in ("mean", "max"):
+            expected = getattr(by, how)()[summary["id"]].to_numpy()  # NaN tokens skipped
+            got = summary[f"{metric}_{how}"].to_numpy()
+            assert got == pytest.approx(expected, nan_ok=True), (metric, how)
+    corr = pd.read_csv(out / "tables" / "label_correlations.csv")
+    generated = corr[corr.position == "generated"].set_index("metric")
+    assert generated["layer"].isna().all() and len(generated) == 2 * 8
+    rho = stats.spearmanr(summary["difficulty"], summary["entropy_mean"]).statistic
+    assert generated.loc["entropy_mean", "spearman_rho"] == pytest.approx(rho)
+    assert (out / "figures" / "label_binned_generated.png").is_file()
+    assert read_manifest(out)["max_abs_logprob_diff"] < 1e-3

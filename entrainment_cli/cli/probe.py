@@ -13,6 +13,7 @@ from .common import (
     BatchSize,
     Device,
     Dtype,
+    Engine,
     Layers,
     Limit,
     Metrics,
@@ -80,6 +81,16 @@ def probe(
         str, typer.Option(help="Comma list of last-prompt, mean-prompt.")
     ] = "last-prompt",
     metrics: Metrics = "all",
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Generate up to N tokens per example and add the per-token metrics "
+            "(entropy, nucleus, STOPS, LogTokU; mean and max per example). 0: no generation."
+        ),
+    ] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass for sampling and the nucleus.")] = 0.9,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 1.0,
+    engine: Engine = "auto",
     batch_size: BatchSize = 8,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -100,6 +111,11 @@ def probe(
     Wilcoxon with rank-biserial r). Each with N, p and a bootstrap CI. With no data: the
     bundled arithmetic sample (fields text, difficulty, multi_step, operation, pair,
     phrasing).
+
+    With --max-tokens N, a generation stage (vLLM or transformers) first; then the per-token
+    metrics of `correlate` (tables/tokens.parquet, generations in tables/prompts.parquet) and
+    their mean and max per example (tables/token_summary.parquet), asked the same question
+    (rows with an empty layer and position "generated").
 
     Writes tables/samples.parquet (one row per example x layer x position: id, the exact
     prompt, your columns, each metric), tables/summary.csv, one table per question

@@ -15,12 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from .. import study
+from ..correlate.run import TOKEN_STATS, _finalize, _probe
 from ..data import registry
 from ..data.texts import TextSource, render
+from ..engines.generate import Generation, Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
+from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import labels
+from ..science import labels, stats
 
 log = logging.getLogger("entrain")
 
@@ -28,6 +31,7 @@ COMMAND = "probe"
 SAMPLE = "probe"  # the registered dataset whose bundled sample stands in when no data is given
 # columns the per-example table writes itself: a question column may not take these names
 WRITTEN = ("id", "prompt", "n_prompt_tokens", "layer", "position")
+AGGREGATES = ("mean", "max")  # of each per-token metric over an example's generated tokens
 
 
 @dataclass
@@ -51,6 +55,10 @@ class ProbeConfig:
     layers: str = "-1"
     positions: list[str] = field(default_factory=lambda: ["last-prompt"])
     metrics: list[str] | None = None
+    max_tokens: int = 0  # 0: no generation stage
+    top_p: float = 0.9
+    temperature: float = 1.0
+    engine: str = "auto"
     batch_size: int = 8
     device: str = "auto"
     dtype: str = "auto"
@@ -120,6 +128,10 @@ def run(cfg: ProbeConfig) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     metric_names = study.metric_names(cfg.metrics)
     study.check_positive(("--batch-size", cfg.batch_size), ("--n-boot", cfg.n_boot))
+    sampling = kind = None
+    if cfg.max_tokens:
+        sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
+        kind = resolve_kind(cfg.engine)
     source_given = any(v is not None for v in (cfg.text_field, cfg.messages_field, cfg.template))
     text = default_text(cfg, source_given)
     questions = question_columns(cfg)
@@ -138,16 +150,25 @@ def run(cfg: ProbeConfig) -> Path:
         "positions": positions,
         "metrics": metric_names,
         "dtype": str(setup.dtype),
+        "generation": None if sampling is None else [sampling.__dict__, kind],
     }
     with study.start_run(COMMAND, identity, cfg, setup, data, [data.spec.name]) as rd:
-        model, tokenizer = study.load_model(rd, setup)
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
         prompts, formats = zip(
             *(render(tokenizer, c, cfg.system, cfg.chat) for c in examples["content"]),
             strict=True,
         )
         examples = examples.drop(columns="content").assign(prompt=list(prompts))
-        tokens = study.tokenize_prompts(examples, tokenizer, model)
+        config = AutoConfig.from_pretrained(setup.resolved.path)
+        tokens = study.tokenize_prompts(examples, tokenizer, config, cfg.max_tokens or 0)
         columns = ["id", "prompt", *dict.fromkeys(questions.values()), "n_prompt_tokens"]
+        model = None
+        if sampling is not None:  # first, so that a GPU vLLM engine is gone before the probe
+            model = generate(rd, cfg, setup, kind, sampling, examples, tokens, tokenizer)
+        if model is None:
+            model, tokenizer = study.load_model(rd, setup)
         already_done = study.probe_samples(
             rd,
             cfg,
@@ -165,6 +186,9 @@ def run(cfg: ProbeConfig) -> Path:
                 "already_done": already_done,
             },
         )
+        per_token = None
+        if sampling is not None:
+            per_token = token_summary(rd, cfg, model, tokenizer, setup, examples, tokens, columns)
         with rd.stage("analysis"):
             keys = ["id", "layer", "position"]
             samples = rd.read_in_order("samples", keys, examples["id"].tolist())
@@ -172,7 +196,7 @@ def run(cfg: ProbeConfig) -> Path:
                 raise UserError("no example could be probed (all were skipped); see run.log")
             samples = samples[[*columns, "layer", "position", *metric_names]]
             rd.write_table("samples", samples)
-            write_analysis(rd, cfg, samples, metric_names)
+            write_analysis(rd, cfg, samples, metric_names, per_token)
         nonfinite = study.count_nonfinite(samples, metric_names)
         counts = {"probed": int(samples["id"].nunique()), "nonfinite_values": nonfinite}
         rd.update(counts={**rd.manifest["counts"], **counts})
@@ -182,12 +206,74 @@ def run(cfg: ProbeConfig) -> Path:
     return rd.path
 
 
-def write_analysis(rd: RunDir, cfg: ProbeConfig, samples: pd.DataFrame, metrics: list[str]) -> None:
-    """Every table the question asks for (``labels.question_tables``), per layer and position."""
-    tables = labels.question_tables(
-        samples,
-        metrics,
-        ["layer", "position"],
+def generate(rd, cfg, setup, kind, sampling, examples, tokens, tokenizer):
+    """The generation stage (resumable), in ``correlate``'s ``generations`` layout; returns
+    the transformers model when hf generated with it (else None: not loaded yet)."""
+    ids = examples["id"].tolist()
+    texts = examples["prompt"].tolist()
+    done = rd.done_ids("generations", "prompt_id")
+    todo = [i for i in tokens.keep if ids[i] not in done]
+    if not todo:  # a resumed run with nothing left: no engine start
+        return None
+    model = None
+    if kind == "hf":  # the probe's model generates too
+        model, tokenizer = study.load_model(rd, setup)
+
+    def columns(part: list[int], gens: list[Generation]) -> dict:
+        return {
+            "prompt_id": [ids[i] for i in part],
+            "prompt": [texts[i] for i in part],
+            "prompt_token_ids": [tokens.token_lists[i] for i in part],
+            "token_ids": [g.token_ids for g in gens],
+            "engine_logprobs": [g.logprobs for g in gens],
+            "finish_reason": [g.finish_reason for g in gens],
+        }
+
+    with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+        study.generate_into(
+            rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo, columns=columns
+        )
+    return model
+
+
+def token_summary(rd, cfg, model, tokenizer, setup, examples, tokens, columns) -> pd.DataFrame:
+    """The per-token metrics of ``correlate`` over each generation (tables/prompts and
+    tables/tokens), and their mean and max per example beside the example's columns
+    (tables/token_summary)."""
+    ids = [examples["id"].iloc[i] for i in tokens.keep]
+    _probe(rd, cfg, TokenProbe(model, cfg.top_p), tokenizer, ids, setup.device)
+    generated, per_token = _finalize(rd, tokenizer, ids)
+    gap = (per_token["engine_logprob"] - per_token["logprob"]).abs()
+    rd.update(max_abs_logprob_diff=float(gap.max()) if len(gap) else None)
+    aggregated = stats.per_example(
+        per_token, "prompt_id", [s for s in TOKEN_STATS if s != "logprob"] + ["logprob"]
+    )
+    summary = (
+        examples[columns]
+        .merge(
+            generated[["prompt_id", "generated_text", "finish_reason"]],
+            left_on="id",
+            right_on="prompt_id",
+        )
+        .merge(aggregated, on="prompt_id", how="left")
+        .drop(columns="prompt_id")
+    )
+    summary["n_tokens"] = summary["n_tokens"].fillna(0).astype(int)
+    rd.write_table("token_summary", summary)
+    return summary
+
+
+def write_analysis(
+    rd: RunDir,
+    cfg: ProbeConfig,
+    samples: pd.DataFrame,
+    metrics: list[str],
+    per_token: pd.DataFrame | None,
+) -> None:
+    """Every table the question asks for (``labels.question_tables``), per layer and position
+    of the hidden-state metrics and, after generation, over the per-example token aggregates
+    (layer empty, position ``generated``)."""
+    ask = dict(
         label=cfg.label,
         group=cfg.group,
         pair_id=cfg.pair_id,
@@ -195,5 +281,13 @@ def write_analysis(rd: RunDir, cfg: ProbeConfig, samples: pd.DataFrame, metrics:
         n_boot=cfg.n_boot,
         seed=cfg.seed,
     )
+    tables = labels.question_tables(samples, metrics, ["layer", "position"], **ask)
+    if per_token is not None:
+        aggregates = [f"{s}_{how}" for s in TOKEN_STATS for how in AGGREGATES]
+        scope = per_token.assign(position="generated")
+        for name, table in labels.question_tables(scope, aggregates, ["position"], **ask).items():
+            table.insert(0, "layer", pd.NA)
+            tables[name] = pd.concat([tables[name], table], ignore_index=True)
     for name, table in tables.items():
+        table["layer"] = table["layer"].astype("Int64")
         rd.write_text(f"tables/{name}.csv", table.to_csv(index=False))
