@@ -37,6 +37,8 @@ demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa deepmath --n 16
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa longreason --limit 2 --engine hf
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa conflict --limit 8
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain probe --label difficulty --group operation \
+		--pair-id pair --condition phrasing --max-tokens 32 --engine hf
 	# One thread: a model this small loses more to thread sync than it gains on a busy CPU.
 	OMP_NUM_THREADS=1 $(BIN)/entrain pretrain --llm-size llama-2-4 --steps 1000 --lr 1e-3 \
 		--eval-every 200 --num-test 200 --entities 1000 --relations 20 --rules 10 \

@@ -25,7 +25,7 @@ Model = Annotated[
 DataFile = Annotated[
     Path | None,
     typer.Option(
-        help="Local .jsonl/.json/.parquet with the dataset's fields; skips the hub.",
+        help="Local .jsonl/.json/.csv/.parquet with the dataset's fields; skips the hub.",
         show_default=False,
     ),
 ]
