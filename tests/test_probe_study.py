@@ -236,3 +236,33 @@ def test_generation_adds_token_metrics_per_example(tiny_peaked, tmp_path):
     assert generated.loc["entropy_mean", "spearman_rho"] == pytest.approx(rho)
     assert (out / "figures" / "label_binned_generated.png").is_file()
     assert read_manifest(out)["max_abs_logprob_diff"] < 1e-3
+
+
+def test_embedded_model_matches_output_hidden_states(embedded, sample_rows, tmp_path):
+    """The issue's command as written: --data-file FILE --text-field F --label L, offline on the
+    embedded SmolLM2; the prompt is its chat template, rebuilt here independently."""
+    rows = sample_rows[::8]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    result = _invoke(
+        "probe", "--data-file", path, "--text-field", "text", "--label", "difficulty",
+        "--metrics", ",".join(NAMES), "--n-boot", "50", "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    assert samples["id"].tolist() == [f"mine-{i}" for i in range(len(rows))]  # row numbers
+    tok = AutoTokenizer.from_pretrained(embedded.path)
+    model = AutoModelForCausalLM.from_pretrained(embedded.path, torch_dtype=torch.float32).eval()
+    for row, got in zip(rows, samples.itertuples(), strict=True):
+        chat = [{"role": "user", "content": row["text"]}]
+        prompt = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert got.prompt == prompt
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            h = model(ids, output_hidden_states=True).hidden_states[-1][0, -1].numpy()
+        for name in NAMES:
+            assert getattr(got, name) == pytest.approx(reference(name, h), rel=1e-4, abs=1e-6)
+    corr = pd.read_csv(out / "tables" / "label_correlations.csv").set_index("metric")
+    rho = stats.spearmanr(samples["difficulty"], samples["hoyer"]).statistic
+    assert corr.loc["hoyer", "spearman_rho"] == pytest.approx(rho)
