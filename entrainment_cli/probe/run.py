@@ -22,7 +22,7 @@ from ..engines.generate import Generation, Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
-from ..runs.rundir import RunDir
+from ..runs.rundir import RunDir, atomic_write_files
 from ..science import labels, stats
 
 log = logging.getLogger("entrain")
@@ -288,6 +288,8 @@ def write_analysis(
         for name, table in labels.question_tables(scope, aggregates, ["position"], **ask).items():
             table.insert(0, "layer", pd.NA)
             tables[name] = pd.concat([tables[name], table], ignore_index=True)
+    files = {}
     for name, table in tables.items():
         table["layer"] = table["layer"].astype("Int64")
-        rd.write_text(f"tables/{name}.csv", table.to_csv(index=False))
+        files[rd.path / "tables" / f"{name}.csv"] = table.to_csv(index=False)
+    atomic_write_files(files)  # all computed first: a failure leaves no mix of old and new
