@@ -37,83 +37,68 @@ def _at(table: pd.DataFrame, layer, position: str) -> pd.DataFrame:
     return table[same_layer & (table["position"] == position)]
 
 
-def _scopes(run_dir: Path) -> Iterator[tuple[str, str, pd.DataFrame, pd.DataFrame, list[str]]]:
-    """(file stem, title, per-example frame, that scope's summary rows, metrics) per scope."""
-    summary = pd.read_csv(run_dir / "tables" / "summary.csv")
+def _scopes(run_dir: Path) -> Iterator[tuple[str, str, pd.DataFrame, pd.DataFrame]]:
+    """(file stem, title, per-example frame, that scope's summary rows) per scope."""
     tables = run_dir / "tables"
-    samples = (
-        pd.read_parquet(tables / "samples.parquet")
-        if (tables / "samples.parquet").is_file()
-        else None
-    )
-    keys = summary[["layer", "position"]].drop_duplicates().itertuples(index=False)
-    for layer, position in keys:
+    summary = pd.read_csv(tables / "summary.csv")
+    samples = pd.read_parquet(tables / "samples.parquet")
+    for layer, position in summary[["layer", "position"]].drop_duplicates().to_numpy():
         part = _at(summary, layer, position)
-        metrics = list(dict.fromkeys(part["metric"]))
         if pd.isna(layer):
             frame = pd.read_parquet(tables / "token_summary.parquet")
-            yield "generated", "generated tokens (per-example mean and max)", frame, part, metrics
+            yield "generated", "generated tokens (per-example mean and max)", frame, part
         else:
-            layer = int(layer)
             frame = samples[(samples["layer"] == layer) & (samples["position"] == position)]
-            yield (
-                f"layer{layer}_{position}",
-                f"{layer_name(layer)}, {position}",
-                frame,
-                part,
-                metrics,
-            )
+            title = f"{layer_name(int(layer))}, {position}"
+            yield f"layer{int(layer)}_{position}", title, frame, part
+
+
+# figure stem -> (the tables it reads, what it shows, how it is drawn from the scope's
+# per-example frame, those tables and the metrics)
+FIGURES = {
+    "label_binned": (
+        ("label_binned", "label_correlations"),
+        "binned means ± SEM",
+        lambda frame, t, metrics: _binned(t["label_binned"], t["label_correlations"], metrics),
+    ),
+    "label_violins": (
+        ("label_auroc",),
+        "by label",
+        lambda frame, t, metrics: _violins(frame, t["label_auroc"], metrics),
+    ),
+    "group_bars": (
+        ("group_summary", "group_kruskal"),
+        "mean ± SEM by group",
+        lambda frame, t, metrics: _bars(t["group_summary"], t["group_kruskal"], metrics),
+    ),
+    "paired": (
+        ("paired",),
+        "paired differences",
+        lambda frame, t, metrics: _paired(frame, t["paired"], metrics),
+    ),
+}
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """Per scope: distributions; binned means (numeric label), violins (two-valued label),
-    bars with SEM (group), paired differences (pairs under conditions)."""
+    """Per scope: the distributions, and the figure of each question the run asked: binned
+    means (numeric label), violins (two-valued label), bars with SEM (group), paired
+    differences (pairs under conditions)."""
     model, _ = run_label(run_dir)
-    tables = {
-        name: _table(run_dir, name)
-        for name in (
-            "label_correlations",
-            "label_binned",
-            "label_auroc",
-            "group_summary",
-            "group_kruskal",
-            "paired",
-        )
-    }
+    names = {name for needed, _, _ in FIGURES.values() for name in needed}
+    tables = {name: t for name in names if (t := _table(run_dir, name)) is not None}
     written: list[Path] = []
-    for stem, title, frame, summary, metrics in _scopes(run_dir):
+    for stem, title, frame, summary in _scopes(run_dir):
         layer, position = summary["layer"].iloc[0], summary["position"].iloc[0]
-        scoped = {k: None if t is None else _at(t, layer, position) for k, t in tables.items()}
-        figures = [
-            ("distributions", _distributions(frame, summary, metrics), "per-metric distributions")
-        ]
-        if scoped["label_correlations"] is not None:
-            figures.append(
-                (
-                    "label_binned",
-                    _binned(scoped["label_binned"], scoped["label_correlations"], metrics),
-                    "binned means ± SEM",
-                )
-            )
-        if scoped["label_auroc"] is not None:
-            figures.append(
-                ("label_violins", _violins(frame, scoped["label_auroc"], metrics), "by label")
-            )
-        if scoped["group_summary"] is not None:
-            figures.append(
-                (
-                    "group_bars",
-                    _bars(scoped["group_summary"], scoped["group_kruskal"], metrics),
-                    "mean ± SEM by group",
-                )
-            )
-        if scoped["paired"] is not None:
-            figures.append(
-                ("paired", _paired(frame, scoped["paired"], metrics), "paired differences")
-            )
-        for name, fig, what in figures:
-            fig.suptitle(f"{model}: {title}, {what}", fontsize=11)
-            written += save(fig, run_dir / "figures" / f"{name}_{stem}")
+        scoped = {name: _at(t, layer, position) for name, t in tables.items()}
+        metrics = list(dict.fromkeys(summary["metric"]))
+        fig = _distributions(frame, summary, metrics)
+        fig.suptitle(f"{model}: {title}, per-metric distributions", fontsize=11)
+        written += save(fig, run_dir / "figures" / f"distributions_{stem}")
+        for name, (needed, what, draw) in FIGURES.items():
+            if all(n in scoped for n in needed):
+                fig = draw(frame, scoped, metrics)
+                fig.suptitle(f"{model}: {title}, {what}", fontsize=11)
+                written += save(fig, run_dir / "figures" / f"{name}_{stem}")
     return written
 
 

@@ -90,11 +90,12 @@ def question_columns(cfg: ProbeConfig) -> dict[str, str]:
     return named
 
 
-def default_text(cfg: ProbeConfig, source_given: bool) -> TextSource:
+def text_source(cfg: ProbeConfig) -> TextSource:
     """The text source asked for; with no data and no source, the sample's ``text`` field."""
-    if not source_given and cfg.data_file is None and cfg.dataset is None:
+    given = (cfg.text_field, cfg.messages_field, cfg.template)
+    if given == (None, None, None) and cfg.data_file is None and cfg.dataset is None:
         return TextSource(text_field="text")
-    return TextSource(cfg.text_field, cfg.messages_field, cfg.template)
+    return TextSource(*given)
 
 
 def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tuple:
@@ -132,8 +133,7 @@ def run(cfg: ProbeConfig) -> Path:
     if cfg.max_tokens:
         sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
         kind = resolve_kind(cfg.engine)
-    source_given = any(v is not None for v in (cfg.text_field, cfg.messages_field, cfg.template))
-    text = default_text(cfg, source_given)
+    text = text_source(cfg)
     questions = question_columns(cfg)
     data, examples = select(cfg, text, questions)
     setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
