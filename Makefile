@@ -23,24 +23,10 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every registered study's demo run (entrainment_cli/studies.py); `python -m entrainment_cli.demo
+# --print` lists the commands.
 demo: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa rankmath --layers 0,10,20,30,-1
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa robustness --limit 6
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset xsum \
-		--n-prompts 20 --max-tokens 64
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset gsm8k --grade \
-		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain cot --curriculum --limit 8 \
-		--pool-size 20 --max-tokens 128
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa accuracy --limit-per-level 1 \
-		--max-tokens 128 --engine hf
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa deepmath --n 16
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa longreason --limit 2 --engine hf
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa conflict --limit 8
-	# One thread: a model this small loses more to thread sync than it gains on a busy CPU.
-	OMP_NUM_THREADS=1 $(BIN)/entrain pretrain --llm-size llama-2-4 --steps 1000 --lr 1e-3 \
-		--eval-every 200 --num-test 200 --entities 1000 --relations 20 --rules 10 \
-		--deductible-rules 8 --n-atomic 2000 --n-derived 2000
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m entrainment_cli.demo
 
 lint: install
 	$(BIN)/ruff format --check entrainment_cli tests bench
@@ -125,7 +111,7 @@ reproduce: install
 		$(call resume,$(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))))$(nl)))
 	$(foreach s,pretrain rankmath accuracy deepmath robustness longreason conflict cot correlate grade,\
 		$(ENTRAIN) plot $(R)/$(s)/* --out $(R)/report/$(s)$(nl))
-	$(ENTRAIN) correlate --analyze $(R)/correlate/* --out $(R)/report/correlate
+	$(ENTRAIN) correlate-analyze $(R)/correlate/* --out $(R)/report/correlate
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from .science import sparsity, stats
 from .ui import progress
 
 if TYPE_CHECKING:
-    from .data.registry import LoadedData
+    pass
 
 log = logging.getLogger("entrain")
 
@@ -57,31 +57,6 @@ def model_setup(model: str | None, device: str, dtype: str) -> Setup:
 def model_slug(resolved: models.ResolvedModel) -> str:
     """The model's part of a run directory's name."""
     return resolved.id if resolved.source != "embedded" else "smollm2-135m"
-
-
-@contextlib.contextmanager
-def start_run(
-    command: str,
-    identity: dict[str, Any],
-    cfg: RunOptions,
-    setup: Setup,
-    data: LoadedData,
-    name_parts: Sequence[str],
-    **extra: Any,
-) -> Iterator[RunDir]:
-    """The entered run directory, new (named after the model and ``name_parts``) or the one
-    ``--resume`` continues (refused if ``identity`` differs), with the setup recorded: every
-    option, the model, the data, the device, and ``extra``."""
-    with RunDir.open(
-        command=command,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[model_slug(setup.resolved), *name_parts],
-        resume=cfg.resume,
-    ) as rd:
-        rd.record_setup(cfg, setup.resolved, data, setup.device, **extra)
-        yield rd
 
 
 def load_model(rd: RunDir, setup: Setup):

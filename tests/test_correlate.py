@@ -184,7 +184,7 @@ def test_analyze_several_runs_into_one_table_and_grid(cli, gsm_run, tiny_peaked,
     prompts = pd.read_parquet(xsum / "tables" / "prompts.parquet")
     assert prompts["prompt"].str.startswith("Please summarize the following text:\n ").all()
     out = tmp_path / "joint"
-    result = cli("correlate", "--analyze", xsum, gsm_run, "--out", out, "--n-boot", "50")
+    result = cli("correlate-analyze", xsum, gsm_run, "--out", out, "--n-boot", "50")
     assert result.exit_code == 0, result.output
     joint = pd.read_csv(out / "stats.csv")
     assert joint["dataset"].tolist() == ["gsm8k", "xsum"]  # stable order, whatever the input
@@ -265,7 +265,6 @@ def test_prompt_longer_than_context_is_skipped_and_counted(cli, tiny_peaked, tmp
         (["--dataset", "nope"], "unknown dataset 'nope'; known datasets:"),
         (["--hidden-metrics", "l3"], "unknown metric 'l3'"),
         (["--n-prompts", "0"], "--n-prompts must be at least 1"),
-        (["/tmp/somewhere"], "run directories are only accepted with --analyze"),
     ],
 )
 def test_bad_input(cli, tiny_peaked, tmp_path, args, message):

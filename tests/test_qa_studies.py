@@ -482,7 +482,7 @@ def test_layers_out_of_range_is_one_line(cli, tiny_llama, tmp_path, study):
         (["longreason", "--engine", "fast"], "unknown --engine 'fast'"),
         (["deepmath", "--n", "0"], "--n must be at least 1"),
         (["conflict", "--metrics", "l1,spikiness"], "unknown metric 'spikiness'"),
-        (["accuracy", "--max-tokens", "0"], "max tokens must be at least 1"),
+        (["accuracy", "--max-tokens", "0"], "--max-tokens must be at least 1"),
         (["accuracy"], "no prompt leaves room for --max-tokens 1024 in the model's context"),
     ],
 )  # fmt: skip

@@ -172,7 +172,7 @@ def test_paired_test_and_mcnemar_on_known_data():
 
 def test_export_writes_the_variants_the_run_used(cli, finished, tmp_path):
     path = tmp_path / "noisy.jsonl"
-    result = cli("qa", "robustness", "--limit", LIMIT, "--seed", 3, "--export", path, "--quiet")
+    result = cli("qa", "robustness-export", "--limit", LIMIT, "--seed", 3, "--out", path, "--quiet")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "runs").exists()  # no run, no model
     records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -193,17 +193,17 @@ def test_export_writes_the_variants_the_run_used(cli, finished, tmp_path):
             assert v["options"][v["answer_index"]] == row["options"][row["answer_index"]]
             assert v["answer"] == chr(ord("A") + v["answer_index"])
     whole = tmp_path / "noisy.json"
-    args = ["--noise", "light", "--categories", "Physics,computer science", "--export", whole]
-    assert cli("qa", "robustness", *args, "--quiet").exit_code == 0
+    args = ["--noise", "light", "--categories", "Physics,computer science", "--out", whole]
+    assert cli("qa", "robustness-export", *args, "--quiet").exit_code == 0
     doc = json.loads(whole.read_text())
     assert doc["meta"]["num_records"] == len(doc["data"]) == 10
     assert doc["meta"]["areas"] == ["Computer Science", "Physics"] and doc["meta"]["seed"] == 0
     assert all(list(r["variants"]) == ["light"] for r in doc["data"])
     every = tmp_path / "every.jsonl"  # --per-category 0: every question of the category
-    args = ["--noise", "normal", "--categories", "math", "--per-category", "0", "--export", every]
-    assert cli("qa", "robustness", *args, "--quiet").exit_code == 0
+    args = ["--noise", "normal", "--categories", "math", "--per-category", "0", "--out", every]
+    assert cli("qa", "robustness-export", *args, "--quiet").exit_code == 0
     assert len(every.read_text().splitlines()) == 5
-    result = cli("qa", "robustness", "--export", tmp_path / "x.csv")
+    result = cli("qa", "robustness-export", "--out", tmp_path / "x.csv")
     assert result.exit_code == 2 and "use a .jsonl or .json file name" in result.stderr
 
 
@@ -238,7 +238,7 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
         (["--categories", "law,astrology"], "unknown category 'law'; "),
         (["--noise", "light,extreme"], "unknown noise level 'extreme'; use a comma list of"),
         (["--layers", "7"], "layer 7 is out of range; this model has 3 blocks"),
-        (["--per-category", "-1"], "--per-category must be at least 1"),
+        (["--per-category", "-1"], "--per-category must be 0 or more"),
         (["--metrics", "l1,sparsiness"], "unknown metric 'sparsiness'"),
         (["--seed", "-1"], "--seed must be 0 or more"),
     ],

@@ -9,8 +9,6 @@ token at batch 1 and, by a bug, always used writingprompts; here ``--dataset`` i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,14 +19,16 @@ from ..engines.generate import Generation, Sampling, resolve_kind
 from ..engines.probe import parse_layers
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
+from ..pipeline import Prepared
+from ..runs.rundir import RunDir
 from ..science import grading
+from ..studies import CorrelateConfig
 from ..ui import progress
 from . import analysis
 from . import grading as grading_run
 
 log = logging.getLogger("entrain")
 
-COMMAND = "correlate"
 TOKEN_STATS = [
     "entropy",
     "logprob",
@@ -39,45 +39,6 @@ TOKEN_STATS = [
     "logtoku_au",
     "logtoku_eu",
 ]
-
-
-@dataclass
-class CorrelateConfig:
-    model: str | None = None
-    dataset: str = "writingprompts"
-    data_file: Path | None = None
-    n_prompts: int = 100
-    max_tokens: int = 100
-    top_p: float = 0.9
-    temperature: float = 1.0
-    chat: bool = False
-    engine: str = "auto"
-    batch_size: int = 16
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    hidden_metrics: list[str] | None = None  # None: no hidden-state metrics
-    layers: str = "-1"
-    grade: bool = False
-    prompting: str = "baseline"
-    shots: int = 8
-    min_nucleus: int = 2
-    bins: int = 50
-    n_boot: int = 1000
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
-def validate(cfg: CorrelateConfig) -> tuple[Sampling, str, list[str]]:
-    """Checks that need no model: (sampling, engine kind, canonical hidden-metric names)."""
-    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
-    study.check_positive(("--n-prompts", cfg.n_prompts), ("--batch-size", cfg.batch_size))
-    kind = resolve_kind(cfg.engine)
-    if cfg.hidden_metrics is None:
-        return sampling, kind, []
-    return sampling, kind, study.metric_names(cfg.hidden_metrics or None)
 
 
 def build_prompt(cfg: CorrelateConfig, text: str, tokenizer) -> tuple[str, list[int]]:
@@ -116,17 +77,18 @@ def gold_answers(spec: registry.DatasetSpec, rows: list[dict], location: str) ->
     return golds
 
 
-def run(cfg: CorrelateConfig) -> Path:
-    sampling, kind, metric_names = validate(cfg)
+def prepare(cfg: CorrelateConfig, setup: study.Setup) -> Prepared:
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
+    kind = resolve_kind(cfg.engine)
+    metric_names = []
+    if cfg.hidden_metrics is not None:
+        hidden = None if cfg.hidden_metrics == ["all"] else cfg.hidden_metrics
+        metric_names = study.metric_names(hidden)
     spec = registry.get_spec(cfg.dataset)
     if spec.text is None:
         raise UserError(
             f"dataset '{cfg.dataset}' has no prompt text; use one of "
             + ", ".join(n for n, s in registry.REGISTRY.items() if s.text)
-        )
-    if cfg.grade and cfg.prompting not in prompts.TECHNIQUES:
-        raise UserError(
-            f"unknown --prompting '{cfg.prompting}'; use one of {', '.join(prompts.TECHNIQUES)}"
         )
     data = registry.load(spec, cfg.data_file)
     rows = data.rows[: cfg.n_prompts]
@@ -134,101 +96,100 @@ def run(cfg: CorrelateConfig) -> Path:
     if not rows:
         raise UserError(f"no prompts selected from {data.location}")
     golds = gold_answers(spec, rows, data.location) if cfg.grade else []
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(setup.resolved.path)
     layers = parse_layers(cfg.layers, config.num_hidden_layers) if metric_names else []
     tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
     built = [build_prompt(cfg, spec.prompt_text(r), tokenizer) for r in rows]
-    texts = [text for text, _ in built]
-    token_lists = [ids_ for _, ids_ in built]
     context = getattr(config, "max_position_embeddings", None) or 10**9
-    fits = [len(t) + cfg.max_tokens <= context for t in token_lists]
+    fits = [len(t) + cfg.max_tokens <= context for _, t in built]
     if not any(fits):
         raise UserError(
             f"every prompt is longer than the model's context ({context} tokens) minus "
             f"--max-tokens {cfg.max_tokens}; lower --max-tokens or use another model"
         )
-
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": data.fingerprint,
-        "n_prompts": cfg.n_prompts,
-        "max_tokens": cfg.max_tokens,
-        "top_p": cfg.top_p,
-        "temperature": cfg.temperature,
-        "chat": cfg.chat,
-        "seed": cfg.seed,
-        "dtype": str(setup.dtype),
+    resolved = {
+        "engine": kind,
         "hidden_metrics": metric_names,
         "layers": layers,
-        "grade": [cfg.prompting, cfg.shots] if cfg.grade else None,
+        # the grading options mean nothing without --grade
+        "prompting": cfg.prompting if cfg.grade else None,
+        "shots": cfg.shots if cfg.grade else None,
     }
-    skipped = [k for k, ok in zip(ids, fits, strict=True) if not ok]
-    counts = {"prompts": len(texts), "skipped_too_long": len(skipped)}
-    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name], counts=counts) as rd:
-        if skipped:
-            log.warning(
-                "skipping %d prompt(s) that do not fit the context of %d tokens "
-                "with --max-tokens %d",
-                len(skipped),
-                context,
-                cfg.max_tokens,
-            )
-        model = None
-        done = rd.done_ids("generations", "prompt_id")
-        todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
-        if todo:  # a resumed run may have nothing left to generate: no engine start then
-            if kind == "hf":  # the probe's model generates too
-                model, tokenizer = study.load_model(rd, setup)
+    return Prepared(
+        data,
+        [spec.name],
+        resolved,
+        (sampling, ids, golds, tokenizer, built, fits, context),
+        extra={"counts": {"prompts": len(built), "skipped_too_long": fits.count(False)}},
+    )
 
-            def columns(part: list[int], gens: list[Generation]) -> dict:
-                """A shard of generations: the prompt beside its sampled tokens."""
-                return {
-                    "prompt_id": [ids[i] for i in part],
-                    "prompt": [texts[i] for i in part],
-                    "prompt_token_ids": [token_lists[i] for i in part],
-                    "token_ids": [g.token_ids for g in gens],
-                    "engine_logprobs": [g.logprobs for g in gens],
-                    "finish_reason": [g.finish_reason for g in gens],
-                }
 
-            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-                study.generate_into(
-                    rd,
-                    cfg,
-                    "generations",
-                    engine,
-                    sampling,
-                    ids,
-                    token_lists,
-                    todo,
-                    columns=columns,
-                )
-        if model is None:
-            model, tokenizer = study.load_model(rd, setup)
-        probe = TokenProbe(model, cfg.top_p, layers, metric_names)
-        _probe(rd, cfg, probe, tokenizer, ids, setup.device)
-        table, tokens = _finalize(rd, tokenizer, ids)
-        if cfg.grade:
-            by_id = dict(zip(ids, golds, strict=True))
-            golds_in_order = [by_id[p] for p in table["prompt_id"]]
-            table = grading_run.grade(table, tokens, golds_in_order, tokenizer)
-            rd.write_table("prompts", table)
-        gap = (tokens["engine_logprob"] - tokens["logprob"]).abs()
-        rd.update(
-            counts={
-                **rd.manifest["counts"],
-                "generated_prompts": len(table),
-                "empty_generations": int((table["n_tokens"] == 0).sum()),
-                "tokens": len(tokens),
-            },
-            max_abs_logprob_diff=float(gap.max()) if len(gap) else None,
+def execute(rd: RunDir, cfg: CorrelateConfig, setup: study.Setup, prep: Prepared) -> None:
+    sampling, ids, golds, tokenizer, built, fits, context = prep.state
+    kind = prep.resolved["engine"]
+    texts = [text for text, _ in built]
+    token_lists = [ids_ for _, ids_ in built]
+    if not all(fits):
+        log.warning(
+            "skipping %d prompt(s) that do not fit the context of %d tokens with --max-tokens %d",
+            fits.count(False),
+            context,
+            cfg.max_tokens,
         )
-        with rd.stage("analysis"):
-            analysis.analyze_run(rd.path, cfg.min_nucleus, cfg.bins, cfg.n_boot, cfg.seed)
-    return rd.path
+    model = None
+    done = rd.done_ids("generations", "prompt_id")
+    todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
+    if todo:  # a resumed run may have nothing left to generate: no engine start then
+        if kind == "hf":  # the probe's model generates too
+            model, tokenizer = study.load_model(rd, setup)
+
+        def columns(part: list[int], gens: list[Generation]) -> dict:
+            """A shard of generations: the prompt beside its sampled tokens."""
+            return {
+                "prompt_id": [ids[i] for i in part],
+                "prompt": [texts[i] for i in part],
+                "prompt_token_ids": [token_lists[i] for i in part],
+                "token_ids": [g.token_ids for g in gens],
+                "engine_logprobs": [g.logprobs for g in gens],
+                "finish_reason": [g.finish_reason for g in gens],
+            }
+
+        with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+            study.generate_into(
+                rd,
+                cfg,
+                "generations",
+                engine,
+                sampling,
+                ids,
+                token_lists,
+                todo,
+                columns=columns,
+            )
+    if model is None:
+        model, tokenizer = study.load_model(rd, setup)
+    probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["hidden_metrics"])
+    _probe(rd, cfg, probe, tokenizer, ids, setup.device)
+    table, tokens = _finalize(rd, tokenizer, ids)
+    if cfg.grade:
+        by_id = dict(zip(ids, golds, strict=True))
+        golds_in_order = [by_id[p] for p in table["prompt_id"]]
+        table = grading_run.grade(table, tokens, golds_in_order, tokenizer)
+        rd.write_table("prompts", table)
+    gap = (tokens["engine_logprob"] - tokens["logprob"]).abs()
+    rd.update(
+        counts={
+            **rd.manifest["counts"],
+            "generated_prompts": len(table),
+            "empty_generations": int((table["n_tokens"] == 0).sum()),
+            "tokens": len(tokens),
+        },
+        max_abs_logprob_diff=float(gap.max()) if len(gap) else None,
+    )
+    with rd.stage("analysis"):
+        analysis.analyze_run(rd.path, cfg.min_nucleus, cfg.bins, cfg.n_boot, cfg.seed)
 
 
 def _probe(rd, cfg, probe, tokenizer, ids, device):

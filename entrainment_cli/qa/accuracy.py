@@ -11,9 +11,6 @@ upstream's level-means correlation for comparison.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -22,10 +19,12 @@ from ..data import registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
+from ..pipeline import Prepared, finish_counts, read_samples
+from ..runs.rundir import RunDir
 from ..science import correctness, sparsity, stats
+from ..studies import AccuracyConfig
 from .rankmath import select
 
-COMMAND = "qa accuracy"
 SYSTEM_PROMPT = (
     "You are a math expert. Solve the problem step by step, then give the final answer "
     "in \\boxed{}."
@@ -33,35 +32,12 @@ SYSTEM_PROMPT = (
 USER_SUFFIX = "\n\nPut your final answer within \\boxed{}."
 
 
-@dataclass
-class AccuracyConfig:
-    model: str | None = None
-    data_file: Path | None = None
-    limit_per_level: int | None = None
-    limit: int | None = None
-    layers: str = "-1"
-    metrics: list[str] | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    engine: str = "auto"
-    max_tokens: int = 1024
-    n_boot: int = 1000
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
 def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
     return study.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
 
 
-def run(cfg: AccuracyConfig) -> Path:
+def prepare(cfg: AccuracyConfig, setup: study.Setup) -> Prepared:
     metric_names = study.metric_names(cfg.metrics)
-    study.check_positive(("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     kind = resolve_kind(cfg.engine)
     spec = registry.get_spec("math500")
     data = registry.load(spec, cfg.data_file)
@@ -70,7 +46,6 @@ def run(cfg: AccuracyConfig) -> Path:
         problems = problems.head(cfg.limit)
     gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
     problems["gold"] = problems["id"].map(gold)
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
     layers = study.model_layers(setup.resolved, cfg.layers)
 
     from transformers import AutoConfig, AutoTokenizer
@@ -85,72 +60,61 @@ def run(cfg: AccuracyConfig) -> Path:
             f"no prompt leaves room for --max-tokens {cfg.max_tokens} in the model's context "
             f"({config.max_position_embeddings} tokens); lower --max-tokens"
         )
+    resolved = {"layers": layers, "metrics": metric_names, "engine": kind}
+    return Prepared(data, [spec.name], resolved, (problems, tokenizer, tokens, built[0][1]))
+
+
+def execute(rd: RunDir, cfg: AccuracyConfig, setup: study.Setup, prep: Prepared) -> None:
+    problems, tokenizer, tokens, prompt_format = prep.state
+    kind, layers, metric_names = (prep.resolved[k] for k in ("engine", "layers", "metrics"))
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     ids = problems["id"].tolist()
-
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": data.fingerprint,
-        "limit_per_level": cfg.limit_per_level,
-        "limit": cfg.limit,
-        "layers": layers,
-        "metrics": metric_names,
-        "max_tokens": cfg.max_tokens,
-        "dtype": str(setup.dtype),
-    }
-    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
-        model = None
-        answered = rd.done_ids("generations", "id")
-        todo = [i for i in tokens.keep if ids[i] not in answered]
-        if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
-            if kind == "hf":
-                model, tokenizer = study.load_model(rd, setup)
-            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-                study.generate_into(
-                    rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo
-                )
-        if model is None:
+    model = None
+    answered = rd.done_ids("generations", "id")
+    todo = [i for i in tokens.keep if ids[i] not in answered]
+    if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
+        if kind == "hf":
             model, tokenizer = study.load_model(rd, setup)
-        columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
-        already_done = study.probe_samples(
-            rd,
-            cfg,
-            problems[columns],
-            tokens,
-            HiddenProbe(model, layers, ["last-prompt"]),
-            metric_names,
-            tokenizer.pad_token_id,
-        )
-        rd.update(
-            prompt_format=built[0][1],
-            counts={
-                "problems": len(problems),
-                "skipped_too_long": len(tokens.skipped),
-                "already_done": already_done,
-            },
-        )
-        with rd.stage("analysis"):
-            samples = rd.read_in_order("samples", ["id", "layer"], ids)
-            if samples is None:
-                raise UserError("no problem could be probed (all were skipped); see run.log")
-            answers = answer_table(
-                problems, rd.read_in_order("generations", ["id"], ids), tokenizer
+        with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+            study.generate_into(
+                rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo
             )
-            rd.write_table("answers", answers)
-            samples = samples[[*columns, "layer", "position", *metric_names]]
-            samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
-            rd.write_table("samples", samples)
-            write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
-        counts = {
-            "probed": int(samples["id"].nunique()),
-            "correct": int(answers["correct"].sum()),
-            "no_boxed_answer": int(answers["prediction"].isna().sum()),
-            "nonfinite_values": study.count_nonfinite(samples, metric_names),
-        }
-        rd.update(counts={**rd.manifest["counts"], **counts})
-        from ..plots.qa import plot_accuracy
-
-        plot_accuracy(rd.path)
-    return rd.path
+    if model is None:
+        model, tokenizer = study.load_model(rd, setup)
+    columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
+    already_done = study.probe_samples(
+        rd,
+        cfg,
+        problems[columns],
+        tokens,
+        HiddenProbe(model, layers, ["last-prompt"]),
+        metric_names,
+        tokenizer.pad_token_id,
+    )
+    rd.update(
+        prompt_format=prompt_format,
+        counts={
+            "problems": len(problems),
+            "skipped_too_long": len(tokens.skipped),
+            "already_done": already_done,
+        },
+    )
+    with rd.stage("analysis"):
+        samples = read_samples(
+            rd, ["id", "layer"], ids, [*columns, "layer", "position", *metric_names], "problem"
+        )
+        answers = answer_table(problems, rd.read_in_order("generations", ["id"], ids), tokenizer)
+        rd.write_table("answers", answers)
+        samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
+        rd.write_table("samples", samples)
+        write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
+    finish_counts(
+        rd,
+        probed=int(samples["id"].nunique()),
+        correct=int(answers["correct"].sum()),
+        no_boxed_answer=int(answers["prediction"].isna().sum()),
+        nonfinite_values=study.count_nonfinite(samples, metric_names),
+    )
 
 
 def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> pd.DataFrame:
