@@ -16,7 +16,7 @@ renormalized nucleus entropy and STOPS:
   strict upper triangle). As upstream: an all-ones attention mask, a warm-up forward on
   "Hello" after loading, ``gc.collect()`` per prompt and, on CUDA, ``torch.cuda.empty_cache()``
   per step and per prompt;
-- ours: ``entrainment_cli.correlate.run.run(CorrelateConfig(...))`` in-process, once per
+- ours: ``pipeline.run_study`` of the registry's correlate study in-process, once per
   engine in ``--engines`` (``hf``; ``vllm`` when it is importable), each into a fresh run
   directory. Its seconds are the manifest's ``generate`` + ``probe`` stages.
 
@@ -61,11 +61,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import RANDOM_CONFIGS, RESULTS, sync  # noqa: E402  (bench/ is on sys.path)
 
-from entrainment_cli.correlate.run import CorrelateConfig, run  # noqa: E402
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import generate as generate_mod  # noqa: E402
 from entrainment_cli.engines import models  # noqa: E402
+from entrainment_cli.pipeline import run_study  # noqa: E402
 from entrainment_cli.runs.rundir import read_manifest  # noqa: E402
+from entrainment_cli.studies import BY_NAME, CorrelateConfig  # noqa: E402
 
 DATASET = "xsum"
 TOP_P = 0.9
@@ -286,7 +287,7 @@ def run_ours(engine: str, model_spec, run_dir: Path, args) -> dict:
     )
     start, cpu0 = time.perf_counter(), time.process_time()
     try:
-        path = run(cfg)
+        path = run_study(BY_NAME["correlate"], cfg)
     finally:
         generate_mod._vllm_llm = original
     wall = time.perf_counter() - start

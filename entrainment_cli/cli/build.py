@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from click.core import ParameterSource
 
 from .. import options
 from ..studies import RunOptions
@@ -47,6 +46,13 @@ def _ordered(cls: type) -> list[dataclasses.Field]:
     return [f for f in fields if f.name not in last] + [f for f in fields if f.name in last]
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was given (on the command line or by its environment variable).
+    By name: Typer ships its own copy of click, whose ParameterSource is not click's."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def build_command(cls: type, action: Callable[[Any], None], help: str) -> Callable[..., None]:
     """A Typer callback whose options are the fields of ``cls``; it builds the config
     (defaults < ``--config`` file < flags given) and calls ``action`` with it."""
@@ -64,12 +70,7 @@ def build_command(cls: type, action: Callable[[Any], None], help: str) -> Callab
 
     @command
     def callback(ctx: typer.Context, config: Path | None = None, **values: Any) -> None:
-        given = {
-            name
-            for name in values
-            if ctx.get_parameter_source(name)
-            not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-        }
+        given = {name for name in values if _given(ctx, name)}
         action(options.build(cls, values, given, config))
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
