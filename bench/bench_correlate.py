@@ -273,7 +273,7 @@ def run_ours(engine: str, model_spec, run_dir: Path, args) -> dict:
     cfg = CorrelateConfig(
         model=model_spec,
         dataset=DATASET,
-        n_prompts=args.n_prompts,
+        limit=args.n_prompts,
         max_tokens=args.max_tokens,
         top_p=TOP_P,
         temperature=TEMPERATURE,

@@ -134,7 +134,7 @@ class RankmathConfig(RunOptions):
     model: str | None = model_option()
     dataset: str = option("math500", "Registered dataset with a level field.")
     data_file: Path | None = data_file_option()
-    limit_per_level: int | None = limit_option("Keep the first N problems of each level.")
+    limit: int | None = limit_option("Keep the first N problems of each level.")
     layers: str = layers_option()
     positions: list[str] = listed(
         "last-prompt", "Comma list of last-prompt, mean-prompt.", identity=True
@@ -151,14 +151,10 @@ class RankmathConfig(RunOptions):
 class DeepmathConfig(RunOptions):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
-    n: int = option(
-        10_000,
-        "Problems drawn at random (seeded by --seed).",
-        flags=("--n",),
-        identity=True,
-        minimum=1,
+    sample: int = option(
+        10_000, "Problems drawn at random (seeded by --seed).", identity=True, minimum=1
     )
-    limit: int | None = limit_option()
+    limit: int | None = limit_option("Then use only the first N of them.")
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
     batch_size: int = batch_size_option(8)
@@ -208,8 +204,7 @@ class LongreasonConfig(RunOptions):
 class AccuracyConfig(RunOptions):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
-    limit_per_level: int | None = limit_option("Keep the first N problems of each level.")
-    limit: int | None = limit_option()
+    limit: int | None = limit_option("Keep the first N problems of each level.")
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
     batch_size: int = batch_size_option(8)
@@ -233,13 +228,12 @@ class RobustnessSelection:
         all_is_none=True,
         identity=True,
     )
-    per_category: int = option(
+    limit: int = option(
         20,
         "Keep the first N questions of each category (upstream: 20); 0: all.",
         identity=True,
         minimum=0,
     )
-    limit: int | None = limit_option()
     noise: list[str] = listed(
         "normal,light,heavy",
         "Comma list of noise levels: normal (none), light (10% of letters and words garbled, "
@@ -292,7 +286,7 @@ class CotConfig(RunOptions):
         "sample.",
         show_default=False,
     )
-    limit: int | None = option(
+    sample: int | None = option(
         None,
         "Answer N test problems drawn at random with --seed (default: all).",
         identity=True,
@@ -305,7 +299,7 @@ class CotConfig(RunOptions):
         identity=True,
         minimum=1,
     )
-    num_few_shot: int = option(
+    shots: int = option(
         2, "Demonstrations for few-shot and auto-shot (curriculum: 2).", identity=True, minimum=1
     )
     rank_metric: str = option(
@@ -343,7 +337,7 @@ class CorrelateConfig(RunOptions, CorrelateAnalysis):
     model: str | None = model_option()
     dataset: str = option("writingprompts", "gsm8k, writingprompts or xsum.")
     data_file: Path | None = data_file_option()
-    n_prompts: int = option(100, "The first N prompts of the dataset.", identity=True, minimum=1)
+    limit: int = option(100, "The first N prompts of the dataset.", identity=True, minimum=1)
     max_tokens: int = max_tokens_option(100)
     top_p: float = option(0.9, "Nucleus mass for sampling and STOPS, in (0, 1].", identity=True)
     temperature: float = option(1.0, "Sampling temperature (0 = greedy).", identity=True, minimum=0)
@@ -357,7 +351,7 @@ class CorrelateConfig(RunOptions, CorrelateAnalysis):
     batch_size: int = batch_size_option(16)
     device: str = device_option()
     dtype: str = dtype_option()
-    hidden_metrics: list[str] | None = listed(
+    metrics: list[str] | None = listed(
         None,
         "Also record these sparsity metrics (comma list or all) of the hidden state at each "
         "generated position.",
@@ -365,9 +359,7 @@ class CorrelateConfig(RunOptions, CorrelateAnalysis):
         identity=True,
         show_default=False,
     )
-    layers: str = layers_option(
-        "-1", "Layers for --hidden-metrics: -1 (final norm), 0..L, lists, all."
-    )
+    layers: str = layers_option("-1", "Layers for --metrics: -1 (final norm), 0..L, lists, all.")
     grade: bool = option(
         False,
         "Grade the answers against the gold (gsm8k) and relate confidence to correctness: "
@@ -440,12 +432,12 @@ class PretrainConfig(RunOptions):
         "torch.compile the training step: auto (on GPU), on, off.",
         choices=("auto", "on", "off"),
     )
-    precision: str = option(
+    dtype: str = option(
         "auto",
-        "auto (bf16 autocast on GPU and on CPUs with native bf16, else float32), bf16, "
-        "float32. Weights are float32 either way.",
+        "Compute: auto (bfloat16 autocast on GPU and on CPUs with native bfloat16, else "
+        "float32), bfloat16, float32. Weights are float32 either way.",
         identity=True,
-        choices=("auto", "bf16", "float32"),
+        choices=("auto", "bfloat16", "float32"),
     )
     device: str = device_option()
     seed: int = seed_option(identity=True)
@@ -510,7 +502,7 @@ and accuracy, category x noise). `entrain qa robustness-export` writes the noisy
 alone.""",
         "entrainment_cli.qa.robustness",
         ("entrainment_cli.plots.robustness", "plot_run", "plot_compare"),
-        demo=(("--limit", "6"),),
+        demo=(("--limit", "1"),),
     ),
     Study(
         "correlate",
@@ -531,7 +523,7 @@ and a grid figure.""",
         "entrainment_cli.correlate.run",
         ("entrainment_cli.plots.correlate", "plot_run", "plot_compare"),
         demo=(
-            ("--dataset", "xsum", "--n-prompts", "20", "--max-tokens", "64"),
+            ("--dataset", "xsum", "--limit", "20", "--max-tokens", "64"),
             (
                 "--dataset",
                 "gsm8k",
@@ -540,7 +532,7 @@ and a grid figure.""",
                 "cot",
                 "--shots",
                 "4",
-                "--n-prompts",
+                "--limit",
                 "16",
                 "--max-tokens",
                 "128",
@@ -564,7 +556,7 @@ tables/summary.json (accuracy overall, by MATH level, subject and sparsity level
 95% CIs) and figures/. `entrain plot RUN... --out DIR` compares strategies.""",
         "entrainment_cli.cot.run",
         ("entrainment_cli.plots.cot", "plot_run", "plot_compare"),
-        demo=(("--curriculum", "--limit", "8", "--pool-size", "20", "--max-tokens", "128"),),
+        demo=(("--curriculum", "--sample", "8", "--pool-size", "20", "--max-tokens", "128"),),
     ),
     Study(
         "qa accuracy",
@@ -580,7 +572,7 @@ association.csv (per metric: point-biserial r of correctness with p and bootstra
 with the Mann-Whitney p, and upstream's r across the level means) and figures/.""",
         "entrainment_cli.qa.accuracy",
         ("entrainment_cli.plots.qa", "plot_accuracy", "compare_accuracy"),
-        demo=(("--limit-per-level", "1", "--max-tokens", "128", "--engine", "hf"),),
+        demo=(("--limit", "1", "--max-tokens", "128", "--engine", "hf"),),
     ),
     Study(
         "qa deepmath",
@@ -595,7 +587,7 @@ an OLS line (tables/fit.csv) and its 95% band (tables/band.csv), and a scatter w
 per metric (figures/). Offline: the bundled sample.""",
         "entrainment_cli.qa.deepmath",
         ("entrainment_cli.plots.qa", "plot_deepmath", "compare_deepmath"),
-        demo=(("--n", "16"),),
+        demo=(("--sample", "16"),),
     ),
     Study(
         "qa longreason",

@@ -29,7 +29,7 @@ GENERATIONS = [
 
 def _args(model, run_dir, *extra):
     return [
-        "cot", "--model", str(model), "--run-dir", str(run_dir), "--limit", str(LIMIT),
+        "cot", "--model", str(model), "--run-dir", str(run_dir), "--sample", str(LIMIT),
         "--pool-size", str(POOL), "--max-tokens", "8", "--engine", "hf", "--batch-size", "4",
         "--quiet", *extra,
     ]  # fmt: skip
@@ -166,7 +166,7 @@ def test_other_strategies_and_compare_plot(cli, curriculum_run, tiny_llama, tmp_
     runs = {}
     for strategy in ("cot", "few-shot", "auto-shot"):
         runs[strategy] = tmp_path / strategy
-        extra = ["--strategy", strategy, "--num-few-shot", "3"]
+        extra = ["--strategy", strategy, "--shots", "3"]
         result = cli(*_args(tiny_llama, runs[strategy], *extra))
         assert result.exit_code == 0, result.output
     _, demos, gens, _ = _tables(runs["cot"])
@@ -267,7 +267,7 @@ def test_empty_pool_after_dedup_is_an_error(cli, tiny_llama, tmp_path):
 def test_vllm_engine(cli, vllm_engine, tmp_path):
     """The embedded model on the session's vLLM engine: greedy, graded, the same tables."""
     run = tmp_path / "v"
-    args = ["cot", "--run-dir", run, "--limit", "2", "--pool-size", "6", "--n-levels", "3"]
+    args = ["cot", "--run-dir", run, "--sample", "2", "--pool-size", "6", "--n-levels", "3"]
     result = cli(*args, "--max-tokens", "16", "--engine", "vllm", "--quiet")
     assert result.exit_code == 0, result.output
     _, _, gens, summary = _tables(run)

@@ -13,7 +13,7 @@ from entrainment_cli import options
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.studies import STUDIES
 
-LIMIT = ["--limit-per-level", "1", "--layers", "-1", "--metrics", "l1,hoyer", "--n-boot", "20"]
+LIMIT = ["--limit", "1", "--layers", "-1", "--metrics", "l1,hoyer", "--n-boot", "20"]
 
 
 def _rankmath(cli, model, out, *args):
@@ -32,9 +32,7 @@ def test_every_option_of_every_study_is_on_its_command(cli):
 
 def test_config_file_flags_override_and_config_yaml_reruns(cli, tiny_llama, tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(
-        yaml.safe_dump({"limit-per-level": 1, "metrics": ["l1", "hoyer"], "n_boot": 20})
-    )
+    config.write_text(yaml.safe_dump({"limit": 1, "metrics": ["l1", "hoyer"], "n_boot": 20}))
     first = tmp_path / "first"
     result = cli(
         "qa", "rankmath", "--model", tiny_llama, "--run-dir", first, "--quiet",
@@ -42,7 +40,7 @@ def test_config_file_flags_override_and_config_yaml_reruns(cli, tiny_llama, tmp_
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     saved = yaml.safe_load((first / "config.yaml").read_text())
-    assert saved["limit_per_level"] == 1 and saved["n_boot"] == 20
+    assert saved["limit"] == 1 and saved["n_boot"] == 20
     assert saved["metrics"] == ["l1"]  # the flag wins over the file
     assert "run_dir" not in saved and "quiet" not in saved
     assert read_manifest(first)["identity"]["metrics"] == ["l1"]
@@ -58,12 +56,12 @@ def test_config_file_flags_override_and_config_yaml_reruns(cli, tiny_llama, tmp_
 
 def test_toml_config_and_bad_config_files(cli, tiny_llama, tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('limit_per_level = 1\nmetrics = "l1"\nn_boot = 20\nlayers = "-1"\n')
+    toml.write_text('limit = 1\nmetrics = "l1"\nn_boot = 20\nlayers = "-1"\n')
     out = tmp_path / "t"
     assert _rankmath(cli, tiny_llama, out, "--config", toml).exit_code == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["metrics"] == ["l1"]
     cases = {
-        "unknown.yaml": ("limit_per_levle: 1\n", "unknown key 'limit_per_levle'; valid keys:"),
+        "unknown.yaml": ("limt: 1\n", "unknown key 'limt'; valid keys:"),
         "type.yaml": ("batch_size: many\n", "batch_size: expected int, got 'many'"),
         "list.yaml": ("- 1\n- 2\n", "expected a mapping of option names to values"),
         "broken.toml": ("a = [\n", "does not parse"),
@@ -77,7 +75,7 @@ def test_toml_config_and_bad_config_files(cli, tiny_llama, tmp_path):
         assert message in " ".join(result.stderr.split()), (name, result.stderr)
         assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
     result = _rankmath(cli, tiny_llama, tmp_path / "bad", "--config", tmp_path / "unknown.yaml")
-    assert "limit_per_level" in result.stderr  # the valid keys are named
+    assert "limit" in result.stderr  # the valid keys are named
 
 
 @pytest.mark.parametrize(
@@ -129,7 +127,7 @@ def test_identity_holds_the_options_that_change_numbers(cli, tiny_llama, tmp_pat
     assert _rankmath(cli, tiny_llama, out, *LIMIT).exit_code == 0
     identity = read_manifest(out)["identity"]
     assert identity["layers"] == [-1] and identity["metrics"] == ["l1", "hoyer"]
-    assert {"model", "data", "dtype", "limit_per_level", "positions"} <= set(identity)
+    assert {"model", "data", "dtype", "limit", "positions"} <= set(identity)
     assert "n_boot" not in identity and "batch_size" not in identity  # analysis and speed only
     for entry in STUDIES:  # every study that generates has its engine in the identity
         names = {f.name: f for f in dataclasses.fields(entry.config)}

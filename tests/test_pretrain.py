@@ -42,7 +42,7 @@ def finished(tmp_path_factory):
     args = [
         "pretrain", "--llm-size", "llama-1-1", "--steps", str(STEPS), "--eval-every", "20",
         "--batch-size", "16", "--lr", "3e-3", "--layers", "0,-1", "--metrics", ",".join(METRICS),
-        "--seed", "0", "--precision", "float32", "--run-dir", str(out), "--quiet", *GRAPH,
+        "--seed", "0", "--dtype", "float32", "--run-dir", str(out), "--quiet", *GRAPH,
     ]  # fmt: skip
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -122,9 +122,9 @@ def test_packed_loss_equals_one_padded_line_per_fact(tok):
     assert packed.item() == pytest.approx(padded.item(), abs=1e-5)
 
 
-def test_precision():
+def test_autocast_dtype():
     assert train.autocast_dtype("float32", "cuda") is None
-    assert train.autocast_dtype("bf16", "cpu") == torch.bfloat16
+    assert train.autocast_dtype("bfloat16", "cpu") == torch.bfloat16
     assert train.autocast_dtype("auto", "cuda") == torch.bfloat16
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert train.autocast_dtype("auto", "cpu") == (torch.bfloat16 if native else None)
@@ -322,7 +322,7 @@ def test_unwritable_run_dir_exits_2(cli, tmp_path):
         ("--warmup-ratio", "1"),
         ("--lr", "0"),
         ("--layers", "5"),
-        ("--precision", "fp8"),
+        ("--dtype", "fp8"),
         ("--metrics", "nope"),
     ],
 )

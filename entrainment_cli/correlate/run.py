@@ -81,8 +81,8 @@ def prepare(cfg: CorrelateConfig, setup: study.Setup) -> Prepared:
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
     kind = resolve_kind(cfg.engine)
     metric_names = []
-    if cfg.hidden_metrics is not None:
-        hidden = None if cfg.hidden_metrics == ["all"] else cfg.hidden_metrics
+    if cfg.metrics is not None:
+        hidden = None if cfg.metrics == ["all"] else cfg.metrics
         metric_names = study.metric_names(hidden)
     spec = registry.get_spec(cfg.dataset)
     if spec.text is None:
@@ -91,8 +91,8 @@ def prepare(cfg: CorrelateConfig, setup: study.Setup) -> Prepared:
             + ", ".join(n for n, s in registry.REGISTRY.items() if s.text)
         )
     data = registry.load(spec, cfg.data_file)
-    rows = data.rows[: cfg.n_prompts]
-    ids = data.ids[: cfg.n_prompts]
+    rows = data.rows[: cfg.limit]
+    ids = data.ids[: cfg.limit]
     if not rows:
         raise UserError(f"no prompts selected from {data.location}")
     golds = gold_answers(spec, rows, data.location) if cfg.grade else []
@@ -111,7 +111,7 @@ def prepare(cfg: CorrelateConfig, setup: study.Setup) -> Prepared:
         )
     resolved = {
         "engine": kind,
-        "hidden_metrics": metric_names,
+        "metrics": metric_names,
         "layers": layers,
         # the grading options mean nothing without --grade
         "prompting": cfg.prompting if cfg.grade else None,
@@ -170,7 +170,7 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: study.Setup, prep: Prepared
             )
     if model is None:
         model, tokenizer = study.load_model(rd, setup)
-    probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["hidden_metrics"])
+    probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["metrics"])
     _probe(rd, cfg, probe, tokenizer, ids, setup.device)
     table, tokens = _finalize(rd, tokenizer, ids)
     if cfg.grade:

@@ -41,11 +41,11 @@ SYSTEM_PROMPT = (
 USER_SUFFIX = "\n\nPlease solve this problem step by step and put the final answer in \\boxed{}."
 
 
-def test_problems(data: registry.LoadedData, limit: int | None, seed: int) -> pd.DataFrame:
-    """The test problems: all, or ``limit`` drawn at random with ``seed`` (kept in file order)."""
+def test_problems(data: registry.LoadedData, sample: int | None, seed: int) -> pd.DataFrame:
+    """The test problems: all, or ``sample`` drawn at random with ``seed`` (in file order)."""
     keep = range(len(data.rows))
-    if limit is not None and limit < len(data.rows):
-        keep = sorted(random.Random(seed).sample(range(len(data.rows)), limit))
+    if sample is not None and sample < len(data.rows):
+        keep = sorted(random.Random(seed).sample(range(len(data.rows)), sample))
     rows = [data.rows[i] for i in keep]
     return pd.DataFrame(
         {
@@ -132,11 +132,9 @@ def choose_demos(
         level, band = int(row.level), None
         if strategy == "few-shot":  # fresh random examples per problem, seeded by its id
             rng = random.Random(row_seed(cfg.seed, row.id))
-            picks = [
-                (i, None) for i in rng.sample(range(len(pool)), min(cfg.num_few_shot, len(pool)))
-            ]
+            picks = [(i, None) for i in rng.sample(range(len(pool)), min(cfg.shots, len(pool)))]
         elif strategy == "auto-shot":
-            picks = [(int(i), None) for i in order[t, : cfg.num_few_shot]]
+            picks = [(int(i), None) for i in order[t, : cfg.shots]]
         else:
             band = curriculum.band(level, cfg.n_levels)
             picks = curriculum.select_demos(
@@ -172,7 +170,7 @@ def prepare(cfg: CotConfig, setup: study.Setup) -> Prepared:
     kind = resolve_kind(cfg.engine)
     test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
     pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, option="--pool-file")
-    test = test_problems(test_data, cfg.limit, cfg.seed)
+    test = test_problems(test_data, cfg.sample, cfg.seed)
     pool = pool_problems(pool_data, test_data, cfg.pool_size)
     if cfg.n_levels > len(pool):
         raise UserError(

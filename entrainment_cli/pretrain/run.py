@@ -138,7 +138,7 @@ def prepare(cfg: PretrainConfig, setup: None) -> Prepared:
     layers = parse_layers(cfg.layers, size.layers)
     metric_names = study.metric_names(cfg.metrics, "--metrics")
     device = models.pick_device(cfg.device)
-    amp = train.autocast_dtype(cfg.precision, device)
+    amp = train.autocast_dtype(cfg.dtype, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
     graph = generate_graph(cfg)
     if cfg.resume:

@@ -41,9 +41,7 @@ def prepare(cfg: AccuracyConfig, setup: study.Setup) -> Prepared:
     kind = resolve_kind(cfg.engine)
     spec = registry.get_spec("math500")
     data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.limit_per_level)
-    if cfg.limit is not None:
-        problems = problems.head(cfg.limit)
+    problems = select(data, cfg.limit)
     gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
     problems["gold"] = problems["id"].map(gold)
     layers = study.model_layers(setup.resolved, cfg.layers)

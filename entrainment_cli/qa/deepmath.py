@@ -30,8 +30,8 @@ BAND_POINTS = 50
 
 
 def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``n`` problems without replacement (all when there are fewer), kept
-    in dataset order, then the first ``limit`` of them."""
+    """A seeded sample (``--sample``) of ``n`` problems without replacement (all when there are
+    fewer), kept in dataset order, then the first ``limit`` of them."""
     difficulty = []
     for i, row in enumerate(data.rows):
         try:
@@ -55,7 +55,7 @@ def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> p
         pick = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
         frame = frame.iloc[pick]
     elif n > len(frame):
-        log.info("--n %d is more than the %d problems available; using all", n, len(frame))
+        log.info("--sample %d is more than the %d problems available; using all", n, len(frame))
     if limit is not None:
         frame = frame.head(limit)
     if frame.empty:
@@ -67,7 +67,7 @@ def prepare(cfg: DeepmathConfig, setup: study.Setup) -> Prepared:
     metric_names = study.metric_names(cfg.metrics)
     spec = registry.get_spec("deepmath")
     data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.n, cfg.limit, cfg.seed)
+    problems = select(data, cfg.sample, cfg.limit, cfg.seed)
     layers = study.model_layers(setup.resolved, cfg.layers)
     return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, problems)
 

@@ -28,8 +28,8 @@ SYSTEM_PROMPT = (
 USER_SUFFIX = "\n\nGive only the final answer."
 
 
-def select(data: registry.LoadedData, limit_per_level: int | None) -> pd.DataFrame:
-    """Problems with their level, the first ``limit_per_level`` of each level (as upstream)."""
+def select(data: registry.LoadedData, limit: int | None) -> pd.DataFrame:
+    """Problems with their level, the first ``limit`` of each level (as upstream)."""
     frame = pd.DataFrame(
         {
             "id": data.ids,
@@ -41,8 +41,8 @@ def select(data: registry.LoadedData, limit_per_level: int | None) -> pd.DataFra
             "problem": [str(r["problem"]) for r in data.rows],
         }
     )
-    if limit_per_level is not None:
-        frame = frame.groupby("level", sort=True).head(limit_per_level)
+    if limit is not None:
+        frame = frame.groupby("level", sort=True).head(limit)
     if frame.empty:
         raise UserError(f"no problems selected from {data.location}; check the data file")
     return frame.reset_index(drop=True)
@@ -59,7 +59,7 @@ def prepare(cfg: RankmathConfig, setup: study.Setup) -> Prepared:
     if "level" not in spec.fields:
         raise UserError(f"dataset '{cfg.dataset}' has no difficulty level; use math500")
     data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.limit_per_level)
+    problems = select(data, cfg.limit)
     resolved = {
         "layers": study.model_layers(setup.resolved, cfg.layers),
         "positions": study.check_positions(cfg.positions),

@@ -89,11 +89,10 @@ def _question(row: dict, where: str) -> dict:
 def select(
     data: registry.LoadedData,
     categories: list[str] | None,
-    per_category: int | None,
     limit: int | None,
 ) -> pd.DataFrame:
-    """Questions of the chosen categories, the first ``per_category`` of each (as upstream),
-    in dataset order, then the first ``limit`` of those."""
+    """Questions of the chosen categories, the first ``limit`` of each (as upstream), in
+    dataset order."""
     rows = [
         {"id": id_, **_question(row, f"{data.location} row {i}")}
         for i, (id_, row) in enumerate(zip(data.ids, data.rows, strict=True))
@@ -111,10 +110,8 @@ def select(
                 )
             wanted.append(area_name(name))
         frame = frame[frame["area"].isin(wanted)]
-    if per_category is not None:
-        frame = frame.groupby("area", sort=False).head(per_category)
     if limit is not None:
-        frame = frame.head(limit)
+        frame = frame.groupby("area", sort=False).head(limit)
     if frame.empty:
         raise UserError(f"no questions selected from {data.location}; check the data file")
     return frame.reset_index(drop=True)
@@ -186,7 +183,7 @@ def export_variants(cfg: RobustnessExportConfig) -> Path:
         raise UserError(f"--out {path}: the folder {path.parent} does not exist")
     levels = noise_levels(cfg.noise)
     data = registry.load(registry.get_spec(cfg.dataset), cfg.data_file)
-    questions = select(data, cfg.categories, cfg.per_category or None, cfg.limit)
+    questions = select(data, cfg.categories, cfg.limit or None)
     variants = make_variants(questions, levels, cfg.seed)
     records = []
     for q in questions.itertuples(index=False):
@@ -263,7 +260,7 @@ def prepare(cfg: RobustnessConfig, setup: study.Setup) -> Prepared:
     if "options" not in spec.fields:
         raise UserError(f"dataset '{cfg.dataset}' is not multiple choice; use mmlu_pro")
     data = registry.load(spec, cfg.data_file)
-    questions = select(data, cfg.categories, cfg.per_category or None, cfg.limit)
+    questions = select(data, cfg.categories, cfg.limit or None)
     resolved = {
         "categories": sorted(set(questions["area"])),
         "noise": [level.name for level in levels],
