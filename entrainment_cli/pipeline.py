@@ -1,5 +1,7 @@
-"""One runner for every study: checks -> model -> run directory (lock, manifest, resume,
-``config.yaml``) -> the study's stages -> figures.
+"""One runner for every study, and the stages studies share.
+
+The runner: checks -> model -> run directory (lock, manifest, resume, ``config.yaml``) ->
+the study's stages -> figures.
 
 A study's module (named by its :class:`~entrainment_cli.studies.Study`) provides two
 functions: ``prepare(cfg, setup) -> Prepared`` does every check and selection that needs the
@@ -11,17 +13,28 @@ builds the run's identity from the config's identity fields (with the resolved f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
+import torch
 
-from . import options, study
+from . import options
+from .engines import models
+from .engines.generate import Engine, Generation, Sampling, close_engines, make_engine
+from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs.rundir import RunDir
+from .science import sparsity
 from .studies import Study
+from .ui import progress
+
+log = logging.getLogger("entrain")
 
 
 @dataclass
@@ -48,7 +61,7 @@ def save_config(rd, cfg: Any) -> None:
 def run_study(entry: Study, cfg: Any) -> Path:
     """Run one study end to end; returns its run directory."""
     impl = entry.implementation()
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype) if hasattr(cfg, "model") else None
+    setup = model_setup(cfg.model, cfg.device, cfg.dtype) if hasattr(cfg, "model") else None
     prepared: Prepared = impl.prepare(cfg, setup)
     data, resolved, name_parts = prepared.data, {}, list(prepared.name_parts)
     if data is not None:
@@ -57,7 +70,7 @@ def run_study(entry: Study, cfg: Any) -> Path:
         data = data[0] if many else data
     if setup is not None:
         resolved |= {"model": setup.resolved.id, "dtype": str(setup.dtype)}
-        name_parts.insert(0, study.model_slug(setup.resolved))
+        name_parts.insert(0, model_slug(setup.resolved))
     rd = RunDir.open(
         command=entry.name,
         identity=options.identity(cfg, resolved | prepared.resolved),
@@ -78,7 +91,7 @@ def run_study(entry: Study, cfg: Any) -> Path:
 def probe_stage(
     rd,
     cfg: Any,
-    setup: study.Setup,
+    setup: Setup,
     frame: pd.DataFrame,
     build: Callable[[Any, Any], tuple[str, str]],
     columns: Sequence[str],
@@ -90,14 +103,12 @@ def probe_stage(
     ``samples`` table (``columns`` of ``frame`` beside each metric; ``probe_args`` are the
     :class:`HiddenProbe`'s layers, positions and logit ids) and record the counts.
     Returns (model, tokenizer)."""
-    from .engines.probe import HiddenProbe
-
-    model, tokenizer = study.load_model(rd, setup)
+    model, tokenizer = load_model(rd, setup)
     built = [build(tokenizer, row) for row in frame.itertuples(index=False)]
     frame["prompt"] = [text for text, _ in built]
-    tokens = study.tokenize_prompts(frame, tokenizer, model)
+    tokens = tokenize_prompts(frame, tokenizer, model)
     metrics = probe_args.pop("metrics")
-    already_done = study.probe_samples(
+    already_done = probe_samples(
         rd,
         cfg,
         frame[list(columns)],
@@ -130,3 +141,251 @@ def read_samples(
 def finish_counts(rd, **counts: Any) -> None:
     """Add ``counts`` to the manifest's counts."""
     rd.update(counts={**rd.manifest.get("counts", {}), **counts})
+
+
+# -- the shared stages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The model a run uses, the device and the dtype: resolved before the run exists."""
+
+    resolved: models.ResolvedModel
+    device: str
+    dtype: torch.dtype
+
+
+def model_setup(model: str | None, device: str, dtype: str) -> Setup:
+    """``--device``, ``--dtype`` and ``--model`` checked and resolved (in that order)."""
+    picked = models.pick_device(device)
+    return Setup(models.resolve_model(model), picked, models.pick_dtype(dtype, picked))
+
+
+def model_slug(resolved: models.ResolvedModel) -> str:
+    """The model's part of a run directory's name."""
+    return resolved.id if resolved.source != "embedded" else "smollm2-135m"
+
+
+def load_model(rd: RunDir, setup: Setup):
+    """(model, tokenizer), the load timed as the run's ``load_model`` stage."""
+    with rd.stage("load_model"):
+        return models.load_model(setup.resolved, setup.device, setup.dtype)
+
+
+def check_positive(*options: tuple[str, int | None]) -> None:
+    """Each (option name, value) must be at least 1; None (not given) passes."""
+    for name, value in options:
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+
+
+def count_nonfinite(samples: pd.DataFrame, metrics: Sequence[str]) -> int:
+    """NaN/inf metric values: kept in the table, left out of statistics, reported once."""
+    n = int((~np.isfinite(samples[list(metrics)].to_numpy(dtype=np.float64))).sum())
+    if n:
+        log.warning(
+            "%d metric value(s) are NaN/inf; they are kept in the samples table "
+            "and left out of every statistic",
+            n,
+        )
+    return n
+
+
+def metric_names(requested: Sequence[str] | None, option: str | None = None) -> list[str]:
+    """Canonical metric names (None: all of them); unknown names are a UserError, which names
+    ``option`` when given."""
+    try:
+        return sparsity.resolve_metric_names(requested)
+    except KeyError as e:
+        where = f"{option}: " if option else ""
+        raise UserError(
+            f"{where}unknown metric {e}; known metrics: {', '.join(sparsity.METRICS)} "
+            f"(alias: {', '.join(sparsity.ALIASES)})"
+        ) from None
+
+
+def model_layers(resolved: models.ResolvedModel, spec: str) -> list[int]:
+    """``--layers`` checked against the model's depth, read from its config alone."""
+    from transformers import AutoConfig
+
+    return parse_layers(spec, AutoConfig.from_pretrained(resolved.path).num_hidden_layers)
+
+
+def check_positions(positions: Sequence[str]) -> list[str]:
+    out = list(dict.fromkeys(positions))
+    for position in out:
+        if position not in POSITIONS:
+            raise UserError(f"unknown position '{position}'; use one of {', '.join(POSITIONS)}")
+    return out
+
+
+def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
+    """Indices of prompts that do not fit the context of ``model`` (a model or its config) with
+    ``reserve`` tokens to spare, reported once: they are skipped and counted, never truncated."""
+    config = getattr(model, "config", model)
+    limit = getattr(config, "max_position_embeddings", None) or 10**12
+    out = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
+    if out:
+        log.warning(
+            "skipping %d prompt(s) longer than the model's context (%s tokens)", len(out), limit
+        )
+    return out
+
+
+class Tokenized(NamedTuple):
+    token_lists: list[list[int]]  # the ids of every prompt
+    skipped: set[int]  # rows too long for the context
+    keep: list[int]  # the other rows, in order
+
+
+def tokenize_prompts(frame: pd.DataFrame, tokenizer, model, reserve: int = 0) -> Tokenized:
+    """Tokenize ``frame["prompt"]`` (no special tokens: the prompt text holds its own), set
+    ``frame["n_prompt_tokens"]``, and find the rows that do not fit ``model``'s context (a
+    model or its config) with ``reserve`` tokens to spare (see :func:`too_long`)."""
+    token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in frame["prompt"]]
+    frame["n_prompt_tokens"] = [len(t) for t in token_lists]
+    skipped = too_long(model, frame["n_prompt_tokens"], reserve)
+    return Tokenized(token_lists, skipped, [i for i in range(len(frame)) if i not in skipped])
+
+
+def measured_frame(
+    part: pd.DataFrame, measured: dict[tuple[int, str], dict[str, torch.Tensor]]
+) -> pd.DataFrame:
+    """One row per (example, layer, position): ``part``'s columns plus every metric (float64)."""
+    frames = []
+    for (layer, position), values in measured.items():
+        frame = part.copy()
+        frame["layer"] = layer
+        frame["position"] = position
+        for name, tensor in values.items():
+            frame[name] = tensor.detach().to("cpu", torch.float64).numpy()
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def probe_into(
+    rd: RunDir,
+    table: str,
+    examples: pd.DataFrame,
+    token_lists: Sequence[Sequence[int]],
+    probe: HiddenProbe,
+    metrics: Sequence[str],
+    batch_size: int,
+    pad_id: int,
+    quiet: bool,
+    stage: str = "probe",
+) -> int:
+    """Measure every row of ``examples`` (whose ``id`` is not yet in ``table``'s shards) and append
+    the rows to that table; ``token_lists[i]`` are the prompt ids of ``examples.iloc[i]``.
+    A probe with ``logit_ids`` adds a ``logits`` column (the next-token logits over those ids).
+    Returns how many examples an earlier (resumed) attempt had already done."""
+    done = rd.done_ids(table, "id")
+    todo = [i for i, id_ in enumerate(examples["id"]) if id_ not in done]
+    if done:
+        log.info("%s: %d example(s) already done, %d to go", table, len(done), len(todo))
+    device = probe.model.get_input_embeddings().weight.device
+    with rd.stage(stage) as timing, progress(quiet) as bar:
+        task = bar.add_task(stage, total=len(todo), unit="prompts")
+        for batch in batches([token_lists[i] for i in todo], batch_size, pad_id, device):
+            measured = probe.measure(batch.input_ids, batch.attention_mask, metrics)
+            rows = [todo[j] for j in batch.indices]
+            part = examples.iloc[rows]
+            if probe.logit_ids is not None:  # per example, beside its metrics
+                part = part.assign(logits=list(probe.logits.cpu().numpy()))
+            rd.append_shard(table, measured_frame(part, measured))
+            bar.advance(task, len(rows))
+        timing["prompts"] = len(todo)
+        timing["tokens"] = int(sum(len(token_lists[i]) for i in todo))
+    return len(done)
+
+
+def probe_samples(
+    rd: RunDir,
+    cfg: Any,
+    examples: pd.DataFrame,
+    tokens: Tokenized,
+    probe: HiddenProbe,
+    metrics: Sequence[str],
+    pad_id: int,
+) -> int:
+    """:func:`probe_into` the run's ``samples`` table for the rows of ``examples`` that fit the
+    context; returns how many an earlier (resumed) attempt had already done."""
+    return probe_into(
+        rd,
+        "samples",
+        examples.iloc[tokens.keep],
+        [tokens.token_lists[i] for i in tokens.keep],
+        probe,
+        metrics,
+        cfg.batch_size,
+        pad_id,
+        cfg.quiet,
+    )
+
+
+@contextlib.contextmanager
+def engine_for(
+    rd: RunDir, kind: str, setup: Setup, batch_size: int, model, tokenizer
+) -> Iterator[Engine]:
+    """The generation engine, recorded in the manifest. ``model``/``tokenizer`` serve hf (a
+    model already loaded for the probe). On a GPU a vLLM engine is shut down on leaving, so
+    that its memory goes back to the probe's model."""
+    engine = make_engine(
+        kind,
+        setup.resolved.path,
+        device=setup.device,
+        dtype=setup.dtype,
+        batch_size=batch_size,
+        model=model,
+        tokenizer=tokenizer,
+    )
+    rd.update(engine=engine.name)
+    try:
+        yield engine
+    finally:  # also when generation fails, so the memory is not left held
+        if kind == "vllm" and setup.device.startswith("cuda"):
+            close_engines()
+
+
+def generate_into(
+    rd: RunDir,
+    cfg: Any,
+    table: str,
+    engine: Engine,
+    sampling: Sampling,
+    keys: Sequence[str],
+    token_lists: Sequence[Sequence[int]],
+    todo: list[int],
+    *,
+    min_step: int = 32,
+    columns: Callable[[list[int], list[Generation]], dict] | None = None,
+    unit: str = "prompts",
+) -> None:
+    """Generate the ``todo`` rows (the ``generate`` stage) and append each part of
+    ``--batch-size`` (at least ``min_step``) prompts to ``table`` as one shard at once, so
+    that an interrupted run resumes where it stopped. A shard holds ``id``, ``token_ids`` and
+    ``finish_reason``, or the columns that ``columns(rows, generations)`` gives."""
+    step = max(cfg.batch_size, min_step)
+    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit=unit)
+        n_tokens = 0
+        for lo in range(0, len(todo), step):
+            part = todo[lo : lo + step]
+            gens = engine.generate(
+                [token_lists[i] for i in part],
+                [keys[i] for i in part],
+                sampling,
+                on_done=lambda n: bar.advance(task, n),
+            )
+            if columns is None:
+                shard = {
+                    "id": [keys[i] for i in part],
+                    "token_ids": [g.token_ids for g in gens],
+                    "finish_reason": [g.finish_reason for g in gens],
+                }
+            else:
+                shard = columns(part, gens)
+            rd.append_shard(table, pd.DataFrame(shard))
+            n_tokens += sum(len(g.token_ids) for g in gens)
+        timing[unit] = len(todo)
+        timing["tokens"] = n_tokens

@@ -211,7 +211,7 @@ def test_empty_generation_is_a_row_not_a_crash(cli, tiny_peaked, tmp_path, monke
         engine.generate = gen
         return engine
 
-    monkeypatch.setattr("entrainment_cli.study.make_engine", engine_with_empty_first)
+    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", engine_with_empty_first)
     out = tmp_path / "r"
     assert _run(cli, tiny_peaked, out).exit_code == 0
     prompts = pd.read_parquet(out / "tables" / "prompts.parquet")

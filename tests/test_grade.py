@@ -43,7 +43,7 @@ def scripted(monkeypatch, tiny_peaked):
         engine.generate = gen
         return engine
 
-    monkeypatch.setattr("entrainment_cli.study.make_engine", make)
+    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
     return tok
 
 

@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from .. import study
+from .. import pipeline
 from ..data import prompts, registry
 from ..engines.generate import Generation, Sampling, resolve_kind
 from ..engines.probe import parse_layers
@@ -77,13 +77,13 @@ def gold_answers(spec: registry.DatasetSpec, rows: list[dict], location: str) ->
     return golds
 
 
-def prepare(cfg: CorrelateConfig, setup: study.Setup) -> Prepared:
+def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
     kind = resolve_kind(cfg.engine)
     metric_names = []
     if cfg.metrics is not None:
         hidden = None if cfg.metrics == ["all"] else cfg.metrics
-        metric_names = study.metric_names(hidden)
+        metric_names = pipeline.metric_names(hidden)
     spec = registry.get_spec(cfg.dataset)
     if spec.text is None:
         raise UserError(
@@ -126,7 +126,7 @@ def prepare(cfg: CorrelateConfig, setup: study.Setup) -> Prepared:
     )
 
 
-def execute(rd: RunDir, cfg: CorrelateConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     sampling, ids, golds, tokenizer, built, fits, context = prep.state
     kind = prep.resolved["engine"]
     texts = [text for text, _ in built]
@@ -143,7 +143,7 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: study.Setup, prep: Prepared
     todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
     if todo:  # a resumed run may have nothing left to generate: no engine start then
         if kind == "hf":  # the probe's model generates too
-            model, tokenizer = study.load_model(rd, setup)
+            model, tokenizer = pipeline.load_model(rd, setup)
 
         def columns(part: list[int], gens: list[Generation]) -> dict:
             """A shard of generations: the prompt beside its sampled tokens."""
@@ -156,8 +156,8 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: study.Setup, prep: Prepared
                 "finish_reason": [g.finish_reason for g in gens],
             }
 
-        with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            study.generate_into(
+        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+            pipeline.generate_into(
                 rd,
                 cfg,
                 "generations",
@@ -169,7 +169,7 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: study.Setup, prep: Prepared
                 columns=columns,
             )
     if model is None:
-        model, tokenizer = study.load_model(rd, setup)
+        model, tokenizer = pipeline.load_model(rd, setup)
     probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["metrics"])
     _probe(rd, cfg, probe, tokenizer, ids, setup.device)
     table, tokens = _finalize(rd, tokenizer, ids)

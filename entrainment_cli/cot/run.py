@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import study
+from .. import pipeline
 from ..data import registry
 from ..engines import embed
 from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
@@ -162,11 +162,11 @@ def choose_demos(
     return frame.astype({"target_level": "Int64", "band": "string", "demo_math_level": "Int64"})
 
 
-def prepare(cfg: CotConfig, setup: study.Setup) -> Prepared:
+def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
     if cfg.curriculum and cfg.strategy not in (None, "curriculum"):
         raise UserError(f"--curriculum contradicts --strategy {cfg.strategy}; drop one of them")
     strategy = "curriculum" if cfg.curriculum else cfg.strategy or "cot"
-    (metric,) = study.metric_names([cfg.rank_metric])
+    (metric,) = pipeline.metric_names([cfg.rank_metric])
     kind = resolve_kind(cfg.engine)
     test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
     pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, option="--pool-file")
@@ -192,11 +192,11 @@ def prepare(cfg: CotConfig, setup: study.Setup) -> Prepared:
     )
 
 
-def execute(rd: RunDir, cfg: CotConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     test, pool = prep.state
     strategy, metric, kind = (prep.resolved[k] for k in ("strategy", "rank_metric", "engine"))
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    model, tokenizer = study.load_model(rd, setup)
+    model, tokenizer = pipeline.load_model(rd, setup)
     ranking, edges = rank(rd, cfg, metric, model, tokenizer, pool, test)
     pool["level"] = ranking.loc[ranking["role"] == "pool", "level"].to_numpy()
     test = test.merge(ranking.loc[ranking["role"] == "test", ["id", "score", "level"]], on="id")
@@ -215,7 +215,7 @@ def execute(rd: RunDir, cfg: CotConfig, setup: study.Setup, prep: Prepared) -> N
         )
         for p, ds in zip(test["problem"], test["demo_ids"], strict=True)
     ]
-    tokens = study.tokenize_prompts(test, tokenizer, model, reserve=cfg.max_tokens)
+    tokens = pipeline.tokenize_prompts(test, tokenizer, model, reserve=cfg.max_tokens)
     rd.update(
         level_edges=[float(e) for e in edges],
         counts={
@@ -241,8 +241,8 @@ def execute(rd: RunDir, cfg: CotConfig, setup: study.Setup, prep: Prepared) -> N
                 "finish_reason": [g.finish_reason for g in gens],
             }
 
-        with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            study.generate_into(
+        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+            pipeline.generate_into(
                 rd,
                 cfg,
                 "generations",
@@ -278,14 +278,14 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     frame = frame.rename(columns={"id": "problem_id"})
     frame.insert(0, "id", frame["role"] + ":" + frame["problem_id"])  # pool and test ids may meet
     frame["prompt"] = [render(tokenizer, messages(p, [])) for p in frame["problem"]]
-    tokens = study.tokenize_prompts(frame, tokenizer, model)  # adds n_prompt_tokens
+    tokens = pipeline.tokenize_prompts(frame, tokenizer, model)  # adds n_prompt_tokens
     if tokens.skipped:
         raise UserError(
             f"{len(tokens.skipped)} problem(s) (e.g. {frame['id'].iloc[min(tokens.skipped)]}) do "
             "not fit the model's context, so they cannot be ranked; use a model with a longer "
             "context"
         )
-    study.probe_into(
+    pipeline.probe_into(
         rd,
         "ranking",
         frame.drop(columns="prompt"),  # the ranking table keeps the problem, not its prompt

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from .. import options, study
+from .. import options, pipeline
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
@@ -136,7 +136,7 @@ def prepare(cfg: PretrainConfig, setup: None) -> Prepared:
     _validate(cfg)
     size = train.parse_size(cfg.llm_size)
     layers = parse_layers(cfg.layers, size.layers)
-    metric_names = study.metric_names(cfg.metrics, "--metrics")
+    metric_names = pipeline.metric_names(cfg.metrics, "--metrics")
     device = models.pick_device(cfg.device)
     amp = train.autocast_dtype(cfg.dtype, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))

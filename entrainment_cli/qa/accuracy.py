@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import grading, study
-from ..data import registry
+from .. import grading, pipeline
+from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
@@ -33,18 +33,18 @@ USER_SUFFIX = "\n\nPut your final answer within \\boxed{}."
 
 
 def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
-    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
+    return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
 
 
-def prepare(cfg: AccuracyConfig, setup: study.Setup) -> Prepared:
-    metric_names = study.metric_names(cfg.metrics)
+def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     kind = resolve_kind(cfg.engine)
     spec = registry.get_spec("math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit)
     gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
     problems["gold"] = problems["id"].map(gold)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
 
     from transformers import AutoConfig, AutoTokenizer
 
@@ -52,7 +52,7 @@ def prepare(cfg: AccuracyConfig, setup: study.Setup) -> Prepared:
     built = [build_prompt(tokenizer, p) for p in problems["problem"]]
     problems["prompt"] = [text for text, _ in built]
     config = AutoConfig.from_pretrained(setup.resolved.path)
-    tokens = study.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
+    tokens = pipeline.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
     if not tokens.keep:
         raise UserError(
             f"no prompt leaves room for --max-tokens {cfg.max_tokens} in the model's context "
@@ -62,7 +62,7 @@ def prepare(cfg: AccuracyConfig, setup: study.Setup) -> Prepared:
     return Prepared(data, [spec.name], resolved, (problems, tokenizer, tokens, built[0][1]))
 
 
-def execute(rd: RunDir, cfg: AccuracyConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     problems, tokenizer, tokens, prompt_format = prep.state
     kind, layers, metric_names = (prep.resolved[k] for k in ("engine", "layers", "metrics"))
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
@@ -72,15 +72,15 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: study.Setup, prep: Prepared)
     todo = [i for i in tokens.keep if ids[i] not in answered]
     if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
         if kind == "hf":
-            model, tokenizer = study.load_model(rd, setup)
-        with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            study.generate_into(
+            model, tokenizer = pipeline.load_model(rd, setup)
+        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+            pipeline.generate_into(
                 rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo
             )
     if model is None:
-        model, tokenizer = study.load_model(rd, setup)
+        model, tokenizer = pipeline.load_model(rd, setup)
     columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
-    already_done = study.probe_samples(
+    already_done = pipeline.probe_samples(
         rd,
         cfg,
         problems[columns],
@@ -111,7 +111,7 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: study.Setup, prep: Prepared)
         probed=int(samples["id"].nunique()),
         correct=int(answers["correct"].sum()),
         no_boxed_answer=int(answers["prediction"].isna().sum()),
-        nonfinite_values=study.count_nonfinite(samples, metric_names),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
     )
 
 

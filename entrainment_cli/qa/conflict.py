@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
@@ -37,7 +37,7 @@ COMPARISONS = [("conflict", "nonconflict"), ("conflict", "control")]
 
 
 def build_prompt(tokenizer, context: str, question: str) -> tuple[str, str]:
-    return study.chat_prompt(
+    return prompts.chat_prompt(
         tokenizer, SYSTEM_PROMPT, f"Context: {context}\n\nQuestion: {question}", label=""
     )
 
@@ -64,16 +64,16 @@ def examples(data: registry.LoadedData, limit: int | None) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def prepare(cfg: ConflictConfig, setup: study.Setup) -> Prepared:
-    metric_names = study.metric_names(cfg.metrics)
+def prepare(cfg: ConflictConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     spec = registry.get_spec("conflict")
     data = registry.load(spec, cfg.data_file)
     frame = examples(data, cfg.limit)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
     return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, frame)
 
 
-def execute(rd: RunDir, cfg: ConflictConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: ConflictConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     frame, metric_names = prep.state, prep.resolved["metrics"]
     columns = ["id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"]
     probe_stage(
@@ -92,7 +92,7 @@ def execute(rd: RunDir, cfg: ConflictConfig, setup: study.Setup, prep: Prepared)
         )
         rd.write_table("samples", samples)
         write_analysis(rd, samples, metric_names)
-    finish_counts(rd, nonfinite_values=study.count_nonfinite(samples, metric_names))
+    finish_counts(rd, nonfinite_values=pipeline.count_nonfinite(samples, metric_names))
 
 
 def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import study
+from .. import pipeline
 from ..data import registry
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
@@ -63,16 +63,16 @@ def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> p
     return frame.reset_index(drop=True)
 
 
-def prepare(cfg: DeepmathConfig, setup: study.Setup) -> Prepared:
-    metric_names = study.metric_names(cfg.metrics)
+def prepare(cfg: DeepmathConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     spec = registry.get_spec("deepmath")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.sample, cfg.limit, cfg.seed)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
     return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, problems)
 
 
-def execute(rd: RunDir, cfg: DeepmathConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: DeepmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     problems, metric_names = prep.state, prep.resolved["metrics"]
     columns = ["id", "difficulty", "topic", "prompt", "n_prompt_tokens"]
     probe_stage(
@@ -95,14 +95,14 @@ def execute(rd: RunDir, cfg: DeepmathConfig, setup: study.Setup, prep: Prepared)
     finish_counts(
         rd,
         probed=int(samples["id"].nunique()),
-        nonfinite_values=study.count_nonfinite(samples, metric_names),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
     )
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):
     """correlations.csv (difficulty vs each metric), fit.csv (OLS line) and band.csv (its
     95% band on a grid over the observed difficulties), per layer."""
-    corr = study.correlation_table(samples, "difficulty", metrics, seed, n_boot)
+    corr = stats.correlation_table(samples, "difficulty", metrics, seed, n_boot)
     # "supports": the metric is sparser on harder problems, Spearman p < 0.05 (upstream's test)
     sign = np.where(corr["sparser_when"] == "higher", 1.0, -1.0)
     corr["supports_sparser_when_harder"] = (np.sign(corr["spearman_rho"]) == sign) & (

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
@@ -40,7 +40,7 @@ def build_prompt(tokenizer, background: str, question: str) -> tuple[str, str]:
         f"Background:\n{background}\n\nQuestion:\n{question}\n\n"
         "Answer with only the letter of the correct option."
     )
-    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, user, label="")
+    return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, user, label="")
 
 
 def examples(spec, data_file: Path | None, splits: list[str], limit: int | None) -> tuple:
@@ -83,15 +83,15 @@ def examples(spec, data_file: Path | None, splits: list[str], limit: int | None)
     return pd.concat(frames, ignore_index=True), loaded
 
 
-def prepare(cfg: LongreasonConfig, setup: study.Setup) -> Prepared:
-    metric_names = study.metric_names(cfg.metrics)
+def prepare(cfg: LongreasonConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     splits = list(dict.fromkeys(cfg.splits))
     spec = registry.get_spec("longreason")
     for split in splits:
         spec.check_split(split)
     kind = resolve_kind(cfg.engine)
     frame, loaded = examples(spec, cfg.data_file, splits, cfg.limit)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
     resolved = {"splits": splits, "layers": layers, "metrics": metric_names, "engine": kind}
     return Prepared(
         loaded,
@@ -102,22 +102,22 @@ def prepare(cfg: LongreasonConfig, setup: study.Setup) -> Prepared:
     )
 
 
-def execute(rd: RunDir, cfg: LongreasonConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     frame = prep.state
     splits, layers, metric_names, kind = (
         prep.resolved[k] for k in ("splits", "layers", "metrics", "engine")
     )
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    model, tokenizer = study.load_model(rd, setup)
+    model, tokenizer = pipeline.load_model(rd, setup)
     built = [
         build_prompt(tokenizer, b, q) for b, q in zip(frame.background, frame.question, strict=True)
     ]
     frame["prompt"] = [text for text, _ in built]
     # skipped, never truncated: a cut context may no longer hold what the question needs
-    tokens = study.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
+    tokens = pipeline.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
     frame["skipped_too_long"] = [i in tokens.skipped for i in range(len(frame))]
     columns = ["id", "split", "example_idx", "n_prompt_tokens"]
-    already_done = study.probe_samples(
+    already_done = pipeline.probe_samples(
         rd,
         cfg,
         frame[columns],
@@ -134,8 +134,8 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: study.Setup, prep: Prepare
             model = None  # the probe is done: vLLM gets the GPU memory
             gc.collect()
             torch.cuda.empty_cache()
-        with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            study.generate_into(
+        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
+            pipeline.generate_into(
                 rd, cfg, "answers", engine, sampling, ids, tokens.token_lists, todo, min_step=8
             )
     rd.update(
@@ -162,7 +162,7 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: study.Setup, prep: Prepare
         rd,
         probed=int(samples["id"].nunique()),
         unparsed_answers=int(answers["prediction"].isna().sum()),
-        nonfinite_values=study.count_nonfinite(samples, metric_names),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
     )
 
 

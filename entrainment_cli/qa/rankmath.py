@@ -11,8 +11,8 @@ import logging
 
 import pandas as pd
 
-from .. import study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
@@ -50,25 +50,25 @@ def select(data: registry.LoadedData, limit: int | None) -> pd.DataFrame:
 
 def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
     """(exact text given to the tokenizer, 'chat' or 'plain')."""
-    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
+    return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
 
 
-def prepare(cfg: RankmathConfig, setup: study.Setup) -> Prepared:
-    metric_names = study.metric_names(cfg.metrics)
+def prepare(cfg: RankmathConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     spec = registry.get_spec(cfg.dataset)
     if "level" not in spec.fields:
         raise UserError(f"dataset '{cfg.dataset}' has no difficulty level; use math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit)
     resolved = {
-        "layers": study.model_layers(setup.resolved, cfg.layers),
-        "positions": study.check_positions(cfg.positions),
+        "layers": pipeline.model_layers(setup.resolved, cfg.layers),
+        "positions": pipeline.check_positions(cfg.positions),
         "metrics": metric_names,
     }
     return Prepared(data, [spec.name], resolved, problems)
 
 
-def execute(rd: RunDir, cfg: RankmathConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: RankmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     problems, r = prep.state, prep.resolved
     columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
     probe_stage(
@@ -89,7 +89,7 @@ def execute(rd: RunDir, cfg: RankmathConfig, setup: study.Setup, prep: Prepared)
         )
         rd.write_table("samples", samples)
         write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
-    nonfinite = study.count_nonfinite(samples, metric_names)
+    nonfinite = pipeline.count_nonfinite(samples, metric_names)
     finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite)
 
 
@@ -97,5 +97,5 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
     """Per-level summary and level-vs-metric correlations over all problems."""
     summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
-    corr = study.correlation_table(samples, "level", metrics, seed, n_boot)
+    corr = stats.correlation_table(samples, "level", metrics, seed, n_boot)
     rd.write_text("tables/correlations.csv", corr.to_csv(index=False))

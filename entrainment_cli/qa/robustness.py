@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
@@ -231,7 +231,7 @@ def build_prompt(tokenizer, body: str) -> tuple[str, str]:
     """(exact text given to the tokenizer, 'chat' or 'plain'). ``body`` ends in its own
     ``Answer:``, so the plain text is the system prompt and the body alone."""
     if tokenizer.chat_template:
-        return study.chat_prompt(tokenizer, SYSTEM_PROMPT, body)
+        return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, body)
     return f"{SYSTEM_PROMPT}\n\n{body}", "plain"
 
 
@@ -253,8 +253,8 @@ def letter_token_ids(tokenizer, n: int, prompt_format: str) -> list[int]:
     return ids
 
 
-def prepare(cfg: RobustnessConfig, setup: study.Setup) -> Prepared:
-    metric_names = study.metric_names(cfg.metrics)
+def prepare(cfg: RobustnessConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     levels = noise_levels(cfg.noise)
     spec = registry.get_spec(cfg.dataset)
     if "options" not in spec.fields:
@@ -264,7 +264,7 @@ def prepare(cfg: RobustnessConfig, setup: study.Setup) -> Prepared:
     resolved = {
         "categories": sorted(set(questions["area"])),
         "noise": [level.name for level in levels],
-        "layers": study.model_layers(setup.resolved, cfg.layers),
+        "layers": pipeline.model_layers(setup.resolved, cfg.layers),
         "metrics": metric_names,
     }
     noise_record = {lv.name: asdict(lv) for lv in levels}
@@ -273,21 +273,21 @@ def prepare(cfg: RobustnessConfig, setup: study.Setup) -> Prepared:
     )
 
 
-def execute(rd: RunDir, cfg: RobustnessConfig, setup: study.Setup, prep: Prepared) -> None:
+def execute(rd: RunDir, cfg: RobustnessConfig, setup: pipeline.Setup, prep: Prepared) -> None:
     questions, levels = prep.state
     metric_names = prep.resolved["metrics"]
     variants = make_variants(questions, levels, cfg.seed)
     rd.write_table("variants", variants)
     rates = noise_rates(variants, levels)
     rd.write_text("tables/noise_rates.csv", rates.to_csv(index=False))
-    model, tokenizer = study.load_model(rd, setup)
+    model, tokenizer = pipeline.load_model(rd, setup)
     prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
     letter_ids = letter_token_ids(tokenizer, int(variants["n_options"].max()), formats[0])
     variants["prompt"] = list(prompts)
-    tokens = study.tokenize_prompts(variants, tokenizer, model)
+    tokens = pipeline.tokenize_prompts(variants, tokenizer, model)
     columns = ["id", "question_id", "category", "area", "noise", "n_options", "answer"]
     columns += ["prompt", "n_prompt_tokens"]
-    already_done = study.probe_samples(
+    already_done = pipeline.probe_samples(
         rd,
         cfg,
         variants[columns],
@@ -324,7 +324,7 @@ def execute(rd: RunDir, cfg: RobustnessConfig, setup: study.Setup, prep: Prepare
         rd,
         probed=len(first),
         accuracy=float(first["correct"].mean()),
-        nonfinite_values=study.count_nonfinite(samples, metric_names),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
     )
 
 

@@ -278,3 +278,26 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float | int]:
     n = a_only + b_only
     p = float(stats.binomtest(b_only, n, 0.5).pvalue) if n else float("nan")
     return {"n": int(a.size), "a_only": a_only, "b_only": b_only, "mcnemar_p": p}
+
+
+def correlation_table(
+    samples: pd.DataFrame, x: str, metrics: Sequence[str], seed: int, n_boot: int
+) -> pd.DataFrame:
+    """Per (layer, position, metric): Pearson and Spearman of ``x`` against the metric over all
+    examples, with p, N and bootstrap CIs, and the direction in which the metric is sparser."""
+    from .sparsity import sparser_when  # here, not above: figures import stats without torch
+
+    records = []
+    for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
+        for metric in metrics:
+            corr = correlate(part[x], part[metric], n_boot=n_boot, seed=seed)
+            records.append(
+                {
+                    "layer": layer,
+                    "position": position,
+                    "metric": metric,
+                    "sparser_when": sparser_when(metric),
+                    **corr,
+                }
+            )
+    return pd.DataFrame.from_records(records)
