@@ -15,9 +15,9 @@ from entrainment_cli.cot.run import SYSTEM_PROMPT, USER_SUFFIX
 from entrainment_cli.data import registry
 from entrainment_cli.engines import embed
 from entrainment_cli.engines.generate import row_seed
-from entrainment_cli.grading import extract_boxed, math_equal
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import curriculum
+from entrainment_cli.science.answers import extract_boxed, math_equal
 from entrainment_cli.science.correctness import wilson_interval
 
 LIMIT, POOL = 6, 20

@@ -18,8 +18,8 @@ from entrainment_cli.engines.generate import Generation
 from entrainment_cli.errors import UserError
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import stats
+from entrainment_cli.science.answers import parse_choice
 from entrainment_cli.science.correctness import compare_groups
-from entrainment_cli.science.grading import parse_choice
 
 METRICS = "l1,top5_energy,hoyer,eff_rank"
 NAMES = ["l1", "top5_energy", "hoyer", "eff_rank"]
@@ -450,7 +450,7 @@ def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
 
 
 def test_accuracy_on_vllm_and_the_embedded_model(cli, vllm_engine, tmp_path):
-    from entrainment_cli.grading import extract_boxed, math_equal
+    from entrainment_cli.science.answers import extract_boxed, math_equal
 
     out = tmp_path / "v"
     _ok(cli("qa", "accuracy", "--engine", "vllm", "--limit", 1, "--max-tokens", 24,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..runs.rundir import atomic_write_text
-from ..science import correctness, grading
+from ..science import answers, correctness
 
 # Quantities averaged per prompt; upstream's accuracy study used these over answer tokens.
 PER_PROMPT = ["entropy", "topp_entropy_norm", "stops", "logtoku_au", "logtoku_eu"]
@@ -29,12 +29,12 @@ def grade(prompts: pd.DataFrame, tokens: pd.DataFrame, golds: list[float], token
     records = []
     by_prompt = dict(tuple(tokens.groupby("prompt_id", sort=False)))
     for row, gold in zip(prompts.itertuples(), golds, strict=True):
-        text, offsets = grading.token_offsets(tokenizer, list(row.token_ids))
+        text, offsets = answers.token_offsets(tokenizer, list(row.token_ids))
         cut = text.find(NEXT_EXAMPLE)
         cut = len(text) if cut < 0 else cut
-        answer = grading.extract_answer(text[:cut])
+        answer = answers.extract_answer(text[:cut])
         steps = (
-            grading.answer_tokens(offsets, answer.start, answer.end)
+            answers.answer_tokens(offsets, answer.start, answer.end)
             if answer.value is not None
             else []
         )
@@ -45,7 +45,7 @@ def grade(prompts: pd.DataFrame, tokens: pd.DataFrame, golds: list[float], token
             "prediction": answer.value,
             "answer_how": answer.how,
             "parse_failed": answer.value is None,
-            "correct": grading.is_correct(answer.value, gold),
+            "correct": answers.is_correct(answer.value, gold),
             "answer_steps": steps,
             "n_answer_tokens": len(steps),
         }

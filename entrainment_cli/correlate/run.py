@@ -21,7 +21,7 @@ from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..pipeline import Prepared
 from ..runs.rundir import RunDir
-from ..science import grading
+from ..science.answers import gold_answer
 from ..studies import CorrelateConfig
 from ..ui import progress
 from . import analysis
@@ -68,7 +68,7 @@ def gold_answers(spec: registry.DatasetSpec, rows: list[dict], location: str) ->
     golds = []
     for i, row in enumerate(rows):
         try:
-            golds.append(grading.gold_answer(str(row[spec.answer_field])))
+            golds.append(gold_answer(str(row[spec.answer_field])))
         except ValueError:
             raise UserError(
                 f"{location}, row {i}: no gold number after '####' in the "

@@ -25,10 +25,10 @@ from ..engines import embed
 from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..grading import extract_boxed, math_equal
 from ..pipeline import Prepared
 from ..runs.rundir import RunDir
 from ..science import curriculum, sparsity
+from ..science.answers import extract_boxed, math_equal
 from ..science.correctness import accuracy_record
 from ..studies import CotConfig
 

@@ -4,7 +4,7 @@ Upstream (QA-bench/rankmath/accuracy_vs_sparsity.py, spec 4.1) generated with vL
 the model in transformers for a second pass, graded with a substring rule that counts "1" in
 "10" as correct, replaced NaN metrics by 0, and correlated accuracy with the metric across the
 five level means (N = 5). Here: answers graded by the last ``\\boxed{}`` and math-verify
-(``entrainment_cli.grading``), the hook probe on the same prompts, and per-problem
+(``science.answers``), the hook probe on the same prompts, and per-problem
 associations: point-biserial r (with p and a bootstrap CI) and AUROC (Mann-Whitney), next to
 upstream's level-means correlation for comparison.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import grading, pipeline
+from .. import pipeline
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir
 from ..science import correctness, sparsity, stats
+from ..science.answers import extract_boxed, math_equal
 from ..studies import AccuracyConfig
 from .rankmath import select
 
@@ -128,10 +129,8 @@ def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -
     out["output"] = [tokenizer.decode(list(t), skip_special_tokens=True) for t in gens.token_ids]
     out["n_generated"] = [len(t) for t in gens["token_ids"]]
     out["finish_reason"] = gens["finish_reason"].to_numpy()
-    out["prediction"] = [grading.extract_boxed(text) for text in out["output"]]
-    out["correct"] = [
-        grading.math_equal(p, g) for p, g in zip(out["prediction"], out["gold"], strict=True)
-    ]
+    out["prediction"] = [extract_boxed(text) for text in out["output"]]
+    out["correct"] = [math_equal(p, g) for p, g in zip(out["prediction"], out["gold"], strict=True)]
     return out
 
 

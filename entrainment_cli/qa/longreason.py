@@ -25,7 +25,8 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts
 from ..runs.rundir import RunDir
-from ..science import correctness, grading, sparsity, stats
+from ..science import correctness, sparsity, stats
+from ..science.answers import parse_choice
 from ..studies import LongreasonConfig
 
 LETTERS = "ABCDE"
@@ -178,7 +179,7 @@ def answer_table(frame: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> p
             for i, t in zip(gens["id"], gens["token_ids"], strict=True)
         }
     replies = [text.get(i) for i in out["id"]]
-    predictions = [grading.parse_choice(r, LETTERS) if r is not None else None for r in replies]
+    predictions = [parse_choice(r, LETTERS) if r is not None else None for r in replies]
     out["reply"] = pd.Series(replies, index=out.index, dtype=object)
     out["prediction"] = pd.Series(predictions, index=out.index, dtype=object)
     out["correct"] = pd.Series(
