@@ -3,9 +3,9 @@ tokens that spell them), MATH's last ``\\boxed{}`` compared by math-verify, and 
 
 GSM8K (spec 3.4, 5.2): upstream dropped minus signs, glued together every digit after
 ``####``, counted only the first JSON answer and found answer tokens by a per-character
-backward search that could land in the reasoning (spec 7, items 5 and 6). Here a number keeps its sign and decimals,
-the last answer wins, and answer tokens are the ones whose character span in the decoded
-text overlaps the span of the parsed number.
+backward search that could land in the reasoning (spec 7, items 5 and 6). Here a number
+keeps its sign and decimals, the last answer wins, and answer tokens are the ones whose
+character span in the decoded text overlaps the span of the parsed number.
 
 MATH (spec 3.7): upstream took the text after the first ``boxed`` up to a brace count that
 broke on nested braces, and compared normalised strings, so ``\\frac12`` and ``0.5`` differed
