@@ -52,7 +52,7 @@ def test_problems(data: registry.LoadedData, sample: int | None, seed: int) -> p
             "id": [data.ids[i] for i in keep],
             "problem": [str(r["problem"]) for r in rows],
             "subject": [str(r.get("subject", "")) for r in rows],
-            "math_level": [
+            "level": [
                 registry.parse_level(r["level"], f"{data.location} row {i}")
                 for i, r in zip(keep, rows, strict=True)
             ],
@@ -81,7 +81,7 @@ def pool_problems(pool: registry.LoadedData, test: registry.LoadedData, size: in
             "problem": [str(r["problem"]) for r in rows],
             "solution": [str(r["solution"]) for r in rows],
             "subject": [str(r.get("type", r.get("subject", ""))) for r in rows],
-            "math_level": pd.array([_level_or_none(r["level"]) for r in rows], dtype="Int64"),
+            "level": pd.array([_level_or_none(r["level"]) for r in rows], dtype="Int64"),
         }
     )
 
@@ -129,7 +129,7 @@ def choose_demos(
     for t, row in enumerate(test.itertuples(index=False)):
         if strategy == "cot":
             continue  # no demonstrations
-        level, band = int(row.level), None
+        level, band = int(row.sparsity_level), None
         if strategy == "few-shot":  # fresh random examples per problem, seeded by its id
             rng = random.Random(row_seed(cfg.seed, row.id))
             picks = [(i, None) for i in rng.sample(range(len(pool)), min(cfg.shots, len(pool)))]
@@ -138,28 +138,28 @@ def choose_demos(
         else:
             band = curriculum.band(level, cfg.n_levels)
             picks = curriculum.select_demos(
-                level, cfg.n_levels, order[t].tolist(), pool["level"].to_numpy()
+                level, cfg.n_levels, order[t].tolist(), pool["sparsity_level"].to_numpy()
             )
         for k, (i, target) in enumerate(picks):
             records.append(
                 {
                     "id": row.id,
-                    "level": level,
+                    "sparsity_level": level,
                     "band": band,
                     "position": k,
                     "demo_id": pool["id"].iloc[i],
-                    "demo_level": int(pool["level"].iloc[i]),
-                    "target_level": target,
-                    "demo_math_level": pool["math_level"].iloc[i],
+                    "demo_sparsity_level": int(pool["sparsity_level"].iloc[i]),
+                    "target_sparsity_level": target,
+                    "demo_level": pool["level"].iloc[i],
                     "similarity": float(sims[t, i]) if retrieval else float("nan"),
                 }
             )
     columns = [
-        "id", "level", "band", "position", "demo_id", "demo_level", "target_level",
-        "demo_math_level", "similarity",
+        "id", "sparsity_level", "band", "position", "demo_id", "demo_sparsity_level",
+        "target_sparsity_level", "demo_level", "similarity",
     ]  # fmt: skip
     frame = pd.DataFrame.from_records(records, columns=columns)
-    return frame.astype({"target_level": "Int64", "band": "string", "demo_math_level": "Int64"})
+    return frame.astype({"target_sparsity_level": "Int64", "band": "string", "demo_level": "Int64"})
 
 
 def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
@@ -198,8 +198,10 @@ def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     model, tokenizer = pipeline.load_model(rd, setup)
     ranking, edges = rank(rd, cfg, metric, model, tokenizer, pool, test)
-    pool["level"] = ranking.loc[ranking["role"] == "pool", "level"].to_numpy()
-    test = test.merge(ranking.loc[ranking["role"] == "test", ["id", "score", "level"]], on="id")
+    pool["sparsity_level"] = ranking.loc[ranking["role"] == "pool", "sparsity_level"].to_numpy()
+    test = test.merge(
+        ranking.loc[ranking["role"] == "test", ["id", "score", "sparsity_level"]], on="id"
+    )
 
     with rd.stage("retrieval") as timing:
         demos = choose_demos(cfg, strategy, test, pool, setup.device)
@@ -273,7 +275,7 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     """Score pool and test problems in one batched probe pass and bin them into levels;
     writes tables/ranking.parquet. The prompt is the zero-shot one the model answers."""
     frame = pd.concat([pool.assign(role="pool"), test.assign(role="test")], ignore_index=True)[
-        ["role", "id", "problem", "subject", "math_level"]
+        ["role", "id", "problem", "subject", "level"]
     ]
     frame = frame.rename(columns={"id": "problem_id"})
     frame.insert(0, "id", frame["role"] + ":" + frame["problem_id"])  # pool and test ids may meet
@@ -307,7 +309,7 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     sparser = sparsity.SPARSER[metric]
     is_pool = ranking["role"] == "pool"
     edges = curriculum.level_edges(ranking.loc[is_pool, metric], cfg.n_levels, sparser)
-    ranking["level"] = curriculum.assign_levels(ranking[metric], edges, sparser)
+    ranking["sparsity_level"] = curriculum.assign_levels(ranking[metric], edges, sparser)
     ranking = ranking.drop(columns=["id", "layer", "position"])
     ranking = ranking.rename(columns={"problem_id": "id", metric: "score"})
     ranking.insert(ranking.columns.get_loc("score"), "metric", metric)
@@ -330,7 +332,7 @@ def grade(rd, strategy: str, test: pd.DataFrame) -> pd.DataFrame:
         math_equal(p, g) for p, g in zip(table["extracted"], table["answer"], strict=True)
     ]
     columns = [
-        "id", "level", "score", "subject", "math_level", "strategy", "demo_ids", "prompt",
+        "id", "sparsity_level", "score", "subject", "level", "strategy", "demo_ids", "prompt",
         "output", "extracted", "answer", "correct", "tokens", "n_prompt_tokens", "finish_reason",
     ]  # fmt: skip
     return table[columns]
@@ -356,7 +358,7 @@ def summarize(table, strategy: str, n_levels: int, metric, edges, n_skipped) -> 
         "level_edges": [float(e) for e in edges],  # score at which each next level starts
         "skipped_too_long": n_skipped,
         "overall": accuracy(table),
-        "by_math_level": accuracy(table, "math_level"),
+        "by_level": accuracy(table, "level"),
         "by_subject": accuracy(table, "subject"),
-        "by_sparsity_level": accuracy(table, "level"),
+        "by_sparsity_level": accuracy(table, "sparsity_level"),
     }
