@@ -324,7 +324,7 @@ def check_agree(model, run_path: Path, n_check: int, device: str) -> dict:
     prompts = pd.read_parquet(run_path / "tables" / "prompts.parquet")
     tokens = pd.read_parquet(run_path / "tables" / "tokens.parquet")
     row = prompts[prompts["n_tokens"] > 0].iloc[0]
-    ours = tokens[tokens["prompt_id"] == row["prompt_id"]].sort_values("step").head(n_check)
+    ours = tokens[tokens["id"] == row["id"]].sort_values("step").head(n_check)
     seq = list(row["prompt_token_ids"])
     embedding = model.get_input_embeddings().weight
     k_diff, ent_diff, stops_diff = 0, 0.0, 0.0
@@ -354,7 +354,7 @@ def check_agree(model, run_path: Path, n_check: int, device: str) -> dict:
     n = len(ours)
     if k_diff > max(1, n // 10) or ent_diff > 1e-3 or stops_diff > 1e-3:
         raise AssertionError(
-            f"upstream and ours disagree on prompt {row['prompt_id']}: {k_diff}/{n} nucleus "
+            f"upstream and ours disagree on prompt {row['id']}: {k_diff}/{n} nucleus "
             f"sizes differ; largest entropy difference {ent_diff:.2e}, STOPS {stops_diff:.2e}"
         )
     return {
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         for engine in engines:
             result = run_ours(engine, model_spec, tmp / f"run-{engine}", args)
             recorded = pd.read_parquet(result["path"] / "tables" / "prompts.parquet")
-            assert list(recorded["prompt_id"]) == prompt_keys, "not the upstream loop's prompts"
+            assert list(recorded["id"]) == prompt_keys, "not the upstream loop's prompts"
             assert [list(p) for p in recorded["prompt_token_ids"]] == toks, "other prompt ids"
             ours.append(result)
         generate_mod.close_engines()

@@ -16,7 +16,7 @@ from entrainment_cli.engines.generate import Generation
 from entrainment_cli.runs.rundir import read_manifest
 
 TOKEN_COLUMNS = [
-    "prompt_id",
+    "id",
     "step",
     "token_id",
     "token",
@@ -99,7 +99,7 @@ def test_dataset_is_honoured_and_tables_written(gsm_run):
     rows = registry.load(registry.get_spec("gsm8k")).rows[:5]
     assert prompts["prompt"].tolist() == [r["question"] for r in rows]  # not writingprompts
     assert list(prompts.columns) == [
-        "prompt_id",
+        "id",
         "prompt",
         "prompt_token_ids",
         "generated_text",
@@ -111,7 +111,7 @@ def test_dataset_is_honoured_and_tables_written(gsm_run):
     assert list(tokens.columns[: len(TOKEN_COLUMNS) - 1]) == TOKEN_COLUMNS[:-1]
     assert {"engine_logprob", "h1_l1", "h1_hoyer", "h-1_l1", "h-1_hoyer"} <= set(tokens.columns)
     assert len(tokens) == prompts["n_tokens"].sum() > 0
-    assert not tokens.duplicated(["prompt_id", "step"]).any()
+    assert not tokens.duplicated(["id", "step"]).any()
     m = read_manifest(gsm_run)
     assert m["engine"] == "hf" and m["status"] == "done" and m["dataset"]["id"] == "gsm8k"
     assert m["max_abs_logprob_diff"] < 1e-4  # float32 model: engine and probe agree
@@ -126,7 +126,7 @@ def test_token_quantities_match_an_independent_computation(gsm_run, tiny_peaked)
     emb = model.get_input_embeddings().weight.detach().double().numpy()
     checked_stops = 0
     for p0 in prompts.itertuples():
-        toks = tokens[tokens.prompt_id == p0.prompt_id].sort_values("step")
+        toks = tokens[tokens.id == p0.id].sort_values("step")
         seq = list(p0.prompt_token_ids) + toks["token_id"].tolist()
         with torch.no_grad():
             logits = model(torch.tensor([seq])).logits[0].double().numpy()
@@ -165,7 +165,7 @@ def test_stats_fit_and_bins(gsm_run):
     tokens = pd.read_parquet(gsm_run / "tables" / "tokens.parquet")
     pooled = tokens[tokens.nucleus_size >= 2].dropna(subset=["topp_entropy", "stops"])
     s = pd.read_csv(gsm_run / "tables" / "stats.csv").iloc[0]
-    assert s["n"] == len(pooled) and s["n_prompts"] == pooled["prompt_id"].nunique()
+    assert s["n"] == len(pooled) and s["n_prompts"] == pooled["id"].nunique()
     rho, p = stats.spearmanr(pooled["topp_entropy"], pooled["stops"])
     assert s["spearman_rho"] == pytest.approx(rho) and s["spearman_p"] == pytest.approx(p)
     assert s["pearson_r"] == pytest.approx(

@@ -74,7 +74,7 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
             assert spelled.strip().replace(",", "") == f"{row.prediction:g}".replace("+", "")
     assert p["prompt"].str.contains("Question: Question number 0?").iloc[0]
     tokens = pd.read_parquet(out / "tables" / "tokens.parquet")
-    first = tokens[tokens.prompt_id == p.prompt_id[0]].set_index("step")
+    first = tokens[tokens.id == p.id[0]].set_index("step")
     steps = list(p.answer_steps[0])
     assert p.answer_entropy[0] == pytest.approx(first.loc[steps, "entropy"].mean())
     summary = json.loads((out / "tables" / "summary.json").read_text())

@@ -30,9 +30,7 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
         raise UserError("--min-nucleus must be at least 1")
     tokens = pd.read_parquet(path)
     points = stats.pool_tokens(tokens, X, Y, min_nucleus)
-    corr = stats.correlate(
-        points[X], points[Y], groups=points["prompt_id"], n_boot=n_boot, seed=seed
-    )
+    corr = stats.correlate(points[X], points[Y], groups=points["id"], n_boot=n_boot, seed=seed)
     binned = stats.binned_median(points[X], points[Y], bins=bins)
     fit = stats.fit_unimodal(binned["center"], binned["median"]) if len(binned) else {}
     model, dataset = run_label(run_dir)
@@ -42,7 +40,7 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
         "x": X,
         "y": Y,
         "min_nucleus": min_nucleus,
-        "n_prompts": int(points["prompt_id"].nunique()),
+        "n_prompts": int(points["id"].nunique()),
         **corr,
         **{f"fit_{k}": v for k, v in fit.items() if k not in {"message"}},
     }

@@ -27,7 +27,7 @@ NEXT_EXAMPLE = "\nQuestion:"
 def grade(prompts: pd.DataFrame, tokens: pd.DataFrame, golds: list[float], tokenizer):
     """Add gold, prediction, correct, parse_failed and per-prompt means to ``prompts``."""
     records = []
-    by_prompt = dict(tuple(tokens.groupby("prompt_id", sort=False)))
+    by_prompt = dict(tuple(tokens.groupby("id", sort=False)))
     for row, gold in zip(prompts.itertuples(), golds, strict=True):
         text, offsets = answers.token_offsets(tokenizer, list(row.token_ids))
         cut = text.find(NEXT_EXAMPLE)
@@ -38,7 +38,7 @@ def grade(prompts: pd.DataFrame, tokens: pd.DataFrame, golds: list[float], token
             if answer.value is not None
             else []
         )
-        mine = by_prompt.get(row.prompt_id, tokens.iloc[:0]).set_index("step")
+        mine = by_prompt.get(row.id, tokens.iloc[:0]).set_index("step")
         kept = [s for s, (lo, _) in enumerate(offsets) if lo < cut]
         record = {
             "gold": gold,

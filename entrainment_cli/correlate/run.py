@@ -139,7 +139,7 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
             cfg.max_tokens,
         )
     model = None
-    done = rd.done_ids("generations", "prompt_id")
+    done = rd.done_ids("generations", "id")
     todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
     if todo:  # a resumed run may have nothing left to generate: no engine start then
         if kind == "hf":  # the probe's model generates too
@@ -148,7 +148,7 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
         def columns(part: list[int], gens: list[Generation]) -> dict:
             """A shard of generations: the prompt beside its sampled tokens."""
             return {
-                "prompt_id": [ids[i] for i in part],
+                "id": [ids[i] for i in part],
                 "prompt": [texts[i] for i in part],
                 "prompt_token_ids": [token_lists[i] for i in part],
                 "token_ids": [g.token_ids for g in gens],
@@ -175,7 +175,7 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
     table, tokens = _finalize(rd, tokenizer, ids)
     if cfg.grade:
         by_id = dict(zip(ids, golds, strict=True))
-        golds_in_order = [by_id[p] for p in table["prompt_id"]]
+        golds_in_order = [by_id[p] for p in table["id"]]
         table = grading_run.grade(table, tokens, golds_in_order, tokenizer)
         rd.write_table("prompts", table)
     gap = (tokens["engine_logprob"] - tokens["logprob"]).abs()
@@ -194,8 +194,8 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
 
 def _probe(rd, cfg, probe, tokenizer, ids, device):
     gens = rd.read_shards("generations")
-    done = rd.done_ids("probed", "prompt_id")
-    gens = gens[~gens["prompt_id"].isin(done)].reset_index(drop=True)
+    done = rd.done_ids("probed", "id")
+    gens = gens[~gens["id"].isin(done)].reset_index(drop=True)
     with rd.stage("probe") as timing, progress(cfg.quiet) as bar:
         task = bar.add_task("probe", total=len(gens), unit="prompts")
         order = np.argsort(
@@ -215,11 +215,11 @@ def _probe(rd, cfg, probe, tokenizer, ids, device):
             if out:
                 example = out.pop("example").numpy()
                 frame = pd.DataFrame({k: v.numpy() for k, v in out.items()})
-                frame.insert(0, "prompt_id", part["prompt_id"].to_numpy()[example])
+                frame.insert(0, "id", part["id"].to_numpy()[example])
                 engine_lp = [lp for lps in part["engine_logprobs"] for lp in lps]
                 frame["engine_logprob"] = np.asarray(engine_lp, dtype=np.float64)
                 rd.append_shard("tokens", frame)
-            rd.append_shard("probed", part[["prompt_id"]])
+            rd.append_shard("probed", part[["id"]])
             bar.advance(task, len(part))
         timing["prompts"] = len(gens)
         timing["tokens"] = int(sum(len(t) for t in gens["token_ids"]))
@@ -227,10 +227,10 @@ def _probe(rd, cfg, probe, tokenizer, ids, device):
 
 def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
     """prompts.parquet and tokens.parquet in dataset order, whatever the batch order."""
-    gens = rd.read_in_order("generations", ["prompt_id"], ids)
+    gens = rd.read_in_order("generations", ["id"], ids)
     table = pd.DataFrame(
         {
-            "prompt_id": gens["prompt_id"],
+            "id": gens["id"],
             "prompt": gens["prompt"],
             "prompt_token_ids": gens["prompt_token_ids"],
             "generated_text": [
@@ -241,11 +241,11 @@ def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
             "token_ids": gens["token_ids"],
         }
     )
-    tokens = rd.read_in_order("tokens", ["prompt_id", "step"], ids)
+    tokens = rd.read_in_order("tokens", ["id", "step"], ids)
     if tokens is None:
         raise UserError("no tokens were generated (every generation was empty); see run.log")
     tokens["token"] = tokenizer.batch_decode([[t] for t in tokens["token_id"]])
-    first = ["prompt_id", "step", "token_id", "token", *TOKEN_STATS, "engine_logprob"]
+    first = ["id", "step", "token_id", "token", *TOKEN_STATS, "engine_logprob"]
     tokens = tokens[first + [c for c in tokens.columns if c not in first]]
     rd.write_table("prompts", table)
     rd.write_table("tokens", tokens)

@@ -113,7 +113,7 @@ def correlate(
 def pool_tokens(tokens: pd.DataFrame, x: str, y: str, min_nucleus: int) -> pd.DataFrame:
     """Tokens of every prompt pooled, keeping nuclei of at least ``min_nucleus`` tokens."""
     keep = tokens["nucleus_size"] >= min_nucleus
-    return tokens.loc[keep, ["prompt_id", x, y]].dropna()
+    return tokens.loc[keep, ["id", x, y]].dropna()
 
 
 def binned_median(x: Sequence[float], y: Sequence[float], bins: int = 50) -> pd.DataFrame:
