@@ -168,11 +168,11 @@ def test_run_directory_and_tables(finished):
     assert int(facts["in_train"].sum()) == 1000 and len(facts) == stats["facts"]
 
     evals = pd.read_parquet(finished / "tables" / "eval.parquet")
-    base = ["query_id", "split", "h", "r", "t", "kind", "rule_length", "step"]
+    base = ["id", "split", "h", "r", "t", "kind", "rule_length", "step"]
     assert list(evals.columns) == [*base, "correct", "pred", "gold_loss", "layer", *METRICS]
     assert sorted(evals["step"].unique()) == [0, 20, 40, 60]
     assert len(evals) == len(queries) * 4 * 2  # queries x steps x layers
-    assert not evals.duplicated(["query_id", "step", "layer"]).any()
+    assert not evals.duplicated(["id", "step", "layer"]).any()
 
     dyn = pd.read_parquet(finished / "tables" / "dynamics.parquet")
     head = ["step", "split", "layer", "n", "accuracy", "accuracy_sem", "loss", "loss_sem"]
@@ -255,7 +255,7 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
     tok = AutoTokenizer.from_pretrained(ckpt)
     queries = pd.read_parquet(finished / "kg" / "queries.parquet").groupby("split").head(4)
     evals = pd.read_parquet(finished / "tables" / "eval.parquet")
-    final = evals[(evals.step == STEPS) & (evals.layer == -1)].set_index("query_id")
+    final = evals[(evals.step == STEPS) & (evals.layer == -1)].set_index("id")
     for q in queries.itertuples():
         prompt = tok(q.prompt)["input_ids"]
         scores = []
@@ -266,7 +266,7 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
                 logp = torch.log_softmax(model(ids).logits[0].double(), -1)
             positions = range(len(prompt) - 1, len(prompt) + len(answer) - 1)
             scores.append(-np.mean([logp[p, ids[0, p + 1]].item() for p in positions]))
-        row = final.loc[q.query_id]
+        row = final.loc[q.id]
         assert row.gold_loss == pytest.approx(scores[q.gold], abs=1e-4)
         assert row.correct == (int(np.argmin(scores)) == q.gold)
         with torch.no_grad():

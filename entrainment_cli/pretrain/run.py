@@ -117,7 +117,7 @@ def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
     queries = pd.DataFrame([asdict(q) for q in graph.queries])
     queries["alt_tails"] = queries["alt_tails"].map(list)
     queries["options"] = queries["options"].map(list)
-    queries.insert(0, "query_id", evaluate.query_ids(graph.queries))
+    queries.insert(0, "id", evaluate.query_ids(graph.queries))
     queries["prompt"] = [kg.prompt_text(q.h, q.r) for q in graph.queries]
     queries["answer"] = [kg.entity(q.t) for q in graph.queries]
     rd.write_text("kg/rules.json", json.dumps(rules, indent=1) + "\n")
@@ -264,9 +264,7 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         model.save_pretrained(checkpoint)
         tokenizer.save_pretrained(checkpoint)
         rd.write_table("train", pd.DataFrame.from_records(train_log))
-        evals = rd.read_in_order(
-            "eval", ["query_id", "step", "layer"], evaluator.frame["query_id"].tolist()
-        )
+        evals = rd.read_in_order("eval", ["id", "step", "layer"], evaluator.frame["id"].tolist())
         evals = evals.sort_values(["step", "layer"], kind="stable").reset_index(drop=True)
         rd.write_table("eval", evals)
         dyn = evaluate.dynamics(evals, metric_names)
