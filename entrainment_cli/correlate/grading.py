@@ -62,8 +62,41 @@ def _mean(tokens: pd.DataFrame, steps: list[int], name: str) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
+def quadrants(parsed: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy in each LogTokU quadrant (AU x EU, split at the medians over the prompts with
+    both finite): what the quadrant figure shows, with the medians it splits at."""
+    au = parsed["answer_logtoku_au"].to_numpy(dtype=np.float64)
+    eu = parsed["answer_logtoku_eu"].to_numpy(dtype=np.float64)
+    finite = np.isfinite(au) & np.isfinite(eu)
+    labels = correctness.au_eu_quadrant(au[finite], eu[finite])
+    correct = pd.Series(parsed["correct"].to_numpy()[finite], dtype=float)
+    frame = correct.groupby(labels).agg(["size", "sum", "mean"]).reset_index()
+    frame.columns = ["quadrant", "n", "n_correct", "accuracy"]
+    frame["n_correct"] = frame["n_correct"].astype(int)
+    frame["au_median"] = float(np.median(au[finite])) if finite.any() else float("nan")
+    frame["eu_median"] = float(np.median(eu[finite])) if finite.any() else float("nan")
+    return frame
+
+
+def reliability(parsed: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per quantile bin of each answer-token metric (Wilson 95% CI): the
+    reliability figure's points."""
+    frames = []
+    for metric in PER_PROMPT:
+        col = f"answer_{metric}"
+        ok = parsed[col].notna()
+        if ok.sum() >= 2:
+            bins = correctness.accuracy_by_bins(parsed.loc[ok, col], parsed.loc[ok, "correct"])
+            frames.append(bins.assign(metric=col))
+    columns = ["metric", "lo", "hi", "n", "n_correct", "accuracy", "ci_lo", "ci_hi"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
 def analyze(run_dir: Path, seed: int) -> dict:
-    """tables/summary.json (accuracy, counts, correct vs incorrect) and classifier.json."""
+    """tables/summary.json (accuracy, counts, correct vs incorrect), classifier.json, and the
+    tables the figures draw: quadrants.csv (LogTokU AU x EU) and reliability.csv."""
     prompts = pd.read_parquet(run_dir / "tables" / "prompts.parquet")
     n = len(prompts)
     parsed = prompts[~prompts["parse_failed"]]
@@ -84,4 +117,6 @@ def analyze(run_dir: Path, seed: int) -> dict:
     atomic_write_text(tables / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     atomic_write_text(tables / "classifier.json", json.dumps(clf, indent=2, default=float) + "\n")
     atomic_write_text(tables / "correct_vs_incorrect.csv", groups.to_csv(index=False))
+    atomic_write_text(tables / "quadrants.csv", quadrants(parsed).to_csv(index=False))
+    atomic_write_text(tables / "reliability.csv", reliability(parsed).to_csv(index=False))
     return summary
