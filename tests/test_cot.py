@@ -18,7 +18,7 @@ from entrainment_cli.engines.generate import row_seed
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import curriculum
 from entrainment_cli.science.answers import extract_boxed, math_equal
-from entrainment_cli.science.correctness import wilson_interval
+from entrainment_cli.science.stats import wilson_interval
 
 LIMIT, POOL = 6, 20
 GENERATIONS = [

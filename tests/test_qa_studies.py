@@ -19,7 +19,7 @@ from entrainment_cli.errors import UserError
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import stats
 from entrainment_cli.science.answers import parse_choice
-from entrainment_cli.science.correctness import compare_groups
+from entrainment_cli.science.stats import compare_groups
 
 METRICS = "l1,top5_energy,hoyer,eff_rank"
 NAMES = ["l1", "top5_energy", "hoyer", "eff_rank"]

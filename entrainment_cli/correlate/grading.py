@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..runs.rundir import atomic_write_text
-from ..science import answers, correctness
+from ..science import answers, stats
 
 # Quantities averaged per prompt; upstream's accuracy study used these over answer tokens.
 PER_PROMPT = ["entropy", "topp_entropy_norm", "stops", "logtoku_au", "logtoku_eu"]
@@ -68,7 +68,7 @@ def quadrants(parsed: pd.DataFrame) -> pd.DataFrame:
     au = parsed["answer_logtoku_au"].to_numpy(dtype=np.float64)
     eu = parsed["answer_logtoku_eu"].to_numpy(dtype=np.float64)
     finite = np.isfinite(au) & np.isfinite(eu)
-    labels = correctness.au_eu_quadrant(au[finite], eu[finite])
+    labels = stats.au_eu_quadrant(au[finite], eu[finite])
     correct = pd.Series(parsed["correct"].to_numpy()[finite], dtype=float)
     frame = correct.groupby(labels).agg(["size", "sum", "mean"]).reset_index()
     frame.columns = ["quadrant", "n", "n_correct", "accuracy"]
@@ -86,7 +86,7 @@ def reliability(parsed: pd.DataFrame) -> pd.DataFrame:
         col = f"answer_{metric}"
         ok = parsed[col].notna()
         if ok.sum() >= 2:
-            bins = correctness.accuracy_by_bins(parsed.loc[ok, col], parsed.loc[ok, "correct"])
+            bins = stats.accuracy_by_bins(parsed.loc[ok, col], parsed.loc[ok, "correct"])
             frames.append(bins.assign(metric=col))
     columns = ["metric", "lo", "hi", "n", "n_correct", "accuracy", "ci_lo", "ci_hi"]
     if not frames:
@@ -101,7 +101,7 @@ def analyze(run_dir: Path, seed: int) -> dict:
     n = len(prompts)
     parsed = prompts[~prompts["parse_failed"]]
     features = [f"answer_{m}" for m in PER_PROMPT] + [f"all_{m}" for m in PER_PROMPT]
-    groups = correctness.compare_groups(parsed, features, correct="correct")
+    groups = stats.compare_groups(parsed, features, correct="correct")
     summary = {
         "n_prompts": n,
         "n_parsed": len(parsed),
@@ -112,7 +112,7 @@ def analyze(run_dir: Path, seed: int) -> dict:
         "answer_how": prompts["answer_how"].value_counts().to_dict(),
         "correct_vs_incorrect": groups.to_dict(orient="records"),
     }
-    clf = correctness.classify(parsed[features], parsed["correct"].to_numpy(), seed=seed)
+    clf = stats.classify(parsed[features], parsed["correct"].to_numpy(), seed=seed)
     tables = run_dir / "tables"
     atomic_write_text(tables / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     atomic_write_text(tables / "classifier.json", json.dumps(clf, indent=2, default=float) + "\n")

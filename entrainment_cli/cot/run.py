@@ -29,7 +29,7 @@ from ..pipeline import Prepared
 from ..runs.rundir import RunDir
 from ..science import curriculum, sparsity
 from ..science.answers import extract_boxed, math_equal
-from ..science.correctness import accuracy_record
+from ..science.stats import accuracy_record
 from ..studies import CotConfig
 
 log = logging.getLogger("entrain")

@@ -21,7 +21,7 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir
-from ..science import correctness, sparsity, stats
+from ..science import sparsity, stats
 from ..science.answers import extract_boxed, math_equal
 from ..studies import AccuracyConfig
 from .rankmath import select
@@ -137,7 +137,7 @@ def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -
 def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> None:
     """accuracy_by_level.csv, summary.csv (metrics per level) and association.csv."""
     by_level = pd.DataFrame.from_records(
-        {"level": level, **correctness.accuracy_record(part["correct"])}
+        {"level": level, **stats.accuracy_record(part["correct"])}
         for level, part in answers.groupby("level", sort=True)
     )
     rd.write_text("tables/accuracy_by_level.csv", by_level.to_csv(index=False))
@@ -155,7 +155,7 @@ def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> 
     (Mann-Whitney U, p), and upstream's Pearson r across the level means (N = levels)."""
     records = []
     for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
-        groups = correctness.compare_groups(part, metrics).set_index("metric")
+        groups = stats.compare_groups(part, metrics).set_index("metric")
         means = summary[(summary.layer == layer) & (summary.position == position)]
         for metric in metrics:
             pb = stats.correlate(

@@ -25,7 +25,7 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts
 from ..runs.rundir import RunDir
-from ..science import correctness, sparsity, stats
+from ..science import sparsity, stats
 from ..science.answers import parse_choice
 from ..studies import LongreasonConfig
 
@@ -201,7 +201,7 @@ def write_analysis(rd, samples, answers, metrics, splits) -> None:
         part = answers[answers.split == split]
         answered = part[part["correct"].notna()]
         k, n = int(answered["correct"].sum()), len(answered)
-        lo, hi = correctness.wilson_interval(k, n)
+        lo, hi = stats.wilson_interval(k, n)
         records.append(
             {
                 "split": split,
