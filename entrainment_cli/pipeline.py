@@ -350,8 +350,9 @@ def engine_for(
 def generate_into(
     rd: RunDir,
     cfg: Any,
+    setup: Setup,
+    engine: tuple[str, Any, Any],
     table: str,
-    engine: Engine,
     sampling: Sampling,
     keys: Sequence[str],
     token_lists: Sequence[Sequence[int]],
@@ -361,12 +362,18 @@ def generate_into(
     columns: Callable[[list[int], list[Generation]], dict] | None = None,
     unit: str = "prompts",
 ) -> None:
-    """Generate the ``todo`` rows (the ``generate`` stage) and append each part of
-    ``--batch-size`` (at least ``min_step``) prompts to ``table`` as one shard at once, so
-    that an interrupted run resumes where it stopped. A shard holds ``id``, ``token_ids`` and
-    ``finish_reason``, or the columns that ``columns(rows, generations)`` gives."""
+    """The generation stage: start ``engine`` = (kind, model, tokenizer) (hf uses the model
+    already loaded), generate the ``todo`` rows and append each part of ``--batch-size`` (at
+    least ``min_step``) prompts to ``table`` as one shard at once, so that an interrupted run
+    resumes where it stopped. A shard holds ``id``, ``token_ids`` and ``finish_reason``, or
+    the columns that ``columns(rows, generations)`` gives."""
+    kind, model, tokenizer = engine
     step = max(cfg.batch_size, min_step)
-    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
+    with (
+        engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine,
+        rd.stage("generate") as timing,
+        progress(cfg.quiet) as bar,
+    ):
         task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit=unit)
         n_tokens = 0
         for lo in range(0, len(todo), step):

@@ -103,6 +103,10 @@ def n_boot_option(help: str = "Bootstrap resamples for the CIs.") -> Any:
     return option(1000, help, minimum=1)
 
 
+def quiet_option() -> Any:
+    return option(False, "No progress bars or notes.", flags=("--quiet", "-q"), saved=False)
+
+
 @dataclass
 class RunOptions:
     """Where a run goes and how it talks: every command has these (last in --help)."""
@@ -123,7 +127,7 @@ class RunOptions:
     resume: bool = option(
         False, "Continue the run in --run-dir, skipping finished examples.", saved=False
     )
-    quiet: bool = option(False, "No progress bars or notes.", flags=("--quiet", "-q"), saved=False)
+    quiet: bool = quiet_option()
 
 
 # -- the studies' configs ------------------------------------------------------------------
@@ -261,7 +265,7 @@ class RobustnessExportConfig(RobustnessSelection):
         show_default=False,
         saved=False,
     )
-    quiet: bool = option(False, "No progress bars or notes.", flags=("--quiet", "-q"), saved=False)
+    quiet: bool = quiet_option()
 
 
 @dataclass
@@ -387,7 +391,7 @@ class CorrelateAnalyzeConfig(CorrelateAnalysis):
         show_default=False,
         saved=False,
     )
-    quiet: bool = option(False, "No progress bars or notes.", flags=("--quiet", "-q"), saved=False)
+    quiet: bool = quiet_option()
 
 
 @dataclass

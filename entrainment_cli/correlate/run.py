@@ -156,18 +156,10 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
                 "finish_reason": [g.finish_reason for g in gens],
             }
 
-        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            pipeline.generate_into(
-                rd,
-                cfg,
-                "generations",
-                engine,
-                sampling,
-                ids,
-                token_lists,
-                todo,
-                columns=columns,
-            )
+        engine = (kind, model, tokenizer)
+        pipeline.generate_into(
+            rd, cfg, setup, engine, "generations", sampling, ids, token_lists, todo, columns=columns
+        )
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["metrics"])

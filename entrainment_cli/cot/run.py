@@ -243,19 +243,19 @@ def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -
                 "finish_reason": [g.finish_reason for g in gens],
             }
 
-        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            pipeline.generate_into(
-                rd,
-                cfg,
-                "generations",
-                engine,
-                sampling,
-                ids,
-                tokens.token_lists,
-                todo,
-                columns=columns,
-                unit="problems",
-            )
+        pipeline.generate_into(
+            rd,
+            cfg,
+            setup,
+            (kind, model, tokenizer),
+            "generations",
+            sampling,
+            ids,
+            tokens.token_lists,
+            todo,
+            columns=columns,
+            unit="problems",
+        )
     with rd.stage("grading"):
         table = grade(rd, strategy, test)
         rd.write_table("generations", table)

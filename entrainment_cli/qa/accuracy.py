@@ -74,10 +74,10 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepar
     if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
         if kind == "hf":
             model, tokenizer = pipeline.load_model(rd, setup)
-        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            pipeline.generate_into(
-                rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo
-            )
+        engine = (kind, model, tokenizer)
+        pipeline.generate_into(
+            rd, cfg, setup, engine, "generations", sampling, ids, tokens.token_lists, todo
+        )
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]

@@ -135,10 +135,10 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prep
             model = None  # the probe is done: vLLM gets the GPU memory
             gc.collect()
             torch.cuda.empty_cache()
-        with pipeline.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-            pipeline.generate_into(
-                rd, cfg, "answers", engine, sampling, ids, tokens.token_lists, todo, min_step=8
-            )
+        engine = (kind, model, tokenizer)
+        pipeline.generate_into(
+            rd, cfg, setup, engine, "answers", sampling, ids, tokens.token_lists, todo, min_step=8
+        )
     rd.update(
         prompt_format=built[0][1],
         counts={
