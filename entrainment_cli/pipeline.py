@@ -78,6 +78,7 @@ def run_study(entry: Study, cfg: Any) -> Path:
         runs_dir=cfg.runs_dir,
         name_parts=name_parts,
         resume=cfg.resume,
+        weights_sha256=models.weights_hash(setup.resolved.path) if setup is not None else None,
     )
     with rd:
         if setup is not None:

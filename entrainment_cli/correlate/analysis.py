@@ -8,29 +8,50 @@ raises that floor.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from ..errors import UserError
-from ..runs.rundir import atomic_write_text, read_manifest, run_label
+from ..runs.rundir import atomic_write_files, atomic_write_text, read_manifest, run_label
 from ..science import stats
 from . import grading
+
+log = logging.getLogger("entrain")
 
 X, Y = "topp_entropy", "stops"  # the correlation study's entropy, and STOPS
 
 
+def check_options(min_nucleus: int, bins: int) -> None:
+    """The analysis options, checked before anything is read or written."""
+    if min_nucleus < 1:
+        raise UserError(f"--min-nucleus must be at least 1, got {min_nucleus}")
+    if bins < 1:
+        raise UserError(f"--bins must be at least 1, got {bins}")
+
+
 def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: int) -> dict:
-    """Write tables/stats.csv, stats.tex, bins.csv and fit.json of one run, then its figure."""
+    """Write tables/stats.csv, stats.tex, bins.csv and fit.json of one run (and a graded run's
+    summaries), all computed before any old one is replaced, then its figure."""
+    check_options(min_nucleus, bins)
     path = run_dir / "tables" / "tokens.parquet"
     if not path.is_file():
         raise UserError(f"{run_dir} has no tables/tokens.parquet; finish it with --resume")
-    if min_nucleus < 1:
-        raise UserError("--min-nucleus must be at least 1")
     tokens = pd.read_parquet(path)
     points = stats.pool_tokens(tokens, X, Y, min_nucleus)
     corr = stats.correlate(points[X], points[Y], groups=points["id"], n_boot=n_boot, seed=seed)
+    if corr["n_dropped_nonfinite"]:
+        log.warning(
+            "%s: %d of %d pooled tokens have a NaN/inf %s or %s; they are left out of the "
+            "statistics and counted in stats.csv (n_dropped_nonfinite)",
+            run_dir,
+            corr["n_dropped_nonfinite"],
+            len(points),
+            X,
+            Y,
+        )
     binned = stats.binned_median(points[X], points[Y], bins=bins)
     fit = stats.fit_unimodal(binned["center"], binned["median"]) if len(binned) else {}
     model, dataset = run_label(run_dir)
@@ -40,19 +61,22 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
         "x": X,
         "y": Y,
         "min_nucleus": min_nucleus,
-        "n_prompts": int(points["id"].nunique()),
+        "n_prompts": int(points.loc[stats.finite_rows(points, X, Y), "id"].nunique()),
         **corr,
         **{f"fit_{k}": v for k, v in fit.items() if k not in {"message"}},
     }
     table = pd.DataFrame([row])
     tables = run_dir / "tables"
-    atomic_write_text(tables / "stats.csv", table.to_csv(index=False))
-    atomic_write_text(tables / "stats.tex", to_latex(table))
-    atomic_write_text(tables / "bins.csv", binned.to_csv(index=False))
     fit_doc = {"model": "a*H*exp(-b*H) + c", "x": X, "y": Y, "fitted_on": "bin medians", **fit}
-    atomic_write_text(tables / "fit.json", json.dumps(fit_doc, indent=2) + "\n")
+    files = {
+        tables / "stats.csv": table.to_csv(index=False),
+        tables / "stats.tex": to_latex(table),
+        tables / "bins.csv": binned.to_csv(index=False),
+        tables / "fit.json": json.dumps(fit_doc, indent=2) + "\n",
+    }
     if "correct" in pq.read_schema(tables / "prompts.parquet").names:
-        grading.analyze(run_dir, seed)
+        files |= grading.analyze(run_dir, seed)
+    atomic_write_files(files)
     from ..plots.correlate import plot_run
 
     plot_run(run_dir)
@@ -63,6 +87,7 @@ def analyze_runs(
     run_dirs: list[Path], out: Path | None, min_nucleus: int, bins: int, n_boot: int, seed: int
 ) -> list[Path]:
     """Re-analyze finished runs; with several, one stats table and one grid figure in ``out``."""
+    check_options(min_nucleus, bins)
     for rd in run_dirs:
         if read_manifest(rd).get("command") != "correlate":
             raise UserError(f"{rd} is not a correlate run")

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..runs.rundir import atomic_write_text
 from ..science import answers, stats
 
 # Quantities averaged per prompt; upstream's accuracy study used these over answer tokens.
@@ -94,9 +93,10 @@ def reliability(parsed: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def analyze(run_dir: Path, seed: int) -> dict:
-    """tables/summary.json (accuracy, counts, correct vs incorrect), classifier.json, and the
-    tables the figures draw: quadrants.csv (LogTokU AU x EU) and reliability.csv."""
+def analyze(run_dir: Path, seed: int) -> dict[Path, str]:
+    """The texts of tables/summary.json (accuracy, counts, correct vs incorrect),
+    classifier.json, correct_vs_incorrect.csv and the tables the figures draw (quadrants.csv,
+    LogTokU AU x EU; reliability.csv), for the caller to write with the rest."""
     prompts = pd.read_parquet(run_dir / "tables" / "prompts.parquet")
     n = len(prompts)
     parsed = prompts[~prompts["parse_failed"]]
@@ -114,9 +114,10 @@ def analyze(run_dir: Path, seed: int) -> dict:
     }
     clf = stats.classify(parsed[features], parsed["correct"].to_numpy(), seed=seed)
     tables = run_dir / "tables"
-    atomic_write_text(tables / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    atomic_write_text(tables / "classifier.json", json.dumps(clf, indent=2, default=float) + "\n")
-    atomic_write_text(tables / "correct_vs_incorrect.csv", groups.to_csv(index=False))
-    atomic_write_text(tables / "quadrants.csv", quadrants(parsed).to_csv(index=False))
-    atomic_write_text(tables / "reliability.csv", reliability(parsed).to_csv(index=False))
-    return summary
+    return {
+        tables / "summary.json": json.dumps(summary, indent=2, default=float) + "\n",
+        tables / "classifier.json": json.dumps(clf, indent=2, default=float) + "\n",
+        tables / "correct_vs_incorrect.csv": groups.to_csv(index=False),
+        tables / "quadrants.csv": quadrants(parsed).to_csv(index=False),
+        tables / "reliability.csv": reliability(parsed).to_csv(index=False),
+    }

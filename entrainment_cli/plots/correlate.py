@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import run_label
-from ..science.stats import pool_tokens, unimodal
+from ..science.stats import finite_rows, pool_tokens, unimodal
 from . import grading
 from .common import plt, save
 
@@ -22,6 +22,7 @@ def _panel(ax, run_dir: Path) -> None:
     tokens = pool_tokens(
         pd.read_parquet(tables / "tokens.parquet"), x, y, int(stats["min_nucleus"])
     )
+    tokens = tokens[finite_rows(tokens, x, y)]
     if len(tokens):
         ax.hexbin(
             tokens[x], tokens[y], gridsize=40, bins="log", cmap="Blues", mincnt=1, linewidths=0
@@ -51,7 +52,8 @@ def _panel(ax, run_dir: Path) -> None:
     ax.set_title(
         f"N={stats['n']}, r={stats['pearson_r']:.2f}, ρ={stats['spearman_rho']:.2f}", fontsize=9
     )
-    ax.legend(fontsize=7, loc="upper right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
 
 

@@ -30,6 +30,7 @@ log = logging.getLogger("entrain")
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+SHARD_NAME = re.compile(r"^(\d+)\.parquet(\.corrupt)?$")  # 000012.parquet[.corrupt]
 
 
 def utc_now() -> str:
@@ -48,37 +49,59 @@ def default_runs_dir(runs_dir: Path | None) -> Path:
     return Path(os.environ.get("ENTRAIN_RUNS_DIR", "runs"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def file_mode() -> int:
+    """The mode a plainly created file gets (0666 less the umask): ``mkstemp``'s 0600 would
+    hide a shared run's tables from the group."""
+    try:  # Linux says it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+@contextlib.contextmanager
+def temp_beside(path: Path) -> Iterator[str]:
+    """A temporary file name beside ``path`` with the umask's mode, for the block to write
+    and rename over ``path``; removed if the block fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        os.chmod(tmp, file_mode())
+        yield tmp
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_files(files: dict[Path, str]) -> None:
+    """Write every file completely (to a temporary file beside it, synced) before any of them
+    replaces its old version: a failure while writing leaves all the old files as they were."""
+    with contextlib.ExitStack() as stack:
+        temps = {path: stack.enter_context(temp_beside(path)) for path in files}
+        for path, data in files.items():
+            with open(temps[path], "wb") as f:
+                f.write(data.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half."""
+    atomic_write_files({path: text})
+
+
+def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
+    with temp_beside(path) as tmp:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -113,12 +136,16 @@ class RunDir:
         runs_dir: Path | None,
         name_parts: list[str],
         resume: bool,
+        weights_sha256: str | None = None,
     ) -> RunDir:
         """Create a new run, or reopen one for ``--resume``.
 
-        ``identity`` holds the options that define the work; resuming with different ones
-        would mix two experiments in one table, so it is refused.
+        ``identity`` holds the options that define the work, and ``weights_sha256`` the
+        model's weights (a local path can hold other weights tomorrow); resuming with
+        different ones would mix two experiments in one table, so it is refused.
         """
+        if weights_sha256 is not None:
+            identity = {**identity, "weights_sha256": weights_sha256}
         if resume and run_dir is None:
             raise UserError("--resume needs --run-dir naming the run to continue")
         if run_dir is None:
@@ -277,17 +304,34 @@ class RunDir:
         return self.tables / "shards" / table
 
     def append_shard(self, table: str, df: pd.DataFrame) -> None:
-        """Persist one finished piece of work; a crash later loses nothing before it."""
+        """Persist one finished piece of work; a crash later loses nothing before it.
+
+        Shards are numbered one past the highest number ever used in the directory (set-aside
+        corrupt shards included), never by counting files: a missing shard cannot make a new
+        one overwrite another, and names sort in the order the shards were written."""
         shard_dir = self._shard_dir(table)
         shard_dir.mkdir(parents=True, exist_ok=True)
-        n = len(list(shard_dir.glob("*.parquet")))
-        atomic_write_parquet(shard_dir / f"{n:06d}.parquet", df)
+        numbers = [int(m[1]) for p in shard_dir.iterdir() if (m := SHARD_NAME.match(p.name))]
+        atomic_write_parquet(shard_dir / f"{max(numbers, default=-1) + 1:06d}.parquet", df)
 
     def read_shards(self, table: str) -> pd.DataFrame | None:
-        files = sorted(self._shard_dir(table).glob("*.parquet"))
-        if not files:
-            return None
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        """Every readable shard of ``table`` in written order. A shard that does not read (cut
+        short by a crash or damaged) is named in a warning and set aside as ``*.corrupt``, so
+        its examples count as not done and are redone."""
+        frames = []
+        for f in sorted(self._shard_dir(table).glob("*.parquet"), key=_shard_number):
+            try:
+                frames.append(pd.read_parquet(f))
+            except Exception as e:  # pyarrow raises several types for a damaged file
+                aside = f.with_name(f.name + ".corrupt")
+                log.warning(
+                    "shard %s is unreadable (%s); set aside as %s, its examples will be redone",
+                    f,
+                    type(e).__name__,
+                    aside.name,
+                )
+                os.replace(f, aside)
+        return pd.concat(frames, ignore_index=True) if frames else None
 
     def read_in_order(self, table: str, unique: list[str], ids: list[str]) -> pd.DataFrame | None:
         """The shards of ``table``, one row per ``unique`` key (the last written wins, so a
@@ -315,6 +359,11 @@ class RunDir:
         path = self.path / relpath
         atomic_write_text(path, text)
         return path
+
+
+def _shard_number(path: Path) -> int:
+    m = SHARD_NAME.match(path.name)
+    return int(m[1]) if m else -1
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:

@@ -112,9 +112,17 @@ def correlate(
 
 
 def pool_tokens(tokens: pd.DataFrame, x: str, y: str, min_nucleus: int) -> pd.DataFrame:
-    """Tokens of every prompt pooled, keeping nuclei of at least ``min_nucleus`` tokens."""
+    """Tokens of every prompt pooled, keeping nuclei of at least ``min_nucleus`` tokens.
+
+    NaN/inf values are kept, so that :func:`correlate` counts them (``n_dropped_nonfinite``)
+    as it leaves them out, rather than losing them uncounted here."""
     keep = tokens["nucleus_size"] >= min_nucleus
-    return tokens.loc[keep, ["id", x, y]].dropna()
+    return tokens.loc[keep, ["id", x, y]]
+
+
+def finite_rows(frame: pd.DataFrame, *columns: str) -> np.ndarray:
+    """Mask of the rows whose ``columns`` are all finite."""
+    return np.isfinite(frame[list(columns)].to_numpy(dtype=np.float64)).all(axis=1)
 
 
 def binned_median(x: Sequence[float], y: Sequence[float], bins: int = 50) -> pd.DataFrame:
