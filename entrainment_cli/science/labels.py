@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from . import correctness, stats
+from . import stats
 
 
 def _present(values: pd.Series) -> pd.Series:
@@ -127,8 +127,8 @@ def binary_table(
         finite = np.isfinite(values)
         pos = values[finite & (part[label] == positive).to_numpy()]
         neg = values[finite & (part[label] == negative).to_numpy()]
-        rank = correctness.rank_test(pos, neg)
-        lo, hi = stats.bootstrap_ci(correctness.auroc, [pos, neg], n_boot, seed, level)
+        rank = stats.rank_test(pos, neg)
+        lo, hi = stats.bootstrap_ci(stats.auroc, [pos, neg], n_boot, seed, level)
         return {
             "positive": str(positive),
             "negative": str(negative),
