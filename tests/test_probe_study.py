@@ -222,9 +222,9 @@ def test_generation_adds_token_metrics_per_example(tiny_peaked, tmp_path):
     summary = pd.read_parquet(out / "tables" / "token_summary.parquet")
     samples = pd.read_parquet(out / "tables" / "samples.parquet")
     assert summary["id"].tolist() == samples["id"].tolist()  # one row per example, in order
-    assert (summary["n_tokens"] == tokens.groupby("prompt_id").size()[summary["id"]].values).all()
+    assert (summary["n_tokens"] == tokens.groupby("id").size()[summary["id"]].values).all()
     for metric in ("entropy", "stops", "logtoku_eu", "nucleus_size"):
-        by = tokens.groupby("prompt_id")[metric]
+        by = tokens.groupby("id")[metric]
         for how in ("mean", "max"):
             expected = getattr(by, how)()[summary["id"]].to_numpy()  # NaN tokens skipped
             got = summary[f"{metric}_{how}"].to_numpy()
