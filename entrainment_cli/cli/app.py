@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import correlate, cot, plot, pretrain, qa
+from . import correlate, cot, plot, pretrain, qa, report
 
 app = typer.Typer(
     name="entrain",
@@ -23,6 +23,7 @@ app.command(name="correlate")(correlate.correlate)
 app.command(name="cot")(cot.cot)
 app.command(name="plot")(plot.plot)
 app.command(name="pretrain")(pretrain.pretrain)
+app.command(name="report")(report.report)
 
 
 def _version(value: bool) -> None:

@@ -10,6 +10,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from ..errors import UserError
+from ..plots.report import finish_run
+from ..runs import tracking
 from ..ui import console, setup_logging
 
 T = TypeVar("T")
@@ -81,6 +83,16 @@ Resume = Annotated[
     bool, typer.Option(help="Continue the run in --run-dir, skipping finished examples.")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
+LogTo = Annotated[
+    str | None,
+    typer.Option(
+        help="Also send the finished run (config, model and data identity, key statistics, "
+        "figures, tables) to a tracker: wandb (offline into RUN/wandb unless WANDB_MODE=online) "
+        "or mlflow (MLFLOW_TRACKING_URI; default ./mlflow.db). Needs the extra "
+        "entrainment-cli[wandb] or [mlflow].",
+        show_default=False,
+    ),
+]
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -97,12 +109,16 @@ def typed_config(cls: type[T], params: dict[str, Any], **converted: Any) -> T:
     return cls(**(values | converted))
 
 
-def print_done(run_dir: Path) -> None:
+def print_done(run_dir: Path, log_to: str | None = None) -> None:
+    """Write the run's one-page report (and log it to a tracker), then say where all went."""
+    report, *tracked = finish_run(run_dir, log_to)
     console.print(
         f"[green]done:[/] {run_dir}\n  tables:  {run_dir / 'tables'}\n"
-        f"  figures: {run_dir / 'figures'}",
+        f"  figures: {run_dir / 'figures'}\n  report:  {report}",
         highlight=False,
     )
+    for line in tracked:
+        console.print(f"  logged:  {line}", highlight=False)
 
 
 def command(func):
@@ -112,6 +128,8 @@ def command(func):
     def wrapper(*args, **kwargs):
         setup_logging(bool(kwargs.get("quiet", False)))
         try:
+            if kwargs.get("log_to") is not None:  # before the work, not after it
+                tracking.check(kwargs["log_to"])
             return func(*args, **kwargs)
         except UserError as e:
             console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)

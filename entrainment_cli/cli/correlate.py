@@ -17,6 +17,7 @@ from .common import (
     Device,
     Dtype,
     Engine,
+    LogTo,
     MaxTokens,
     Model,
     Quiet,
@@ -101,6 +102,7 @@ def correlate(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Per generated token: entropy, nucleus, STOPS, LogTokU, and how entropy relates to STOPS.
 
@@ -126,4 +128,4 @@ def correlate(
         return
     hidden = None if hidden_metrics is None else (split_list(hidden_metrics) or [])
     cfg = typed_config(CorrelateConfig, locals(), hidden_metrics=hidden)
-    print_done(run(cfg))
+    print_done(run(cfg), log_to)

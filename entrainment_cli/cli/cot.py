@@ -15,6 +15,7 @@ from .common import (
     Device,
     Dtype,
     Engine,
+    LogTo,
     MaxTokens,
     Model,
     Quiet,
@@ -86,6 +87,7 @@ def cot(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Answer MATH-500 problems with one prompting strategy and grade them.
 
@@ -105,4 +107,4 @@ def cot(
             raise UserError(f"--curriculum contradicts --strategy {strategy}; drop one of them")
         strategy = "curriculum"
     cfg = typed_config(CotConfig, locals(), strategy=strategy or "cot")
-    print_done(run(cfg))
+    print_done(run(cfg), log_to)

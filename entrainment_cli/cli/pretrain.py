@@ -10,6 +10,7 @@ from ..pretrain.run import PretrainConfig, run
 from .common import (
     Device,
     Layers,
+    LogTo,
     Metrics,
     Quiet,
     RunDirOpt,
@@ -66,6 +67,7 @@ def pretrain(
     run_dir: RunDirOpt = None,
     runs_dir: RunsDir = None,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Train a small Llama from scratch on a synthetic knowledge graph; measure accuracy and
     last-prompt sparsity on training facts (ID) and on held-out facts that a 3+-step
@@ -77,4 +79,4 @@ def pretrain(
     layer: accuracy, gold loss, metric means and SEMs), tables/final.csv and figures/.
     """
     cfg = typed_config(PretrainConfig, locals(), metrics=split_list(metrics))
-    print_done(run(cfg))
+    print_done(run(cfg), log_to)

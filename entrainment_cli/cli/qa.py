@@ -28,6 +28,7 @@ from .common import (
     Engine,
     Layers,
     Limit,
+    LogTo,
     MaxTokens,
     Metrics,
     Model,
@@ -71,6 +72,7 @@ def rankmath(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Sparsity of the prompt's hidden state against MATH difficulty level (1-5).
 
@@ -84,7 +86,7 @@ def rankmath(
         positions=split_list(positions) or ["last-prompt"],
         metrics=split_list(metrics),
     )
-    print_done(run_rankmath(cfg))
+    print_done(run_rankmath(cfg), log_to)
 
 
 NBoot = Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")]
@@ -110,6 +112,7 @@ def deepmath(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Sparsity of the prompt's last hidden state against DeepMath-103K's continuous
     difficulty score (zwhe99/DeepMath-103K, fields question and difficulty).
@@ -121,7 +124,7 @@ def deepmath(
     and a scatter with the band per metric (figures/). Offline: the bundled sample.
     """
     cfg = typed_config(DeepmathConfig, locals(), metrics=split_list(metrics))
-    print_done(run_deepmath(cfg))
+    print_done(run_deepmath(cfg), log_to)
 
 
 @app.command()
@@ -140,6 +143,7 @@ def conflict(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Sparsity when the context contradicts the model's knowledge (knowledge-conflict pairs).
 
@@ -155,7 +159,7 @@ def conflict(
     statistics; figures/ box plots. Without --data-file: the bundled sample (smoke test).
     """
     cfg = typed_config(ConflictConfig, locals(), metrics=split_list(metrics))
-    print_done(run_conflict(cfg))
+    print_done(run_conflict(cfg), log_to)
 
 
 @app.command()
@@ -188,6 +192,7 @@ def longreason(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Sparsity at every layer as the context grows (LongReason, lz1bytedance/LongReason).
 
@@ -205,7 +210,7 @@ def longreason(
     cfg = typed_config(
         LongreasonConfig, locals(), splits=split_list(splits) or [], metrics=split_list(metrics)
     )
-    print_done(run_longreason(cfg))
+    print_done(run_longreason(cfg), log_to)
 
 
 @app.command()
@@ -231,6 +236,7 @@ def accuracy(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """MATH-500 accuracy and the prompt's hidden-state sparsity: does sparsity predict a wrong
     answer?
@@ -244,7 +250,7 @@ def accuracy(
     the level means) and figures/.
     """
     cfg = typed_config(AccuracyConfig, locals(), metrics=split_list(metrics))
-    print_done(run_accuracy(cfg))
+    print_done(run_accuracy(cfg), log_to)
 
 
 @app.command()
@@ -285,6 +291,7 @@ def robustness(
     runs_dir: RunsDir = None,
     resume: Resume = False,
     quiet: Quiet = False,
+    log_to: LogTo = None,
 ) -> None:
     """Sparsity and accuracy of MMLU-Pro questions under seeded noise, by category.
 
@@ -309,4 +316,4 @@ def robustness(
     if export is not None:
         console.print(f"[green]wrote:[/] {export_variants(cfg)}", highlight=False)
         return
-    print_done(run_robustness(cfg))
+    print_done(run_robustness(cfg), log_to)
