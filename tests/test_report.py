@@ -349,3 +349,68 @@ def test_a_study_logs_to_mlflow_local_store(tiny_llama, tmp_path, monkeypatch):
     figures = {f"figures/{p.name}" for p in (run / "figures").glob("*.png")}
     tables = {f"tables/{p.name}" for p in (run / "tables").iterdir() if p.is_file()}
     assert figures | tables | {"manifest.json", "config.json"} <= arts
+
+
+# -- extractors of the studies not run above, on tables written as those studies write them ---
+
+
+def test_every_plotted_command_has_key_statistics():
+    from entrainment_cli.plots import PLOTTERS
+    from entrainment_cli.plots.report import KEY_STATISTICS
+
+    assert set(KEY_STATISTICS) == set(PLOTTERS)
+
+
+def test_robustness_headline_is_heavy_minus_normal(tmp_path):
+    from entrainment_cli.plots.report import robustness_stats
+
+    rows = []
+    for a, b, diff in (("normal", "light", -1.0), ("normal", "heavy", -2.0), ("light", "heavy", 5)):
+        for layer in (0, -1):
+            rows.append({"layer": layer, "position": "last-prompt", "area": "All", "metric": "l1",
+                         "noise_a": a, "noise_b": b, "n": 6, "mean_diff": diff + layer,
+                         "wilcoxon_p": 0.03})  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "paired_tests.csv", index=False)
+    pd.DataFrame(
+        {
+            "area": ["All", "All", "Math"],
+            "noise": ["normal", "heavy", "heavy"],
+            "n": [6, 6, 1],
+            "correct": [3, 0, 0],
+        }  # fmt: skip
+    ).to_csv(tmp_path / "accuracy.csv", index=False)
+    stats = robustness_stats(tmp_path)
+    assert [(r["statistic"], r["value"]) for r in stats[:2]] == [
+        ("mean diff l1: heavy - normal [layer -1, last-prompt, all areas]", -3.0),
+        ("mean diff l1: light - normal [layer -1, last-prompt, all areas]", -2.0),
+    ]
+    assert stats[2] == {"statistic": "accuracy normal (all areas)", "value": 0.5,
+                        "ci_lo": wilson_interval(3, 6)[0], "ci_hi": wilson_interval(3, 6)[1],
+                        "n": 6, "p": None}  # fmt: skip
+    assert len(stats) == 4
+
+
+def test_pretrain_and_cot_headlines(tmp_path):
+    from entrainment_cli.plots.report import cot_stats, pretrain_stats
+
+    pd.DataFrame(
+        {
+            "step": 100,
+            "split": ["id", "ood_medium", "ood_hard"],
+            "layer": -1,
+            "n": 200,
+            "accuracy": [0.9, 0.5, 0.25],
+        }  # fmt: skip
+    ).to_csv(tmp_path / "final.csv", index=False)
+    head = pretrain_stats(tmp_path)[0]
+    assert head["statistic"] == "accuracy ood_hard (final step) [layer -1]"
+    assert (head["value"], head["n"]) == (0.25, 200)
+    assert (head["ci_lo"], head["ci_hi"]) == wilson_interval(50, 200)
+    record = {"n": 8, "correct": 2, "accuracy": 0.25, "ci_lo": 0.1, "ci_hi": 0.6}
+    summary = {"strategy": "curriculum", "overall": record,
+               "by_sparsity_level": [{"level": 1, **record}],
+               "by_math_level": [{"math_level": 3, **record}]}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert [r["statistic"] for r in cot_stats(tmp_path)] == [
+        "accuracy (curriculum)", "accuracy sparsity_level 1", "accuracy math_level 3"
+    ]  # fmt: skip

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import atomic_write_text, read_manifest, slug
+from ..science import noise
 from ..science.correctness import wilson_interval
 from . import PLOTTERS
 
@@ -78,6 +79,8 @@ def _correlations(tables: Path, x: str) -> list[dict]:
 
 
 def _paired(df: pd.DataFrame, a: str, b: str, where_extra: str = "") -> list[dict]:
+    """Paired tests (mean difference a - b, Wilcoxon p) at the final layer; ``a`` and ``b``
+    name the columns holding the two conditions."""
     df, where = _final_slice(df)
     return [
         stat(
@@ -127,11 +130,15 @@ def accuracy_stats(tables: Path) -> list[dict]:
 
 
 def robustness_stats(tables: Path) -> list[dict]:
+    levels = list(noise.LEVELS)  # normal, light, heavy
     tests = pd.read_csv(tables / "paired_tests.csv")
-    tests = tests[tests["area"] == "All"].iloc[::-1]  # heaviest noise against normal first
+    tests = tests[(tests["area"] == "All") & (tests["noise_a"] == levels[0])]
+    tests = tests.sort_values(  # heaviest noise first
+        "noise_b", key=lambda s: s.map(levels.index), ascending=False, kind="stable"
+    )
     acc = pd.read_csv(tables / "accuracy.csv")
     acc = acc[acc["area"] == "All"]
-    rows = _paired(tests, "noise_a", "noise_b", ", all areas")
+    rows = _paired(tests, "noise_b", "noise_a", ", all areas")  # its mean_diff is b - a
     return rows + [
         _accuracy(f"accuracy {r.noise} (all areas)", r.correct, r.n) for r in acc.itertuples()
     ]
@@ -247,6 +254,8 @@ class Run:
         return f"{model} / {self.manifest.get('dataset', {}).get('id', '?')} ({self.path.name})"
 
     def headline(self) -> dict[str, Any]:
+        if self.stats.empty:
+            return stat("(no statistic: the tables are empty)", None)
         return self.stats.iloc[0].to_dict()
 
 
@@ -266,11 +275,15 @@ def load_run(path: Path) -> Run:
             f"{path} lacks {', '.join(missing)} (status: {manifest.get('status', '?')}); "
             "finish the run with --resume, or rerun it"
         )
+    try:
+        rows = extract(tables)
+    except pd.errors.EmptyDataError:  # a study that had nothing to test writes an empty CSV
+        rows = []
     config = path / "config.yaml"
     return Run(
         path=path,
         manifest=manifest,
-        stats=pd.DataFrame.from_records(extract(tables)),
+        stats=pd.DataFrame.from_records(rows, columns=list(stat("", None))),
         config=config.read_text() if config.is_file() else None,
         figures=sorted((path / "figures").glob("*.png")),
         tables=sorted(p for p in tables.iterdir() if p.is_file() and not p.name.startswith(".")),
