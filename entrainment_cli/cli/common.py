@@ -89,7 +89,7 @@ LogTo = Annotated[
         help="Also send the finished run (config, model and data identity, key statistics, "
         "figures, tables) to a tracker: wandb (offline into RUN/wandb unless WANDB_MODE=online) "
         "or mlflow (MLFLOW_TRACKING_URI; default ./mlflow.db). Needs the extra "
-        "entrainment-cli[wandb] or [mlflow].",
+        "entrainment-cli\\[wandb] or \\[mlflow].",
         show_default=False,
     ),
 ]

@@ -33,7 +33,7 @@ def report(
 
     A path that is not a run, or a run whose tables are missing, is named in one line and
     left out; the exit code is 2 only when no run could be reported.
-    `entrain report runs/*/* --out runs/report.html` reports everything.
+    `entrain report $(dirname runs/*/*/manifest.json) --out runs/report.html` reports every run.
     """
     if out is None:
         out = run_dirs[0] / REPORT if len(run_dirs) == 1 else Path(REPORT)
