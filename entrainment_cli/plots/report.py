@@ -262,7 +262,8 @@ class Run:
 def load_run(path: Path) -> Run:
     """Read one run directory; a UserError names what is missing."""
     if not path.is_dir():
-        raise UserError(f"{path} is not a run directory (no such directory)")
+        what = "a file" if path.exists() else "no such directory"
+        raise UserError(f"{path} is not a run directory ({what})")
     manifest = read_manifest(path)
     command = manifest.get("command")
     if command not in KEY_STATISTICS:
@@ -303,7 +304,7 @@ th{background:#f3f3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bad{background:#fde2e2;border-left:5px solid #c62828;padding:.6em 1em;margin:.6em 0}
 .ok{color:#1b7f3b;font-weight:600}.failed{color:#c62828;font-weight:600}
 figure{display:inline-block;margin:.5em;vertical-align:top;max-width:48%}
-figure img{max-width:100%;height:auto;border:1px solid #dde}
+figure.wide{max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #dde}
 figcaption{font-size:.85em;color:#555}code,pre{font-size:.85em;background:#f6f6f9}
 pre{padding:.5em;overflow-x:auto}.grid{display:flex;flex-wrap:wrap;gap:2em}
 details{margin:.2em 0}summary{cursor:pointer}
@@ -352,10 +353,11 @@ def pairs(mapping: dict[str, Any]) -> str:
     return table(rows, ["field", "value"])
 
 
-def image(path: Path, caption: str) -> str:
+def image(path: Path, caption: str, wide: bool = False) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
+    css = ' class="wide"' if wide else ""
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{esc(caption)}">'
+        f'<figure{css}><img src="data:image/png;base64,{data}" alt="{esc(caption)}">'
         f"<figcaption>{esc(caption)}</figcaption></figure>"
     )
 
@@ -460,7 +462,7 @@ def comparison_section(command: str, runs: list[Run]) -> str:
         except UserError as e:
             parts.append(f'<div class="warn">No comparison figure: {esc(e)}</div>')
             figures = []
-        parts += [image(f, f.stem) for f in figures if f.suffix == ".png"]
+        parts += [image(f, f.stem, wide=True) for f in figures if f.suffix == ".png"]
     return "\n".join(parts)
 
 
