@@ -218,7 +218,7 @@ def browser(tmp_path):
 def test_report_renders_in_chromium(runs, tmp_path, browser):
     out = tmp_path / "report.html"
     _invoke("report", *runs.values(), "--out", out)
-    for domain in ("Runtime", "Log", "Page"):
+    for domain in ("Runtime", "Log", "Page", "Network"):
         browser.call(f"{domain}.enable")
     browser.call("Page.navigate", url=out.resolve().as_uri())
     browser.wait_for("Page.loadEventFired")
@@ -241,6 +241,12 @@ def test_report_renders_in_chromium(runs, tmp_path, browser):
         or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
     ]
     assert errors == []
+    requested = [
+        e["params"]["request"]["url"]
+        for e in browser.events
+        if e.get("method") == "Network.requestWillBeSent"
+    ]
+    assert requested and all(url.startswith(("file:", "data:")) for url in requested)
     title = browser.call("Runtime.evaluate", expression="document.title", returnByValue=True)
     assert title["result"]["value"] == "entrain report: 3 run(s)"
 
