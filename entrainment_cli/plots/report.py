@@ -145,8 +145,11 @@ def robustness_stats(tables: Path) -> list[dict]:
 
 
 def longreason_stats(tables: Path) -> list[dict]:
-    paired = pd.read_csv(tables / "paired.csv").iloc[::-1]  # longest context first
     acc = pd.read_csv(tables / "accuracy.csv")
+    splits = list(acc["split"])  # shortest context first
+    paired = pd.read_csv(tables / "paired.csv").sort_values(  # the longest against it first
+        "a", key=lambda s: s.map(splits.index), ascending=False, kind="stable"
+    )
     rows = _paired(paired, "a", "b")
     return rows + [
         stat(f"accuracy {r.split}", r.accuracy, r.ci_lo, r.ci_hi, r.n_answered)
