@@ -10,20 +10,21 @@ which the comparison section tabulates across runs and the trackers receive.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..errors import UserError
-from ..runs.rundir import atomic_write_text, read_manifest, slug
+from ..runs.rundir import atomic_write_text, read_manifest, saved_files, slug
 from ..science import noise
 from ..science.correctness import wilson_interval
 from . import PLOTTERS
@@ -239,9 +240,9 @@ class Run:
     path: Path
     manifest: dict[str, Any]
     stats: pd.DataFrame
-    config: str | None = None
-    figures: list[Path] = field(default_factory=list)
-    tables: list[Path] = field(default_factory=list)
+    config: str | None  # config.yaml, where the run saved one
+    figures: list[Path]
+    tables: list[Path]
 
     @property
     def command(self) -> str:
@@ -249,7 +250,9 @@ class Run:
 
     @property
     def anchor(self) -> str:
-        return "run-" + re.sub(r"[^A-Za-z0-9_-]+", "-", f"{self.command}-{self.path.name}")
+        """A page-unique id: runs of one name in different folders stay apart."""
+        where = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
+        return "run-" + re.sub(r"[^A-Za-z0-9_-]+", "-", f"{self.path.name}-{where}")
 
     @property
     def label(self) -> str:
@@ -284,13 +287,14 @@ def load_run(path: Path) -> Run:
     except pd.errors.EmptyDataError:  # a study that had nothing to test writes an empty CSV
         rows = []
     config = path / "config.yaml"
+    figures, files = saved_files(path)
     return Run(
         path=path,
         manifest=manifest,
         stats=pd.DataFrame.from_records(rows, columns=list(stat("", None))),
         config=config.read_text() if config.is_file() else None,
-        figures=sorted((path / "figures").glob("*.png")),
-        tables=sorted(p for p in tables.iterdir() if p.is_file() and not p.name.startswith(".")),
+        figures=figures,
+        tables=files,
     )
 
 

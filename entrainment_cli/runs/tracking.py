@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from .rundir import MANIFEST, read_manifest
+from .rundir import MANIFEST, read_manifest, saved_files
 
 TARGETS = ("wandb", "mlflow")
 PROJECT = "entrain"  # W&B project and MLflow experiment unless the environment names one
@@ -85,13 +85,6 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(figures/*.png, every saved table file): what the tracker receives besides numbers."""
-    tables = run_dir / "tables"
-    files = sorted(p for p in tables.iterdir() if p.is_file() and not p.name.startswith("."))
-    return sorted((run_dir / "figures").glob("*.png")), files
-
-
 def log_run(run_dir: Path, target: str, statistics: list[dict[str, Any]]) -> str:
     """Send one run to ``target``; returns a line saying where it went."""
     check(target)
@@ -103,7 +96,7 @@ def _log_wandb(run_dir: Path, config: dict[str, Any], numbers: dict[str, float])
     import pandas as pd
     import wandb
 
-    figures, tables = run_files(run_dir)
+    figures, tables = saved_files(run_dir)
     mode = os.environ.get("WANDB_MODE", "offline")
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", PROJECT),
@@ -136,7 +129,7 @@ def _log_wandb(run_dir: Path, config: dict[str, Any], numbers: dict[str, float])
 def _log_mlflow(run_dir: Path, config: dict[str, Any], numbers: dict[str, float]) -> str:
     import mlflow
 
-    figures, tables = run_files(run_dir)
+    figures, tables = saved_files(run_dir)
     mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT))
     tags = {
         "command": config["command"],
