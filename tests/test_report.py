@@ -420,3 +420,16 @@ def test_pretrain_and_cot_headlines(tmp_path):
     assert [r["statistic"] for r in cot_stats(tmp_path)] == [
         "accuracy (curriculum)", "accuracy sparsity_level 1", "accuracy math_level 3"
     ]  # fmt: skip
+
+
+def test_a_tracker_that_refuses_is_one_line_and_the_report_stays(runs, tmp_path, monkeypatch):
+    _need("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://store")
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(
+        app, ["report", str(runs["deepmath"]), "--out", str(out), "--log-to", "mlflow"]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"mlflow did not take {runs['deepmath']}" in text
+    assert f"entrain report {runs['deepmath']} --log-to mlflow" in text
+    assert runs["deepmath"].name in out.read_text()

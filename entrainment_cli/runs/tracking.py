@@ -89,7 +89,24 @@ def log_run(run_dir: Path, target: str, statistics: list[dict[str, Any]]) -> str
     """Send one run to ``target``; returns a line saying where it went."""
     check(target)
     logger = _log_wandb if target == "wandb" else _log_mlflow
-    return logger(run_dir, run_config(run_dir), metrics(statistics))
+    try:
+        return logger(run_dir, run_config(run_dir), metrics(statistics))
+    except _tracker_error(target) as e:
+        raise UserError(
+            f"{target} did not take {run_dir} ({e}); the run itself is saved: send it again "
+            f"with `entrain report {run_dir} --log-to {target}`"
+        ) from None
+
+
+def _tracker_error(target: str) -> type[Exception]:
+    """The tracker's own error class (its settings, its store, its server)."""
+    if target == "wandb":
+        import wandb.errors
+
+        return wandb.errors.Error
+    import mlflow.exceptions
+
+    return mlflow.exceptions.MlflowException
 
 
 def _log_wandb(run_dir: Path, config: dict[str, Any], numbers: dict[str, float]) -> str:
