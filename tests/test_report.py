@@ -336,6 +336,7 @@ def test_a_study_logs_to_mlflow_local_store(tiny_llama, tmp_path, monkeypatch):
     _need("mlflow")
     import mlflow
 
+    monkeypatch.chdir(tmp_path)  # MLflow's local store keeps artifacts in ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "report-test")
     run = tmp_path / "dm"
@@ -424,6 +425,7 @@ def test_pretrain_and_cot_headlines(tmp_path):
 
 def test_a_tracker_that_refuses_is_one_line_and_the_report_stays(runs, tmp_path, monkeypatch):
     _need("mlflow")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://store")
     out = tmp_path / "r.html"
     result = CliRunner().invoke(
