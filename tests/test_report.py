@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats as sps
 from typer.testing import CliRunner
 
@@ -24,7 +25,7 @@ from entrainment_cli.cli.app import app
 from entrainment_cli.plots.report import load_run
 from entrainment_cli.runs import tracking
 from entrainment_cli.runs.rundir import read_manifest
-from entrainment_cli.science.correctness import wilson_interval
+from entrainment_cli.science.stats import wilson_interval
 
 QUICK = ["--metrics", "l1,top10_energy", "--n-boot", "50", "--quiet"]
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)"')
@@ -42,10 +43,11 @@ def runs(tiny_llama, tiny_qwen, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("report-runs")
     out = {"rankmath_llama": base / "rm-llama", "rankmath_qwen": base / "rm-qwen"}
     for path, model in zip(out.values(), (tiny_llama, tiny_qwen), strict=True):
-        _invoke("qa", "rankmath", "--model", model, "--limit-per-level", 1, "--layers", "1,-1",
+        _invoke("qa", "rankmath", "--model", model, "--limit", 1, "--layers", "1,-1",
                 "--run-dir", path, *QUICK)  # fmt: skip
     out["deepmath"] = base / "dm"
-    _invoke("qa", "deepmath", "--model", tiny_llama, "--n", 6, "--run-dir", out["deepmath"], *QUICK)
+    _invoke("qa", "deepmath", "--model", tiny_llama, "--sample", 6, "--run-dir", out["deepmath"],
+            *QUICK)  # fmt: skip
     return out
 
 
@@ -275,9 +277,19 @@ def test_nothing_is_imported_without_log_to(runs, tmp_path):
 
 def test_unknown_tracker_is_refused_before_the_work(tmp_path):
     result = CliRunner().invoke(
-        app, ["qa", "deepmath", "--n", "2", "--log-to", "neptune", "--run-dir", str(tmp_path / "x")]
+        app,
+        [
+            "qa",
+            "deepmath",
+            "--sample",
+            "2",
+            "--log-to",
+            "neptune",
+            "--run-dir",
+            str(tmp_path / "x"),
+        ],
     )
-    assert result.exit_code == 2 and "choose one of wandb, mlflow" in result.output
+    assert result.exit_code == 2 and "unknown --log-to 'neptune'" in result.output
     assert not (tmp_path / "x").exists()
 
 
@@ -314,7 +326,8 @@ def test_wandb_offline_receives_config_statistics_figures_tables(runs, tmp_path,
     config = started["config"]["update"]
     m = read_manifest(run)
     assert config["model"] == m["model"] and config["dataset"] == m["dataset"]
-    assert config["config"] == m["options"] and config["command"] == "qa rankmath"
+    assert config["config"] == yaml.safe_load((run / "config.yaml").read_text())
+    assert config["config"]["limit"] == 1 and config["command"] == "qa rankmath"
     summary = {}
     for r in records:
         if r["type"] == "summary":
@@ -340,7 +353,7 @@ def test_a_study_logs_to_mlflow_local_store(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "report-test")
     run = tmp_path / "dm"
-    result = _invoke("qa", "deepmath", "--model", tiny_llama, "--n", 6, "--run-dir", run,
+    result = _invoke("qa", "deepmath", "--model", tiny_llama, "--sample", 6, "--run-dir", run,
                      *QUICK, "--log-to", "mlflow")  # fmt: skip
     assert (run / "report.html").is_file()
     run_id = re.search(r"MLflow run (\w+)", result.output).group(1)
@@ -349,7 +362,7 @@ def test_a_study_logs_to_mlflow_local_store(tiny_llama, tmp_path, monkeypatch):
     m = read_manifest(run)
     assert got.data.params["model.weights_sha256"] == m["model"]["weights_sha256"]
     assert got.data.params["dataset.data_source"] == "sample"
-    assert got.data.params["config.n"] == "6" and got.data.tags["command"] == "qa deepmath"
+    assert got.data.params["config.sample"] == "6" and got.data.tags["command"] == "qa deepmath"
     assert got.data.metrics == pytest.approx(_stats(run))
     arts = {a.path for d in ("figures", "tables") for a in client.list_artifacts(run_id, d)}
     arts |= {a.path for a in client.list_artifacts(run_id)}
@@ -362,10 +375,10 @@ def test_a_study_logs_to_mlflow_local_store(tiny_llama, tmp_path, monkeypatch):
 
 
 def test_every_plotted_command_has_key_statistics():
-    from entrainment_cli.plots import PLOTTERS
     from entrainment_cli.plots.report import KEY_STATISTICS
+    from entrainment_cli.studies import BY_NAME
 
-    assert set(KEY_STATISTICS) == set(PLOTTERS)
+    assert set(KEY_STATISTICS) == set(BY_NAME)
 
 
 def test_robustness_headline_is_heavy_minus_normal(tmp_path):
@@ -415,11 +428,11 @@ def test_pretrain_and_cot_headlines(tmp_path):
     assert (head["ci_lo"], head["ci_hi"]) == wilson_interval(50, 200)
     record = {"n": 8, "correct": 2, "accuracy": 0.25, "ci_lo": 0.1, "ci_hi": 0.6}
     summary = {"strategy": "curriculum", "overall": record,
-               "by_sparsity_level": [{"level": 1, **record}],
-               "by_math_level": [{"math_level": 3, **record}]}  # fmt: skip
+               "by_sparsity_level": [{"sparsity_level": 1, **record}],
+               "by_level": [{"level": 3, **record}]}  # fmt: skip
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert [r["statistic"] for r in cot_stats(tmp_path)] == [
-        "accuracy (curriculum)", "accuracy sparsity_level 1", "accuracy math_level 3"
+        "accuracy (curriculum)", "accuracy sparsity_level 1", "accuracy level 3"
     ]  # fmt: skip
 
 

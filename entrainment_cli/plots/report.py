@@ -26,8 +26,8 @@ import pandas as pd
 from ..errors import UserError
 from ..runs.rundir import atomic_write_text, read_manifest, saved_files, slug
 from ..science import noise
-from ..science.correctness import wilson_interval
-from . import PLOTTERS
+from ..science.stats import wilson_interval
+from ..studies import BY_NAME
 
 REPORT = "report.html"
 HEADLINE_METRIC = "l1"  # the papers' headline sparsity metric; the first one when absent
@@ -169,8 +169,8 @@ def cot_stats(tables: Path) -> list[dict]:
         return stat(name, r["accuracy"], r["ci_lo"], r["ci_hi"], r["n"])
 
     rows = [row(f"accuracy ({summary['strategy']})", summary["overall"])]
-    for key, label in (("by_sparsity_level", "level"), ("by_math_level", "math_level")):
-        rows += [row(f"accuracy {key[3:]} {r[label]}", r) for r in summary[key]]
+    for label in ("sparsity_level", "level"):  # the level of the curriculum, then MATH's
+        rows += [row(f"accuracy {label} {r[label]}", r) for r in summary[f"by_{label}"]]
     return rows
 
 
@@ -465,7 +465,7 @@ def comparison_section(command: str, runs: list[Run]) -> str:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            figures = PLOTTERS[command][1]([r.path for r in runs], Path(tmp))
+            figures = BY_NAME[command].plot_compare([r.path for r in runs], Path(tmp))
         except UserError as e:
             parts.append(f'<div class="warn">No comparison figure: {esc(e)}</div>')
             figures = []

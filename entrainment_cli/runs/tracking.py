@@ -23,14 +23,12 @@ import yaml
 from ..errors import UserError
 from .rundir import MANIFEST, read_manifest, saved_files
 
-TARGETS = ("wandb", "mlflow")
 PROJECT = "entrain"  # W&B project and MLflow experiment unless the environment names one
 
 
 def check(target: str) -> None:
-    """Refuse an unknown tracker or a missing package before any work is done."""
-    if target not in TARGETS:
-        raise UserError(f"--log-to {target!r} is not a tracker; choose one of {', '.join(TARGETS)}")
+    """Refuse a tracker whose package is missing before any work is done (the option's
+    choices already name the known trackers)."""
     if importlib.util.find_spec(target) is None:
         raise UserError(
             f"--log-to {target} needs the {target} package: pip install 'entrainment-cli[{target}]'"
@@ -88,7 +86,7 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def log_run(run_dir: Path, target: str, statistics: list[dict[str, Any]]) -> str:
     """Send one run to ``target``; returns a line saying where it went."""
     check(target)
-    logger = _log_wandb if target == "wandb" else _log_mlflow
+    logger = {"wandb": _log_wandb, "mlflow": _log_mlflow}[target]
     try:
         return logger(run_dir, run_config(run_dir), metrics(statistics))
     except _tracker_error(target) as e:
