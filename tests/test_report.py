@@ -448,3 +448,13 @@ def test_a_tracker_that_refuses_is_one_line_and_the_report_stays(runs, tmp_path,
     assert result.exit_code == 2 and f"mlflow did not take {runs['deepmath']}" in text
     assert f"entrain report {runs['deepmath']} --log-to mlflow" in text
     assert runs["deepmath"].name in out.read_text()
+
+
+def test_tables_of_another_layout_are_one_line(runs, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(runs["deepmath"], old)
+    corr = pd.read_csv(old / "tables" / "correlations.csv")
+    corr.drop(columns="spearman_rho").to_csv(old / "tables" / "correlations.csv", index=False)
+    result = CliRunner().invoke(app, ["report", str(old), "--out", str(tmp_path / "r.html")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"{old}: its tables lack" in text and "spearman_rho" in text

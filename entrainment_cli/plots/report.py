@@ -286,6 +286,10 @@ def load_run(path: Path) -> Run:
         rows = extract(tables)
     except pd.errors.EmptyDataError:  # a study that had nothing to test writes an empty CSV
         rows = []
+    except (KeyError, AttributeError) as e:  # a column or key this version does not write
+        raise UserError(
+            f"{path}: its tables lack {e} (written by another version of entrain?); rerun it"
+        ) from None
     config = path / "config.yaml"
     figures, files = saved_files(path)
     return Run(
