@@ -4,8 +4,15 @@ Resume never loses or mixes work, analyses never half-replace tables, NaN is alw
 bad input and dying processes end in one line (exit 2) with the run left resumable.
 """
 
+import errno
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from entrainment_cli.correlate import analysis
 from entrainment_cli.data import registry
+from entrainment_cli.errors import UserError
 from entrainment_cli.runs import rundir
 from entrainment_cli.runs.rundir import read_manifest
 
@@ -207,3 +215,198 @@ def test_nan_stops_are_counted_and_warned(cli, tiny_qwen, tmp_path):
     assert f"{len(pooled)} of {len(pooled)} pooled tokens have a NaN/inf" in log
     assert json.loads((run / "tables" / "fit.json").read_text())["y"] == "stops"
     assert np.isnan(stats["pearson_r"])
+
+
+# -- 8. the lock: never two holders, however the processes race --------------------------------
+
+
+def _racer(trials, barrier, results):
+    """In each trial directory: wait for the other racer, try to take the run, hold it until
+    both have tried, and report whether we held it."""
+    for trial in trials:
+        barrier.wait()
+        run = rundir.RunDir.open(
+            command="qa rankmath",
+            identity={},
+            run_dir=trial,
+            runs_dir=None,
+            name_parts=[],
+            resume=True,
+        )
+        try:
+            with run:
+                barrier.wait()  # the other racer tries while we hold it
+                results.put((str(trial), os.getpid()))
+        except UserError:
+            barrier.wait()
+
+
+def test_lock_race_never_gives_one_run_two_holders(tmp_path):
+    import multiprocessing as mp
+
+    trials, dead = [], _dead_pid()
+    for i in range(100):
+        trial = tmp_path / f"t{i}"
+        trial.mkdir()
+        rundir.atomic_write_text(trial / "manifest.json", '{"command": "qa rankmath"}')
+        if i % 2:  # half the trials start from the stale lock of a dead run
+            (trial / ".lock").write_text(str(dead))
+        trials.append(trial)
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(2, timeout=20), ctx.Queue()
+    racers = [ctx.Process(target=_racer, args=(trials, barrier, results)) for _ in range(2)]
+    for p in racers:
+        p.start()
+    for p in racers:
+        p.join(60)
+        assert p.exitcode == 0
+    holders: dict[str, list[int]] = {}
+    while not results.empty():
+        trial, pid = results.get()
+        holders.setdefault(trial, []).append(pid)
+    assert sorted(holders) == sorted(str(t) for t in trials)
+    assert all(len(pids) == 1 for pids in holders.values())  # exactly one holder, every trial
+    assert not any((t / ".lock").exists() for t in trials)
+    assert all(read_manifest(t)["status"] == "done" for t in trials)
+
+
+PAUSED_HOLDER = """
+import os, sys, time
+from pathlib import Path
+from entrainment_cli.runs.rundir import RunDir
+def paused(fd, length):  # the lock is taken, its PID not yet written: stop right here
+    print("between", flush=True)
+    time.sleep(60)
+os.ftruncate = paused
+RunDir.open(command="qa rankmath", identity={}, run_dir=Path(sys.argv[1]), runs_dir=None,
+            name_parts=[], resume=True).__enter__()
+"""
+
+
+def test_a_lock_not_yet_holding_its_pid_is_not_taken_as_stale(tmp_path):
+    """The window of the race: the second writer finds the lock file still empty."""
+    rundir.atomic_write_text(tmp_path / "manifest.json", '{"command": "qa rankmath"}')
+    env = {**os.environ, "PYTHONPATH": str(Path(rundir.__file__).parents[2])}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_HOLDER, str(tmp_path)], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"between"
+        assert (tmp_path / ".lock").read_text() == ""
+        second = rundir.RunDir.open(
+            command="qa rankmath",
+            identity={},
+            run_dir=tmp_path,
+            runs_dir=None,
+            name_parts=[],
+            resume=True,
+        )
+        with pytest.raises(UserError, match="is in use by another process"), second:
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# -- 11. a full disk: one line, status failed, lock removed, finished work intact ---------------
+
+
+def test_full_disk_is_one_line_and_a_resumable_failed_run(cli, tiny_llama, tmp_path, monkeypatch):
+    real = pd.DataFrame.to_parquet
+    writes = []
+
+    def full_after_three(self, path, *args, **kwargs):
+        writes.append(path)
+        if len(writes) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_after_three)
+    run = tmp_path / "R"
+    result = _rankmath(cli, tiny_llama, run)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on /" in errors[0]
+    assert str(run) in result.output.replace("\n", "") and "--resume" in result.output
+    m = read_manifest(run)
+    assert m["status"] == "failed" and "No space left" in m["error"]
+    assert not (run / ".lock").exists()
+    shards = _shards(run)
+    assert len(shards) == 3 and all(len(pd.read_parquet(p)) == 2 for p in shards)
+    assert not [p for p in shards[0].parent.iterdir() if p.name.endswith(".tmp")]
+
+    monkeypatch.undo()  # space freed
+    assert _rankmath(cli, tiny_llama, run, "--resume").exit_code == 0
+    assert read_manifest(run)["counts"]["already_done"] == 6
+
+
+# -- 12. SIGTERM ends a run like Ctrl-C; a killed run is told from a live one -------------------
+
+SLOW_RUN = """
+import sys, time
+from entrainment_cli.engines.probe import HiddenProbe
+real = HiddenProbe.measure
+def slow(*args, **kwargs):
+    time.sleep(0.4)
+    return real(*args, **kwargs)
+HiddenProbe.measure = slow
+from entrainment_cli.cli.app import app
+app(sys.argv[1:])
+"""
+
+
+def _start_slow(model, run, *extra):
+    args = ["qa", "rankmath", "--model", model, "--run-dir", run, "--batch-size", "2"]
+    args += ["--metrics", "l1", "--n-boot", "20", "--quiet", *extra]
+    env = {**os.environ, "PYTHONPATH": str(Path(rundir.__file__).parents[2])}
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_RUN, *map(str, args)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_shards(run, n, proc):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        shard_dir = run / "tables" / "shards" / "samples"
+        if shard_dir.is_dir() and len(list(shard_dir.glob("*.parquet"))) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} shards; exit {proc.poll()}")
+
+
+def test_sigterm_and_kill_leave_a_resumable_run(cli, tiny_llama, tmp_path):
+    run = tmp_path / "R"
+    proc = _start_slow(tiny_llama, run)
+    _wait_for_shards(run, 2, proc)
+    assert rundir.lock_holder(run) == proc.pid  # a live run
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "terminated (SIGTERM)" in err and "--resume" in err
+    m = read_manifest(run)
+    assert m["status"] == "failed" and m["error"].startswith("Terminated")
+    assert not (run / ".lock").exists()
+
+    proc = _start_slow(tiny_llama, run, "--resume")
+    _wait_for_shards(run, len(_shards(run)) + 1, proc)
+    proc.kill()  # nothing can be recorded: the manifest still says running
+    proc.wait()
+    assert read_manifest(run)["status"] == "running"
+    assert (run / ".lock").is_file() and rundir.lock_holder(run) is None  # but it is dead
+
+    result = _rankmath(cli, tiny_llama, run, "--metrics", "l1", "--n-boot", "20", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "left 'running' by a process that died" in (run / "run.log").read_text()
+    samples = pd.read_parquet(run / "tables" / "samples.parquet")
+    assert samples["id"].nunique() == MATH500_ROWS == len(samples)
+    assert read_manifest(run)["status"] == "done" and not (run / ".lock").exists()
