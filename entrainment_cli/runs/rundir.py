@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
-from ..ui import console
+from ..ui import console, replay_backlog
 
 log = logging.getLogger("entrain")
 
@@ -194,6 +194,8 @@ class RunDir:
             identity = {**identity, "weights_sha256": weights_sha256}
         if resume and run_dir is None:
             raise UserError("--resume needs --run-dir naming the run to continue")
+        if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} is a file, not a directory; name a directory")
         if run_dir is None:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
             base = default_runs_dir(runs_dir) / command.replace(" ", "-")
@@ -249,6 +251,7 @@ class RunDir:
             )
             log.addHandler(self._log_handler)
             log.setLevel(logging.INFO)
+            replay_backlog(self._log_handler)
             m = self.manifest
             if m.get("status") == "running":  # its process is gone: we hold the lock now
                 log.warning("%s was left 'running' by a process that died; resuming it", self.path)
@@ -465,12 +468,18 @@ def _shard_number(path: Path) -> int:
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / MANIFEST
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(f"{run_dir} {what}; name a run directory (one holding {MANIFEST})")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("command"), str):
+        raise UserError(f"{path} is not a run manifest (no command); the run directory is damaged")
+    return manifest
 
 
 def run_label(run_dir: Path) -> tuple[str, str]:
