@@ -78,7 +78,11 @@ RunsDir = Annotated[
     ),
 ]
 Resume = Annotated[
-    bool, typer.Option(help="Continue the run in --run-dir, skipping finished examples.")
+    bool,
+    typer.Option(
+        help="Continue the run in --run-dir: finished examples are kept, those of missing or "
+        "unreadable shards redone; refused if the settings or the model's weights changed."
+    ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
 

@@ -243,8 +243,8 @@ def _check_fields(rows: list, spec: DatasetSpec, where: str, line_of=None) -> No
             )
         for name in spec.fields:
             value, wanted = row[name], list if name in spec.list_fields else (str, int, float)
-            if not isinstance(value, wanted) or isinstance(value, bool):
-                kind = "a list" if wanted is list else "a string or a number"
+            if not isinstance(value, wanted) or isinstance(value, bool) or value == []:
+                kind = "a non-empty list" if wanted is list else "a string or a number"
                 shown = "null" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
                 raise UserError(f"{where}, {at}: field '{name}' must be {kind}, not {shown}")
 

@@ -280,15 +280,10 @@ class RunDir:
                 self.manifest["status"] = "failed"
                 self.manifest["error"] = f"{exc_type.__name__}: {exc}"
                 if self._log_handler is not None:  # the console gets its own line below
+                    line = f"run failed: {self.manifest['error']}"
                     self._log_handler.handle(
-                        log.makeRecord(
-                            log.name,
-                            logging.ERROR,
-                            __file__,
-                            0,
-                            "run failed: %s",
-                            (self.manifest["error"],),
-                            None,
+                        logging.makeLogRecord(
+                            {"levelno": logging.ERROR, "levelname": "ERROR", "msg": line}
                         )
                     )
             with contextlib.suppress(OSError):  # a full disk may refuse even this
@@ -317,7 +312,7 @@ class RunDir:
         dead run is simply taken over, and two processes can never both hold one run."""
         lock = self.path / LOCK
         while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
