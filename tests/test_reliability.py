@@ -364,7 +364,7 @@ app(sys.argv[1:])
 
 def _start_slow(model, run, *extra):
     args = ["qa", "rankmath", "--model", model, "--run-dir", run, "--batch-size", "2"]
-    args += ["--metrics", "l1", "--n-boot", "20", "--quiet", *extra]
+    args += ["--metrics", "l1,hoyer", "--n-boot", "50", "--quiet", *extra]  # as _rankmath
     env = {**os.environ, "PYTHONPATH": str(Path(rundir.__file__).parents[2])}
     return subprocess.Popen(
         [sys.executable, "-c", SLOW_RUN, *map(str, args)],
@@ -404,7 +404,7 @@ def test_sigterm_and_kill_leave_a_resumable_run(cli, tiny_llama, tmp_path):
     assert read_manifest(run)["status"] == "running"
     assert (run / ".lock").is_file() and rundir.lock_holder(run) is None  # but it is dead
 
-    result = _rankmath(cli, tiny_llama, run, "--metrics", "l1", "--n-boot", "20", "--resume")
+    result = _rankmath(cli, tiny_llama, run, "--resume")
     assert result.exit_code == 0, result.output
     assert "left 'running' by a process that died" in (run / "run.log").read_text()
     samples = pd.read_parquet(run / "tables" / "samples.parquet")
