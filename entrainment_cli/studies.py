@@ -138,7 +138,10 @@ class RunOptions:
         show_default=False,
     )
     resume: bool = option(
-        False, "Continue the run in --run-dir, skipping finished examples.", saved=False
+        False,
+        "Continue the run in --run-dir: finished examples are kept, those of missing or "
+        "unreadable shards redone; refused if the settings or the model's weights changed.",
+        saved=False,
     )
     log_to: str | None = log_to_option()
     quiet: bool = quiet_option()
