@@ -28,6 +28,7 @@ from ..runs.rundir import atomic_write_text, read_manifest, saved_files, slug
 from ..science import noise
 from ..science.stats import wilson_interval
 from ..studies import BY_NAME
+from . import readable_tables
 
 REPORT = "report.html"
 HEADLINE_METRIC = "l1"  # the papers' headline sparsity metric; the first one when absent
@@ -468,8 +469,10 @@ def comparison_section(command: str, runs: list[Run]) -> str:
         stats_table(pd.DataFrame.from_records(rows), lead=("run", "data")),
     ]
     with tempfile.TemporaryDirectory() as tmp:
+        paths = [r.path for r in runs]
         try:
-            figures = BY_NAME[command].plot_compare([r.path for r in runs], Path(tmp))
+            with readable_tables(*paths):  # a damaged table: a note, the page still written
+                figures = BY_NAME[command].plot_compare(paths, Path(tmp))
         except UserError as e:
             parts.append(f'<div class="warn">No comparison figure: {esc(e)}</div>')
             figures = []
