@@ -477,6 +477,13 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def saved_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(figures/*.png, every table file): what a report shows and a tracker receives."""
+    tables = run_dir / "tables"
+    files = [p for p in tables.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted((run_dir / "figures").glob("*.png")), sorted(files)
+
+
 def run_label(run_dir: Path) -> tuple[str, str]:
     """(model, dataset) names of a run, for tables and figure rows and columns; a graded
     correlate run's dataset names its prompting too (gsm8k/cot), so runs stay apart."""
