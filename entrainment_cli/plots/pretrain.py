@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest
-from .common import layer_name, panel_grid, save
+from .common import bar_ylim, layer_name, panel_grid, save
 
 SPLITS = {
     "id": ("ID", "#1f77b4"),
@@ -82,9 +82,8 @@ def plot_run(run_dir: Path) -> list[Path]:
                 color=[SPLITS[s][1] for s in present],
                 capsize=3,
             )
-            lo, hi = (means - errs).min(), (means + errs).max()
-            pad = (hi - lo) * 0.3 or abs(hi) * 0.05 or 1.0
-            ax.set_ylim(lo - pad if name not in ("accuracy", "loss") else 0, hi + pad)
+            floor = 0 if name in ("accuracy", "loss") else None
+            bar_ylim(ax, means, errs, f"{name} at {layer_name(layer)}", pad=0.3, floor=floor)
             ax.set_title(name, fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
         fig.suptitle(

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..runs.rundir import run_label
-from .common import layer_name, panel_grid, plt, save, zoom_to_bars
+from .common import bar_ylim, layer_name, panel_grid, plt, save
 from .qa import _grouped_bars, _labels
 
 PANEL = 3.2  # inches per panel side
@@ -166,7 +166,7 @@ def _bars(summary: pd.DataFrame, kruskal: pd.DataFrame, metrics: list[str]):
             s["value"].astype(str), s["mean"], yerr=s["sem"], capsize=3, color=COLORS[0], alpha=0.85
         )
         ax.tick_params(axis="x", labelsize=7, rotation=45)
-        zoom_to_bars(ax, s["mean"], s["sem"])
+        bar_ylim(ax, s["mean"], s["sem"], f"{metric} by group")
         r = k.loc[metric]
         ax.set_title(
             f"{metric}\nε²={r.epsilon_sq:.2f} [{r.epsilon_sq_lo:.2f}, {r.epsilon_sq_hi:.2f}]"
