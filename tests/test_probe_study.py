@@ -266,3 +266,20 @@ def test_embedded_model_matches_output_hidden_states(embedded, sample_rows, tmp_
     corr = pd.read_csv(out / "tables" / "label_correlations.csv").set_index("metric")
     rho = stats.spearmanr(samples["difficulty"], samples["hoyer"]).statistic
     assert corr.loc["hoyer", "spearman_rho"] == pytest.approx(rho)
+
+
+def test_report_names_each_question_with_its_effect(questions_run, tmp_path):
+    from entrainment_cli.plots.report import load_run
+
+    result = _invoke("report", questions_run, "--out", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output and (tmp_path / "r.html").is_file()
+    rows = load_run(questions_run).stats.set_index("statistic")
+    auroc = pd.read_csv(questions_run / "tables" / "label_auroc.csv").set_index("metric")
+    kw = pd.read_csv(questions_run / "tables" / "group_kruskal.csv").set_index("metric")
+    where = "[layer -1, last-prompt]"
+    got = rows.loc[f"AUROC(l1 -> multi_step=True) {where}"]
+    assert got["value"] == pytest.approx(auroc.loc["l1", "auroc"]) and got["n"] == 48
+    assert rows.loc[f"epsilon^2(gini across operation) {where}", "value"] == pytest.approx(
+        kw.loc["gini", "epsilon_sq"]
+    )
+    assert f"rank-biserial r(hoyer: symbolic - verbal) {where}" in rows.index

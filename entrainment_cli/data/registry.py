@@ -149,12 +149,12 @@ REGISTRY: dict[str, DatasetSpec] = {
                 "text",
                 "answer",
                 "difficulty",
-                "multi_step",
                 "operation",
                 "pair",
                 "phrasing",
             ),
             id_field="id",
+            # multi_step (true/false) is checked where --label names it: not a text field
             about="arithmetic questions of graded difficulty in two phrasings (`probe`'s sample)",
         ),
     ]
