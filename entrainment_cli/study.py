@@ -293,8 +293,9 @@ def generate_into(
 ) -> None:
     """Generate the ``todo`` rows (the ``generate`` stage) and append each part of
     ``--batch-size`` (at least ``min_step``) prompts to ``table`` as one shard at once, so
-    that an interrupted run resumes where it stopped. A shard holds ``id``, ``token_ids`` and
-    ``finish_reason``, or the columns that ``columns(rows, generations)`` gives."""
+    that an interrupted run resumes where it stopped. A shard holds ``id``, ``token_ids``,
+    ``logprobs`` and ``finish_reason``, or the columns that ``columns(rows, generations)``
+    gives."""
     step = max(cfg.batch_size, min_step)
     with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
         task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit=unit)
@@ -311,6 +312,7 @@ def generate_into(
                 shard = {
                     "id": [keys[i] for i in part],
                     "token_ids": [g.token_ids for g in gens],
+                    "logprobs": [g.logprobs for g in gens],
                     "finish_reason": [g.finish_reason for g in gens],
                 }
             else:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import study
+from .. import signals, study
 from ..data import registry
 from ..engines import embed
 from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
@@ -276,13 +276,15 @@ def run(cfg: CotConfig) -> Path:
                 torch.cuda.empty_cache()
 
             def columns(part: list[int], gens: list[Generation]) -> dict:
-                """A shard of generations: the answer text beside its token count."""
+                """A shard of generations: the answer text beside its tokens."""
                 return {
                     "id": [ids[i] for i in part],
                     "output": [
                         tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens
                     ],
                     "tokens": [len(g.token_ids) for g in gens],
+                    "token_ids": [g.token_ids for g in gens],  # with their log-probs: signals
+                    "logprobs": [g.logprobs for g in gens],
                     "finish_reason": [g.finish_reason for g in gens],
                 }
 
@@ -304,6 +306,7 @@ def run(cfg: CotConfig) -> Path:
             rd.write_table("generations", table)
             summary = summarize(table, cfg, metric, edges, len(tokens.skipped))
             rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
+            signals.analyze_run(rd.path, cfg.seed, tokenizer=tokenizer)
         rd.update(
             counts={
                 **rd.manifest["counts"],

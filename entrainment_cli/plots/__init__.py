@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest, slug
-from . import correlate, cot, pretrain, qa, rankmath, robustness
+from . import correlate, cot, pretrain, qa, rankmath, robustness, signals
 
 # command -> (figures of one run, comparison of several runs of that command)
 PLOTTERS = {
@@ -24,7 +24,8 @@ PLOTTERS = {
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
-    """Rebuild every figure of each run; runs of one command are also compared.
+    """Rebuild every figure of each run; runs of one command are also compared, graded runs
+    also by their signals' PRR side by side.
 
     With ``out_dir`` this is a report: each run's figures are copied to
     ``out_dir/<command>/<run>/`` and each comparison goes to ``out_dir/<command>/`` (straight
@@ -42,13 +43,18 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
         raise UserError("comparing several runs needs --out DIR for the comparison figures")
     written: list[Path] = []
     for command, rds in groups.items():
+        graded = [rd for rd in rds if signals.has_signals(rd)]  # graded runs: tables/signals.csv
         for rd in rds:
             written += PLOTTERS[command][0](rd)
+        for rd in graded:
+            written += signals.plot_run(rd)
         if out_dir is None:
             continue
         dest = out_dir if len(groups) == 1 else out_dir / slug(command)
         if len(rds) > 1:
             written += PLOTTERS[command][1](rds, dest)
+        if len(graded) > 1:
+            written += signals.plot_compare(graded, dest)
         for rd in rds:
             for figure in sorted((rd / "figures").glob("*")):
                 target = dest / rd.name / figure.name

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import grading, study
+from .. import grading, signals, study
 from ..data import registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
@@ -140,6 +140,7 @@ def run(cfg: AccuracyConfig) -> Path:
             samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
             rd.write_table("samples", samples)
             write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
+            signals.analyze_run(rd.path, cfg.seed, cfg.n_boot, tokenizer)
         counts = {
             "probed": int(samples["id"].nunique()),
             "correct": int(answers["correct"].sum()),

@@ -17,6 +17,12 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*")
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces kept), or of a
     braceless ``\\boxed 5``; None when there is none, it is unbalanced, or it is empty."""
+    span = boxed_span(text)
+    return None if span is None else text[span[0] : span[1]]
+
+
+def boxed_span(text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of what :func:`extract_boxed` returns, as a slice of ``text``."""
     for match in reversed(list(_BOX.finditer(text))):
         start = match.end()
         if start < len(text) and text[start] == "{":
@@ -24,12 +30,14 @@ def extract_boxed(text: str) -> str | None:
             for i in range(start, len(text)):
                 depth += {"{": 1, "}": -1}.get(text[i], 0)
                 if depth == 0:
-                    content = text[start + 1 : i].strip()
-                    return content or None
+                    inner = text[start + 1 : i]
+                    lo = start + 1 + (len(inner) - len(inner.lstrip()))
+                    hi = start + 1 + len(inner.rstrip())
+                    return (lo, hi) if hi > lo else None
             return None  # unbalanced: the output was cut off inside the box
         if match.group().endswith((" ", "\t")):  # "\boxed 5": up to the next space or "$"
             content = re.match(r"[^\s$]+", text[start:])
-            return content.group() if content else None
+            return (start, start + content.end()) if content else None
     return None
 
 
