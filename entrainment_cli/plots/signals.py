@@ -54,7 +54,10 @@ def plot_run(run_dir: Path) -> list[Path]:
     ax.set_xlabel("coverage (share of answers kept, least uncertain first)")
     ax.set_ylabel("risk (error rate among kept)")
     ax.set_title(_label(run_dir), fontsize=9)
-    ax.legend(fontsize=7)
+    if len(curves):
+        ax.legend(fontsize=7)
+    else:  # every answer right (or wrong): no curve to draw, say why
+        ax.text(0.02, 0.5, "\n".join(sorted(set(table["note"].dropna()))), fontsize=8)
     return written + save(fig, figures / "risk_coverage")
 
 
