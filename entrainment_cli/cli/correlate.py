@@ -111,7 +111,9 @@ def correlate(
 
     With --grade (gsm8k), the few-shot prompt of --prompting asks for a final '#### <number>';
     each answer is graded, the tokens that spell it are located, and per-prompt means of
-    entropy, STOPS and LogTokU are compared between correct and incorrect answers.
+    entropy, STOPS and LogTokU are compared between correct and incorrect answers;
+    tables/signals.csv ranks them and the standard baselines (log-prob, perplexity, entropy,
+    nucleus size) by ROC-AUC, PR-AUC, PRR, AURC, ECE and Brier with bootstrap CIs.
 
     With --analyze RUN_DIR... it only re-analyzes finished runs; several runs give one joint
     table and a grid figure (models as rows, datasets as columns) in --out.

@@ -99,6 +99,8 @@ def cot(
     Writes tables/ranking.parquet, tables/demos.parquet, tables/generations.parquet,
     tables/summary.json (accuracy overall, by MATH level, subject and sparsity level, with
     Wilson 95% CIs) and figures/. `entrain plot RUN... --out DIR` compares strategies.
+    tables/signals.csv ranks every confidence signal and the log-prob baselines against
+    correctness (ROC-AUC, PR-AUC, PRR, AURC, ECE, Brier, bootstrap CIs; see README).
     """
     if curriculum:
         if strategy not in (None, "curriculum"):

@@ -241,7 +241,9 @@ def accuracy(
     samples.parquet (metrics with correctness), accuracy_by_level.csv (Wilson CI),
     summary.csv (metrics per level), association.csv (per metric: point-biserial r of
     correctness with p and bootstrap CI, AUROC with the Mann-Whitney p, and upstream's r across
-    the level means) and figures/.
+    the level means) and figures/. tables/signals.csv ranks every confidence signal and the
+    log-prob baselines against correctness (ROC-AUC, PR-AUC, PRR, AURC, ECE, Brier, bootstrap
+    CIs; see README).
     """
     cfg = typed_config(AccuracyConfig, locals(), metrics=split_list(metrics))
     print_done(run_accuracy(cfg))
