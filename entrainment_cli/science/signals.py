@@ -287,7 +287,7 @@ def score_signals(
     is not refitted per resample).
     """
     y = frame[correct].to_numpy(dtype=np.float64)
-    rows, curves = [], []
+    rows, curves, resamples = [], [], {}
     tail = (1 - level) / 2 * 100
     for name in signals:
         values = frame[name].to_numpy(dtype=np.float64)
@@ -309,7 +309,10 @@ def score_signals(
         for m in METRICS:
             row |= {m: np.nan, f"{m}_lo": np.nan, f"{m}_hi": np.nan}
         if 0 < n_err < n:
-            weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot)
+            if keep.tobytes() not in resamples:  # drawn once per set of examples
+                draw = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot)
+                resamples[keep.tobytes()] = draw.astype(np.float64)
+            weights = resamples[keep.tobytes()]
             point = _ranking_metrics(u, err, np.ones((1, n)))
             boot = _ranking_metrics(u, err, weights)
             p = calibrated(u, ok, seed)
