@@ -209,9 +209,11 @@ def test_per_example_baselines_by_hand():
     b = per.set_index("prompt_id").loc["b"]
     assert b[[c for c in per.columns if c.startswith("answer_")]].isna().all()  # no answer
     assert b["generation_sequence_logprob"] == pytest.approx(-1.0)
-    assert s.direction("generation_h-1_l1") == "lower"  # lower l1 is sparser = harder
-    assert s.direction("prompt_h2_gini") == "higher"
-    assert s.direction("answer_stops") == "lower"
+    assert s.describe("generation_h-1_l1") == ("sparsity", "lower")  # lower l1: sparser
+    assert s.describe("prompt_h2_gini") == ("sparsity", "higher")
+    assert s.describe("answer_stops") == ("token", "lower")
+    assert s.describe("answer_perplexity") == ("baseline", "higher")
+    assert s.describe("answer_h2_nonsense") == ("other", None)
 
 
 @pytest.mark.parametrize(

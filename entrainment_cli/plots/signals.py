@@ -11,6 +11,12 @@ from ..runs.rundir import atomic_write_text, read_manifest, run_label
 from .common import plt, save
 
 N_CURVES = 6  # risk-coverage curves drawn: the signals with the best PRR
+KINDS = {
+    "baseline": "tab:gray",
+    "token": "tab:blue",
+    "sparsity": "tab:orange",
+    "other": "tab:green",
+}
 
 
 def has_signals(run_dir: Path) -> bool:
@@ -22,7 +28,8 @@ def _table(run_dir: Path) -> pd.DataFrame:
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """signals_rank (PRR and ROC-AUC of every signal with 95% CIs, best PRR on top) and
+    """signals_rank (PRR and ROC-AUC of every signal with 95% CIs, best PRR on top, coloured
+    by kind: the standard baselines grey) and
     risk_coverage (the best signals' curves between the oracle and random orders)."""
     table = _table(run_dir)
     curves = pd.read_csv(run_dir / "tables" / "risk_coverage.csv")
@@ -31,12 +38,21 @@ def plot_run(run_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.28 * max(len(scored), 4)), sharey=True)
     y = np.arange(len(scored))
     for ax, metric, chance in ((axes[0], "prr", 0.0), (axes[1], "roc_auc", 0.5)):
-        if len(scored):
-            err = [scored[metric] - scored[f"{metric}_lo"], scored[f"{metric}_hi"] - scored[metric]]
-            ax.errorbar(scored[metric], y, xerr=np.abs(err), fmt="o", color="tab:blue", capsize=2)
+        for kind, color in KINDS.items():  # the standard baselines apart from the new signals
+            part = (scored["kind"] == kind).to_numpy()
+            if part.any():
+                rows = scored[part]
+                err = np.abs(
+                    [rows[metric] - rows[f"{metric}_lo"], rows[f"{metric}_hi"] - rows[metric]]
+                )
+                ax.errorbar(
+                    rows[metric], y[part], xerr=err, fmt="o", color=color, capsize=2, label=kind
+                )
         ax.axvline(chance, color="gray", ls=":", lw=1)
         ax.set_xlabel(f"{'PRR' if metric == 'prr' else 'ROC-AUC'} (errors positive), 95% CI")
     axes[0].set_yticks(y, scored["signal"].tolist())
+    if len(scored):
+        axes[1].legend(fontsize=7, loc="lower right")
     if not len(scored):
         notes = sorted(set(table["note"].dropna())) or ["no signal"]
         axes[0].text(0.02, 0.5, "\n".join(notes), transform=axes[0].transAxes, fontsize=8)

@@ -89,21 +89,22 @@ def _select(tokens: pd.DataFrame, key: str, steps: Mapping[object, Sequence[int]
     return tokens.merge(pairs, on=[key, "step"])
 
 
-def direction(signal: str) -> str | None:
-    """The declared direction of a signal named ``<scope>_<quantity>``: which values predict
-    an error; None for a quantity with no known direction."""
+def describe(signal: str) -> tuple[str, str | None]:
+    """(kind, direction) of a signal named ``<scope>_<quantity>``: kind is ``baseline`` (the
+    standard signals), ``token`` (a per-token confidence signal's mean), ``sparsity`` (a
+    hidden-state metric) or ``other``; direction says which values predict an error, None
+    when unknown."""
     from .sparsity import SPARSER
 
     quantity = signal.split("_", 1)[1] if "_" in signal else signal
     if quantity in BASELINES:
-        return BASELINES[quantity]
+        return "baseline", BASELINES[quantity]
     if quantity in TOKEN_MEANS:
-        return TOKEN_MEANS[quantity]
-    if _hidden(quantity):  # sparser = harder, so the sparser side predicts an error
-        metric = quantity.split("_", 1)[1]
-        if metric in SPARSER:
-            return "higher" if SPARSER[metric] > 0 else "lower"
-    return None
+        return "token", TOKEN_MEANS[quantity]
+    metric = quantity.split("_", 1)[1] if _hidden(quantity) else None
+    if metric in SPARSER:  # sparser = harder, so the sparser side predicts an error
+        return "sparsity", "higher" if SPARSER[metric] > 0 else "lower"
+    return "other", None
 
 
 # -- the metrics ---------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def score_signals(
     the degenerate cases named in ``note``; the risk-coverage curves of every signal and of
     the oracle and random orders, per signal's examples).
 
-    A signal with no declared direction (see :func:`direction`) is read as "higher values
+    A signal with no declared direction (see :func:`describe`) is read as "higher values
     predict an error" and says so. Non-finite values are counted (``n_nonfinite``) and left
     out for that signal only. The bootstrap draws the same resamples for signals defined on
     the same examples; ECE and Brier resample the cross-fitted predictions (the calibration
@@ -292,13 +293,14 @@ def score_signals(
     for name in signals:
         values = frame[name].to_numpy(dtype=np.float64)
         keep = np.isfinite(values)
-        declared = direction(name)
+        kind, declared = describe(name)
         sign = -1.0 if declared == "lower" else 1.0
         u, ok = sign * values[keep], y[keep]
         err = 1.0 - ok
         n, n_err = int(keep.sum()), int(err.sum())
         row = {
             "signal": name,
+            "kind": kind,
             "direction": declared or "higher (assumed)",
             "n": n,
             "n_nonfinite": int((~keep).sum()),
