@@ -17,8 +17,10 @@ What each study has saved, and so what "answer" and "generation" mean there:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .runs.rundir import RunDir, atomic_write_parquet, atomic_write_text, read_manifest
@@ -26,21 +28,19 @@ from .science import grading, math_answers
 from .science import signals as science
 from .science.sparsity import SPARSER
 
+log = logging.getLogger("entrain")
+
 
 def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) -> list[Path]:
     """Score every signal of a finished graded run; returns the tables and figures written.
-    ``tokenizer`` (the run's; loaded from the manifest's model path when None) locates the
-    answer tokens of ``qa accuracy`` and ``cot`` runs."""
+    ``tokenizer`` (the run's) locates the answer tokens of ``qa accuracy`` and ``cot`` runs;
+    ``correlate`` saved them."""
     manifest = read_manifest(run_dir)
     command = manifest.get("command")
     tables = run_dir / "tables"
     if command == "correlate":
         values = _correlate(tables)
     else:
-        if tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(manifest["model"]["path"])
         rd = RunDir(run_dir, manifest)
         if command == "qa accuracy":
             graded = pd.read_parquet(tables / "answers.parquet", columns=["id", "correct"])
@@ -48,20 +48,15 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
         elif command == "cot":
             graded = pd.read_parquet(tables / "generations.parquet", columns=["id", "correct"])
             ranking = pd.read_parquet(tables / "ranking.parquet")
-            test = ranking[
-                ranking["role"] == "test"
-            ]  # ranked at the final norm's last prompt token
+            test = ranking[ranking["role"] == "test"]  # ranked at the final norm, last prompt token
             (metric,) = test["metric"].unique()
-            prompt = _prompt_signals(
-                pd.DataFrame(
-                    {
-                        "id": test["id"],
-                        "layer": -1,
-                        "position": "last-prompt",
-                        metric: test["score"],
-                    }
-                )
-            )
+            ranked = {
+                "id": test["id"],
+                "layer": -1,
+                "position": "last-prompt",
+                metric: test["score"],
+            }
+            prompt = _prompt_signals(pd.DataFrame(ranked))
         else:
             raise ValueError(f"no signals are defined for '{command}' runs")
         gens = rd.read_in_order("generations", ["id"], graded["id"].tolist())
@@ -92,15 +87,15 @@ def _correlate(tables: Path) -> pd.DataFrame:
 
 def _generation_signals(gens: pd.DataFrame, tokenizer) -> pd.DataFrame:
     """Log-prob baselines per generation over its answer (the last ``\\boxed{}``'s content)
-    and over all of it, from the engine's log-prob of each generated token. A run written
-    before generations kept their log-probs has none: every baseline is NaN, and counted."""
-    if "logprobs" not in gens:
-        gens = gens.assign(logprobs=[None] * len(gens))
+    and over all of it, from the engine's log-prob of each generated token. A generation
+    written before shards kept log-probs gets NaN baselines, counted as such."""
+    if not {"token_ids", "logprobs"} <= set(gens.columns):
+        log.warning("the generations kept no per-token log-probs: no log-prob baselines")
+        return gens[["id"]]
     records, answer = [], {}
     for row in gens.itertuples():
-        ids = [] if row.token_ids is None else list(row.token_ids)
-        lps = row.logprobs
-        if lps is None or len(lps) != len(ids):
+        ids, lps = list(row.token_ids), row.logprobs
+        if np.ndim(lps) != 1 or len(lps) != len(ids):  # a shard written before log-probs were
             continue
         records += [(row.id, step, float(lp)) for step, lp in enumerate(lps)]
         span = math_answers.boxed_span(tokenizer.decode(ids)) if ids else None

@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import AutoTokenizer
 
+from entrainment_cli import signals as run_signals
 from entrainment_cli.science import grading, math_answers
 from entrainment_cli.science import signals as s
 
@@ -237,3 +238,21 @@ def test_span_tokens_equals_the_full_offsets(tiny_llama, text):
     steps = grading.span_tokens(tok, ids, *span)
     assert steps == grading.answer_tokens(offsets, *span)
     assert math_answers.extract_boxed(decoded) in tok.decode([ids[i] for i in steps])
+
+
+def test_generation_signals_from_old_and_new_shards(tiny_llama):
+    """Log-prob baselines from the engine's log-probs kept in the generation shards; a shard
+    written before they were kept gives NaN (counted later), not a crash or a 0."""
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    ids = tok("so it is \\boxed{12} then", add_special_tokens=False)["input_ids"]
+    lps = list(-np.arange(1, len(ids) + 1) / 10)
+    old = pd.DataFrame({"id": ["b"], "token_ids": [ids]})
+    new = pd.DataFrame({"id": ["a"], "token_ids": [ids], "logprobs": [lps]})
+    gens = pd.concat([new, old], ignore_index=True)  # as read_shards concatenates them
+    out = run_signals._generation_signals(gens, tok).set_index("id")
+    steps = grading.span_tokens(tok, ids, *math_answers.boxed_span(tok.decode(ids)))
+    assert "12" in tok.decode([ids[i] for i in steps])
+    assert out.loc["a", "answer_sequence_logprob"] == pytest.approx(sum(lps[i] for i in steps))
+    assert out.loc["a", "generation_mean_logprob"] == pytest.approx(np.mean(lps))
+    assert out.loc["b"].isna().all()
+    assert list(run_signals._generation_signals(old, tok).columns) == ["id"]
