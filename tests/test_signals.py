@@ -154,6 +154,23 @@ def test_score_signals_orients_by_direction_and_reports_cis():
     assert part["risk"].mean() == pytest.approx(
         table.set_index("signal").loc["answer_mean_entropy", "aurc"]
     )
+    # the gain over the best baseline: 0 for itself; for STOPS a paired bootstrap, redone here
+    # by duplicating the examples of the same seeded draws
+    t = table.set_index("signal")
+    best = t["vs_baseline"].iloc[0]
+    assert t.loc[best, ["prr_gain", "prr_gain_lo", "prr_gain_hi"]].tolist() == [0, 0, 0]
+    stops = t.loc["generation_stops"]
+    assert stops.prr_gain == pytest.approx(stops.prr - t.loc[best, "prr"])
+    w = np.random.default_rng(1).multinomial(30, np.full(30, 1 / 30), size=200)
+    u_best = frame[best] * (-1 if t.loc[best, "direction"] == "lower" else 1)
+    diffs = []
+    for wb in w:
+        idx = np.repeat(np.arange(30), wb)
+        e = err.to_numpy()[idx]
+        diffs.append(s.prr(-frame["generation_stops"].to_numpy()[idx], e) - s.prr(u_best[idx], e))
+    assert [stops.prr_gain_lo, stops.prr_gain_hi] == pytest.approx(
+        np.nanpercentile(diffs, [2.5, 97.5])
+    )
     again, _ = s.score_signals(frame, ["answer_mean_logprob"], n_boot=200, seed=1)
     assert again.iloc[0].to_dict() == row.to_dict() | {"signal": "answer_mean_logprob"}
 

@@ -277,25 +277,40 @@ def score_signals(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per signal, best PRR first: every metric with its percentile bootstrap CI and
-    the degenerate cases named in ``note``; the risk-coverage curves of every signal and of
-    the oracle and random orders, per signal's examples).
+    """(one row per signal, best PRR first: every metric with its percentile bootstrap CI, the
+    degenerate cases named in ``note``, and ``prr_gain`` over the best baseline; the
+    risk-coverage curves of every signal and of the oracle and random orders).
 
     A signal with no declared direction (see :func:`describe`) is read as "higher values
     predict an error" and says so. Non-finite values are counted (``n_nonfinite``) and left
     out for that signal only. The bootstrap draws the same resamples for signals defined on
     the same examples; ECE and Brier resample the cross-fitted predictions (the calibration
-    is not refitted per resample).
+    is not refitted per resample). ``prr_gain`` is PRR minus that of the baseline with the
+    best PRR (``vs_baseline``), on the examples where both are finite, with a paired
+    bootstrap CI: above 0 at the CI's lower end, the signal beats every standard one.
     """
     y = frame[correct].to_numpy(dtype=np.float64)
-    rows, curves, resamples = [], [], {}
     tail = (1 - level) / 2 * 100
+    resamples: dict[bytes, np.ndarray] = {}
+
+    def weights(keep: np.ndarray) -> np.ndarray:  # drawn once per set of examples
+        if keep.tobytes() not in resamples:
+            n = int(keep.sum())
+            draw = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot)
+            resamples[keep.tobytes()] = draw.astype(np.float64)
+        return resamples[keep.tobytes()]
+
+    def ci(values: np.ndarray) -> tuple[float, float]:
+        lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+        return float(lo), float(hi)
+
+    rows, curves, oriented = [], [], {}
     for name in signals:
-        values = frame[name].to_numpy(dtype=np.float64)
-        keep = np.isfinite(values)
         kind, declared = describe(name)
         sign = -1.0 if declared == "lower" else 1.0
-        u, ok = sign * values[keep], y[keep]
+        oriented[name] = sign * frame[name].to_numpy(dtype=np.float64)
+        keep = np.isfinite(oriented[name])
+        u, ok = oriented[name][keep], y[keep]
         err = 1.0 - ok
         n, n_err = int(keep.sum()), int(err.sum())
         row = {
@@ -311,30 +326,55 @@ def score_signals(
         for m in METRICS:
             row |= {m: np.nan, f"{m}_lo": np.nan, f"{m}_hi": np.nan}
         if 0 < n_err < n:
-            if keep.tobytes() not in resamples:  # drawn once per set of examples
-                draw = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=n_boot)
-                resamples[keep.tobytes()] = draw.astype(np.float64)
-            weights = resamples[keep.tobytes()]
+            w = weights(keep)
             point = _ranking_metrics(u, err, np.ones((1, n)))
-            boot = _ranking_metrics(u, err, weights)
+            boot = _ranking_metrics(u, err, w)
             p = calibrated(u, ok, seed)
             if np.isfinite(p).all():
                 point |= _calibration_metrics(p, ok, np.ones((1, n)))
-                boot |= _calibration_metrics(p, ok, weights)
+                boot |= _calibration_metrics(p, ok, w)
             for m in METRICS:
                 if m in point:
-                    lo, hi = np.nanpercentile(boot[m], [tail, 100 - tail])
-                    row |= {m: float(point[m][0]), f"{m}_lo": float(lo), f"{m}_hi": float(hi)}
+                    lo, hi = ci(boot[m])
+                    row |= {m: float(point[m][0]), f"{m}_lo": lo, f"{m}_hi": hi}
             curves.append(risk_coverage(u, err).assign(signal=name))
         rows.append(row)
     table = pd.DataFrame.from_records(rows)
     if len(table):
         table = table.sort_values("prr", ascending=False, na_position="last", kind="stable")
+        table = table.reset_index(drop=True)
+        table = table.join(_gains(table, oriented, y, weights, ci))
     columns = ["signal", "coverage", "risk"]
     if not curves:
-        return table.reset_index(drop=True), pd.DataFrame(columns=columns)
+        return table, pd.DataFrame(columns=columns)
     curves.append(oracle_random_curves(1.0 - y))  # over every example, beside the signals'
-    return table.reset_index(drop=True), pd.concat(curves, ignore_index=True)[columns]
+    return table, pd.concat(curves, ignore_index=True)[columns]
+
+
+def _gains(table, oriented, y, weights, ci) -> pd.DataFrame:
+    """Per row of ``table``: the best baseline's name, and PRR(signal) - PRR(baseline) with a
+    paired bootstrap CI over the examples both have; NaN where either is undefined."""
+    baselines = table[(table["kind"] == "baseline") & np.isfinite(table["prr"])]
+    gains = ["prr_gain", "prr_gain_lo", "prr_gain_hi"]
+    out = pd.DataFrame(np.nan, index=table.index, columns=gains)
+    out.insert(0, "vs_baseline", None)
+    if baselines.empty:
+        return out
+    best = baselines["signal"].iloc[0]  # the table is sorted by PRR
+    for i, name in table["signal"].items():
+        keep = np.isfinite(oriented[name]) & np.isfinite(oriented[best])
+        err = 1.0 - y[keep]
+        out.loc[i, "vs_baseline"] = best
+        if not 0 < err.sum() < err.size:
+            continue
+        w = weights(keep)
+        gain = [
+            _ranking_metrics(oriented[name][keep], err, ws)["prr"]
+            - _ranking_metrics(oriented[best][keep], err, ws)["prr"]
+            for ws in (np.ones((1, err.size)), w)
+        ]
+        out.loc[i, gains] = [float(gain[0][0]), *ci(gain[1])]
+    return out
 
 
 def _note(n: int, n_err: int, u: np.ndarray) -> str:
