@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runs.rundir import RunDir, atomic_write_parquet, atomic_write_text, read_manifest
+from .runs.rundir import RunDir, atomic_write_files, atomic_write_parquet, read_manifest
 from .science import grading, math_answers
 from .science import signals as science
 from .science.sparsity import SPARSER
@@ -65,8 +65,12 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
     names = [c for c in values.columns if c not in {"id", "prompt_id", "correct"}]
     table, curves = science.score_signals(values, names, n_boot=n_boot, seed=seed)
     atomic_write_parquet(tables / "signal_values.parquet", values)
-    atomic_write_text(tables / "signals.csv", table.to_csv(index=False))
-    atomic_write_text(tables / "risk_coverage.csv", curves.to_csv(index=False))
+    atomic_write_files(  # together: the figures read both
+        {
+            tables / "signals.csv": table.to_csv(index=False),
+            tables / "risk_coverage.csv": curves.to_csv(index=False),
+        }
+    )
     from .plots.signals import plot_run
 
     return [
