@@ -34,7 +34,7 @@ BASELINES = {
 TOKEN_MEANS = {
     "topp_entropy": "higher",
     "topp_entropy_norm": "higher",
-    "stops": "lower",  # similar nucleus tokens: the model hesitates between near-synonyms
+    "stops": "lower",  # near-synonyms in the nucleus: whichever is sampled, the meaning holds
     "logtoku_au": "higher",
     "logtoku_eu": "higher",
 }
@@ -127,9 +127,9 @@ def _grouped(u: np.ndarray, err: np.ndarray, w: np.ndarray):
 
 
 def _ranking_metrics(u: np.ndarray, err: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """ROC-AUC, PR-AUC (average precision), AURC, PRR and the oracle / random AURC for each
-    row of integer weights ``w`` (B, n): a weight k counts the example k times, as in a
-    bootstrap resample. NaN where a row has no error or no correct answer."""
+    """ROC-AUC, PR-AUC (average precision), AURC and PRR for each row of integer weights
+    ``w`` (B, n): a weight k counts the example k times, as in a bootstrap resample. NaN where
+    a row has no error or no correct answer."""
     errors, total = _grouped(u, err, w)
     correct = total - errors
     n = total.sum(axis=1)
@@ -163,8 +163,6 @@ def _ranking_metrics(u: np.ndarray, err: np.ndarray, w: np.ndarray) -> dict[str,
         "pr_auc": np.where(both, ap, nan),
         "aurc": np.where(both, aurc, nan),
         "prr": np.where(both, prr, nan),
-        "aurc_oracle": np.where(both, oracle, nan),
-        "aurc_random": np.where(both, random, nan),
     }
 
 
@@ -257,16 +255,19 @@ def _calibration_metrics(p: np.ndarray, correct: np.ndarray, w: np.ndarray) -> d
 
 
 def ece(p: Sequence[float], correct: Sequence[int]) -> float:
-    p = np.asarray(p, dtype=np.float64)
-    return float(
-        _calibration_metrics(p, np.asarray(correct, float), np.ones((1, p.size)))["ece"][0]
-    )
+    """Expected calibration error of probabilities ``p`` of being correct (Naeini et al. 2015)."""
+    return _calibration(p, correct)["ece"]
 
 
 def brier(p: Sequence[float], correct: Sequence[int]) -> float:
+    """Brier score of probabilities ``p`` of being correct (Brier 1950)."""
+    return _calibration(p, correct)["brier"]
+
+
+def _calibration(p, correct) -> dict[str, float]:
     p = np.asarray(p, dtype=np.float64)
-    w = np.ones((1, p.size))
-    return float(_calibration_metrics(p, np.asarray(correct, float), w)["brier"][0])
+    metrics = _calibration_metrics(p, np.asarray(correct, float), np.ones((1, p.size)))
+    return {k: float(v[0]) for k, v in metrics.items()}
 
 
 def score_signals(
