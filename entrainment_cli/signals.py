@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .runs.rundir import RunDir, atomic_write_files, atomic_write_parquet, read_manifest
-from .science import grading, math_answers
+from .science import answers
 from .science import signals as science
 from .science.sparsity import SPARSER
 
@@ -62,7 +62,7 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
         gens = rd.read_in_order("generations", ["id"], graded["id"].tolist())
         values = graded.merge(_generation_signals(gens, tokenizer), on="id", how="left")
         values = values.merge(prompt, on="id", how="left")
-    names = [c for c in values.columns if c not in {"id", "prompt_id", "correct"}]
+    names = [c for c in values.columns if c not in {"id", "correct"}]
     table, curves = science.score_signals(values, names, n_boot=n_boot, seed=seed)
     atomic_write_parquet(tables / "signal_values.parquet", values)
     atomic_write_files(  # together: the figures read both
@@ -84,9 +84,9 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
 def _correlate(tables: Path) -> pd.DataFrame:
     prompts = pd.read_parquet(tables / "prompts.parquet")
     tokens = pd.read_parquet(tables / "tokens.parquet")
-    steps = dict(zip(prompts["prompt_id"], prompts["answer_steps"], strict=True))
-    per = science.per_example(tokens, "prompt_id", {"answer": steps, "generation": None})
-    return prompts[["prompt_id", "correct"]].merge(per, on="prompt_id", how="left")
+    steps = dict(zip(prompts["id"], prompts["answer_steps"], strict=True))
+    per = science.per_example(tokens, "id", {"answer": steps, "generation": None})
+    return prompts[["id", "correct"]].merge(per, on="id", how="left")
 
 
 def _generation_signals(gens: pd.DataFrame, tokenizer) -> pd.DataFrame:
@@ -102,8 +102,8 @@ def _generation_signals(gens: pd.DataFrame, tokenizer) -> pd.DataFrame:
         if np.ndim(lps) != 1 or len(lps) != len(ids):  # a shard written before log-probs were
             continue
         records += [(row.id, step, float(lp)) for step, lp in enumerate(lps)]
-        span = math_answers.boxed_span(tokenizer.decode(ids)) if ids else None
-        answer[row.id] = [] if span is None else grading.span_tokens(tokenizer, ids, *span)
+        span = answers.boxed_span(tokenizer.decode(ids)) if ids else None
+        answer[row.id] = [] if span is None else answers.span_tokens(tokenizer, ids, *span)
     tokens = pd.DataFrame.from_records(records, columns=["id", "step", "logprob"])
     per = science.per_example(tokens, "id", {"answer": answer, "generation": None})
     return pd.DataFrame({"id": gens["id"]}).merge(per, on="id", how="left")

@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from transformers import AutoTokenizer
 
 from entrainment_cli import signals as run_signals
-from entrainment_cli.science import grading, math_answers
+from entrainment_cli.science import answers
 from entrainment_cli.science import signals as s
 
 
@@ -205,7 +205,7 @@ def test_degenerate_cases_are_reported_not_hidden():
 def test_per_example_baselines_by_hand():
     tokens = pd.DataFrame(
         {
-            "prompt_id": ["a"] * 4 + ["b"] * 2,
+            "id": ["a"] * 4 + ["b"] * 2,
             "step": [0, 1, 2, 3, 0, 1],
             "logprob": [-0.1, -2.0, -0.5, -1.5, -0.3, -0.7],
             "entropy": [0.2, 1.0, 0.4, 3.0, 0.1, 0.9],
@@ -214,8 +214,8 @@ def test_per_example_baselines_by_hand():
             "h-1_l1": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
         }
     )
-    per = s.per_example(tokens, "prompt_id", {"answer": {"a": [1, 2], "b": []}, "generation": None})
-    a = per.set_index("prompt_id").loc["a"]
+    per = s.per_example(tokens, "id", {"answer": {"a": [1, 2], "b": []}, "generation": None})
+    a = per.set_index("id").loc["a"]
     assert a["answer_mean_logprob"] == pytest.approx(-1.25)
     assert a["answer_sequence_logprob"] == pytest.approx(-2.5)
     assert a["answer_perplexity"] == pytest.approx(np.exp(1.25))
@@ -224,7 +224,7 @@ def test_per_example_baselines_by_hand():
     assert a["generation_mean_entropy"] == pytest.approx(1.15)
     assert a["generation_stops"] == pytest.approx(0.4)  # the K = 1 NaN is left out, not 0
     assert a["generation_h-1_l1"] == pytest.approx(2.5)
-    b = per.set_index("prompt_id").loc["b"]
+    b = per.set_index("id").loc["b"]
     assert b[[c for c in per.columns if c.startswith("answer_")]].isna().all()  # no answer
     assert b["generation_sequence_logprob"] == pytest.approx(-1.0)
     assert s.describe("generation_h-1_l1") == ("sparsity", "lower")  # lower l1: sparser
@@ -246,15 +246,15 @@ def test_per_example_baselines_by_hand():
 def test_span_tokens_equals_the_full_offsets(tiny_llama, text):
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    decoded, offsets = grading.token_offsets(tok, ids)
-    span = math_answers.boxed_span(decoded)
+    decoded, offsets = answers.token_offsets(tok, ids)
+    span = answers.boxed_span(decoded)
     if span is None:
-        assert math_answers.extract_boxed(decoded) is None
+        assert answers.extract_boxed(decoded) is None
         return
-    assert decoded[span[0] : span[1]] == math_answers.extract_boxed(decoded)
-    steps = grading.span_tokens(tok, ids, *span)
-    assert steps == grading.answer_tokens(offsets, *span)
-    assert math_answers.extract_boxed(decoded) in tok.decode([ids[i] for i in steps])
+    assert decoded[span[0] : span[1]] == answers.extract_boxed(decoded)
+    steps = answers.span_tokens(tok, ids, *span)
+    assert steps == answers.answer_tokens(offsets, *span)
+    assert answers.extract_boxed(decoded) in tok.decode([ids[i] for i in steps])
 
 
 def test_generation_signals_from_old_and_new_shards(tiny_llama):
@@ -267,7 +267,7 @@ def test_generation_signals_from_old_and_new_shards(tiny_llama):
     new = pd.DataFrame({"id": ["a"], "token_ids": [ids], "logprobs": [lps]})
     gens = pd.concat([new, old], ignore_index=True)  # as read_shards concatenates them
     out = run_signals._generation_signals(gens, tok).set_index("id")
-    steps = grading.span_tokens(tok, ids, *math_answers.boxed_span(tok.decode(ids)))
+    steps = answers.span_tokens(tok, ids, *answers.boxed_span(tok.decode(ids)))
     assert "12" in tok.decode([ids[i] for i in steps])
     assert out.loc["a", "answer_sequence_logprob"] == pytest.approx(sum(lps[i] for i in steps))
     assert out.loc["a", "generation_mean_logprob"] == pytest.approx(np.mean(lps))

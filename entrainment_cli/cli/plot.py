@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..plots import plot_runs
-from ..ui import console
 from .common import Quiet, command
 
 
@@ -31,6 +29,9 @@ def plot(
     everything and writes one report directory. Several graded runs (correlate --grade, qa
     accuracy, cot) also get signals_prr: each signal's PRR with its CI, one marker per run.
     """
+    from ..plots import plot_runs
+    from ..ui import console
+
     written = plot_runs(run_dirs, out)
     if not quiet:
         for path in written:

@@ -54,7 +54,7 @@ class Evaluator:
         ]
         self.frame = pd.DataFrame(
             {
-                "query_id": query_ids(self.queries),
+                "id": query_ids(self.queries),
                 "split": [q.split for q in self.queries],
                 "h": [q.h for q in self.queries],
                 "r": [q.r for q in self.queries],
