@@ -79,7 +79,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
 def _label(run_dir: Path) -> str:
     model, dataset = run_label(run_dir)
-    strategy = read_manifest(run_dir).get("options", {}).get("strategy")
+    strategy = read_manifest(run_dir).get("identity", {}).get("strategy")  # cot's, resolved
     return " / ".join([model, dataset, *([strategy] if strategy else [])])
 
 
