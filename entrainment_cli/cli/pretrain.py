@@ -6,12 +6,14 @@ from typing import Annotated
 
 import typer
 
+from ..errors import UserError
 from ..pretrain.run import PretrainConfig, run
 from .common import (
     Device,
     Layers,
     Metrics,
     Quiet,
+    Resume,
     RunDirOpt,
     RunsDir,
     Seed,
@@ -24,6 +26,15 @@ from .common import (
 
 def _opt(help_text: str):
     return typer.Option(help=help_text)
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    try:
+        return [int(s) for s in split_list(value) or ()] or None
+    except ValueError:
+        raise UserError(
+            f"--seeds must be a comma list of integers, e.g. 0,1,2 (got '{value}')"
+        ) from None
 
 
 @command
@@ -48,6 +59,18 @@ def pretrain(
     attach: Annotated[int, _opt("Edges each new entity attaches with.")] = 6,
     n_atomic: Annotated[int, _opt("Atomic facts in the training set.")] = 5000,
     n_derived: Annotated[int, _opt("Derived facts in the training set.")] = 5000,
+    negatives: Annotated[
+        str,
+        _opt(
+            "relation: each query's 9 negatives are other answers of its relation in its split "
+            "(one query per relation and answer), so the relation-prior and popularity "
+            "answerers sit near chance; uniform: upstream's, any entity (to reproduce its "
+            "numbers)."
+        ),
+    ] = "relation",
+    max_per_relation: Annotated[
+        int, _opt("Queries of one relation per split at most; 0: no cap.")
+    ] = 0,
     layers: Layers = "-1",
     metrics: Metrics = "all",
     eval_batch_size: Annotated[int, _opt("Queries (x 10 options) per evaluation forward.")] = 64,
@@ -63,6 +86,17 @@ def pretrain(
     ] = "auto",
     device: Device = "auto",
     seed: Seed = 0,
+    seeds: Annotated[
+        str | None,
+        _opt(
+            "Comma list of seeds: one run each (own graph, data order, initialisation) under "
+            "seed<S>/, and tables/seeds.csv with the across-seed mean and 95% CI."
+        ),
+    ] = None,
+    save_every: Annotated[
+        int, _opt("Save the training state every N steps for --resume; 0: never.")
+    ] = 0,
+    resume: Resume = False,
     run_dir: RunDirOpt = None,
     runs_dir: RunsDir = None,
     quiet: Quiet = False,
@@ -74,7 +108,8 @@ def pretrain(
     Writes kg/ (rules, facts, training set, queries, stats.json), checkpoint/ (an HF
     directory usable as --model by every command), tables/train.parquet, tables/eval.parquet
     (one row per query, split, step and layer), tables/dynamics.parquet (per step, split and
-    layer: accuracy, gold loss, metric means and SEMs), tables/final.csv and figures/.
+    layer: accuracy, the relation-prior and popularity baselines, gold loss, metric means and
+    SEMs), tables/final.csv, tables/relations.csv (accuracy per split and relation) and figures/.
     """
-    cfg = typed_config(PretrainConfig, locals(), metrics=split_list(metrics))
+    cfg = typed_config(PretrainConfig, locals(), metrics=split_list(metrics), seeds=_seeds(seeds))
     print_done(run(cfg))

@@ -61,6 +61,8 @@ class Evaluator:
                 "t": [q.t for q in self.queries],
                 "kind": [q.kind for q in self.queries],
                 "rule_length": [q.rule_length for q in self.queries],
+                "prior_credit": [q.prior_credit for q in self.queries],
+                "popularity_credit": [q.popularity_credit for q in self.queries],
             }
         )
 
@@ -125,8 +127,28 @@ class Evaluator:
         return pd.concat(frames, ignore_index=True)
 
 
+BASELINES = ["prior_accuracy", "popularity_accuracy", "accuracy_prior_wrong", "n_prior_wrong"]
+
+
+def baselines(evals: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group: the relation-prior and popularity answerers' accuracy on the same options,
+    and the model's accuracy on the queries where the relation prior picks wrong."""
+    wrong = evals["prior_credit"] == 0
+    frame = evals.assign(
+        _wrong_correct=evals["correct"].where(wrong).astype(float), _wrong=wrong.astype(int)
+    )
+    out = frame.groupby(keys, sort=False).agg(
+        prior_accuracy=("prior_credit", "mean"),
+        popularity_accuracy=("popularity_credit", "mean"),
+        accuracy_prior_wrong=("_wrong_correct", "mean"),
+        n_prior_wrong=("_wrong", "sum"),
+    )
+    return out.reset_index()
+
+
 def dynamics(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per (step, split, layer): n, accuracy, mean gold loss, every metric's mean and SEM."""
+    """Per (step, split, layer): n, accuracy, mean gold loss, the baselines, every metric's
+    mean and SEM."""
     keys = ["step", "split", "layer"]
     frame = evals.assign(accuracy=evals["correct"].astype(float), loss=evals["gold_loss"])
     summary = stats.group_summary(frame, keys, ["accuracy", "loss", *metrics])
@@ -136,8 +158,26 @@ def dynamics(evals: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     n = summary[summary.metric == "accuracy"].set_index(keys)["n"]
     wide = wide.assign(n=n).reset_index()
     wide = wide.rename(columns={"accuracy_mean": "accuracy", "loss_mean": "loss"})
-    columns = [*keys, "n", "accuracy", "accuracy_sem", "loss", "loss_sem"]
+    wide = wide.merge(baselines(evals, keys), on=keys)
+    columns = [*keys, "n", "accuracy", "accuracy_sem", *BASELINES, "loss", "loss_sem"]
     columns += [f"{m}_{stat}" for m in metrics for stat in ("mean", "sem")]
     order = wide["split"].map({s: i for i, s in enumerate(kg.SPLITS)})
     wide = wide.assign(_order=order).sort_values(["step", "layer", "_order"])
     return wide[columns].reset_index(drop=True)
+
+
+def by_relation(evals: pd.DataFrame) -> pd.DataFrame:
+    """The last step's accuracy per split and relation (first probed layer; the answers do
+    not depend on the layer), with the baselines: n, accuracy, prior and popularity."""
+    last = evals[(evals.step == evals.step.max()) & (evals.layer == evals.layer.iloc[0])]
+    keys = ["split", "r"]
+    table = last.groupby(keys).agg(n=("correct", "size"), accuracy=("correct", "mean"))
+    table = table.reset_index().merge(baselines(last, keys), on=keys)
+    table.insert(2, "relation", table["r"].map(kg.relation))
+    order = table["split"].map({s: i for i, s in enumerate(kg.SPLITS)})
+    return (
+        table.assign(_order=order)
+        .sort_values(["_order", "n", "r"], ascending=[True, False, True])
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )

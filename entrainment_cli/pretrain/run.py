@@ -12,19 +12,24 @@ mean and SEM), ``tables/final.csv`` (the last step of dynamics) and ``figures/``
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
+from scipy import stats as scipy_stats
 
 from .. import study
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
-from ..runs.rundir import RunDir, atomic_write_parquet
+from ..runs.rundir import MANIFEST, RunDir, atomic_write_bytes, atomic_write_parquet
 from ..science import kg
 from ..ui import progress
 from . import evaluate, train
@@ -44,7 +49,12 @@ KG_FIELDS = {
     "attach": "attach",
     "n_atomic": "n_atomic",
     "n_derived": "n_derived",
+    "negatives": "negatives",
+    "max_per_relation": "max_per_relation",
 }
+# Options that do not change the numbers: left out of the run's identity, so a run can be
+# resumed with another value.
+NOT_IDENTITY = ("run_dir", "runs_dir", "quiet", "resume", "save_every", "seeds")
 
 
 def _flag(field: str) -> str:
@@ -68,6 +78,8 @@ class PretrainConfig:
     attach: int = 6
     n_atomic: int = 5000
     n_derived: int = 5000
+    negatives: str = "relation"
+    max_per_relation: int = 0
     layers: str = "-1"
     metrics: list[str] | None = None
     eval_batch_size: int = 64
@@ -75,6 +87,9 @@ class PretrainConfig:
     precision: str = "auto"
     device: str = "auto"
     seed: int = 0
+    seeds: list[int] | None = None
+    save_every: int = 0
+    resume: bool = False
     run_dir: Path | None = None
     runs_dir: Path | None = None
     quiet: bool = False
@@ -94,8 +109,18 @@ class _Identity:
 
 
 def _validate(cfg: PretrainConfig) -> None:
-    positive = ["steps", "batch_size", *KG_FIELDS.values(), "eval_batch_size"]
+    sizes = [f for f in KG_FIELDS.values() if f not in ("negatives", "max_per_relation")]
+    positive = ["steps", "batch_size", *sizes, "eval_batch_size"]
     study.check_positive(*((_flag(f), getattr(cfg, f)) for f in positive))
+    if cfg.negatives not in kg.NEGATIVES:
+        raise UserError(
+            f"--negatives must be one of {', '.join(kg.NEGATIVES)} (got '{cfg.negatives}')"
+        )
+    for name in ("max_per_relation", "save_every"):
+        if getattr(cfg, name) < 0:
+            raise UserError(
+                f"{_flag(name)} must be 0 (none) or positive (got {getattr(cfg, name)})"
+            )
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -169,6 +194,8 @@ def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
 def run(cfg: PretrainConfig) -> Path:
     # Every input check, and the graph itself, come before the run directory exists.
     _validate(cfg)
+    if cfg.seeds:
+        return run_seeds(cfg)
     size = train.parse_size(cfg.llm_size)
     layers = parse_layers(cfg.layers, size.layers)
     metric_names = study.metric_names(cfg.metrics, "--metrics")
@@ -183,18 +210,23 @@ def run(cfg: PretrainConfig) -> Path:
     ]
     max_len = max(len(s) for s in seqs)
 
-    identity = {k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "runs_dir", "quiet")}
+    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
     rd = RunDir.open(
         command=COMMAND,
         identity=identity,
         run_dir=cfg.run_dir,
         runs_dir=cfg.runs_dir,
         name_parts=[cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"],
-        resume=False,
+        resume=cfg.resume,
     )
+    if rd.manifest.get("status") == "done":
+        log.info("%s is finished; nothing to resume", rd.path)
+        return rd.path
+    state_path = rd.path / "resume" / "state.pt"
     with rd:
         fingerprint = write_graph(rd, graph)
         model = train.build_model(size, tokenizer, cfg.seed)
+        state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
         n_params = sum(p.numel() for p in model.parameters())
         rd.record_setup(
             cfg,
@@ -233,8 +265,15 @@ def run(cfg: PretrainConfig) -> Path:
         eval_steps = {cfg.steps} | (
             set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
         )
-        train_log: list[dict] = []
-        clock = {"eval": 0.0, "last": time.perf_counter()}
+        train_log: list[dict] = state["train_log"] if state else []
+        clock = {"eval": state["eval_seconds"] if state else 0.0, "last": time.perf_counter()}
+        if state:
+            log.info("resuming %s after step %d", rd.path, state["step"])
+
+        def save(snapshot: dict) -> None:
+            buffer = io.BytesIO()
+            torch.save({**snapshot, "train_log": train_log, "eval_seconds": clock["eval"]}, buffer)
+            atomic_write_bytes(state_path, buffer.getvalue())
 
         with rd.stage("train") as timing, progress(cfg.quiet) as bar:
             task = bar.add_task("train", total=cfg.steps, unit="steps")
@@ -283,6 +322,9 @@ def run(cfg: PretrainConfig) -> Path:
                 compile_model=compile_model,
                 on_step=on_step,
                 evaluate_at=evaluate_at,
+                save_every=cfg.save_every,
+                save=save,
+                state=state,
             )
             train_seconds = time.perf_counter() - t_start - clock["eval"]
             tokens = sum(r["tokens"] for r in train_log)
@@ -308,18 +350,101 @@ def run(cfg: PretrainConfig) -> Path:
             dyn = evaluate.dynamics(evals, metric_names)
             rd.write_table("dynamics", dyn)
             rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
+            rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
+            shutil.rmtree(state_path.parent, ignore_errors=True)
         resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
         rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
         final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
         for row in final.itertuples():
             log.info(
-                "final %s: accuracy %.3f, gold loss %.3f (n=%d)",
+                "final %s: accuracy %.3f (relation prior %.3f, popularity %.3f; %.3f where the "
+                "prior is wrong), gold loss %.3f (n=%d)",
                 row.split,
                 row.accuracy,
+                row.prior_accuracy,
+                row.popularity_accuracy,
+                row.accuracy_prior_wrong,
                 row.loss,
                 row.n,
             )
         rd.update(final_accuracy={r.split: round(float(r.accuracy), 4) for r in final.itertuples()})
+        from ..plots.pretrain import plot_run
+
+        plot_run(rd.path)
+    return rd.path
+
+
+SEED_COLUMNS = ["accuracy", "prior_accuracy", "popularity_accuracy", "accuracy_prior_wrong", "loss"]
+
+
+def seed_summary(finals: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per split and layer, across seeds (one final row per seed): the mean and the half-width
+    of the t confidence interval of accuracy, the baselines, gold loss and every metric."""
+    columns = SEED_COLUMNS + [c for c in finals.columns if c.endswith("_mean")]
+    rows = []
+    for (split, layer), part in finals.groupby(["split", "layer"], sort=False):
+        row = {"split": split, "layer": layer, "seeds": len(part), "n": int(part["n"].sum())}
+        for c in columns:
+            values = part[c].dropna().to_numpy(float)
+            row[c] = values.mean() if len(values) else np.nan
+            half = (
+                scipy_stats.t.ppf((1 + level) / 2, len(values) - 1)
+                * values.std(ddof=1)
+                / np.sqrt(len(values))
+                if len(values) > 1
+                else np.nan
+            )
+            row[f"{c}_ci"] = half
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_seeds(cfg: PretrainConfig) -> Path:
+    """One run per seed (its own graph, data order and initialisation) under ``seed<S>/``,
+    and ``tables/seeds.csv``: each split's across-seed mean and 95% CI."""
+    seeds = list(dict.fromkeys(cfg.seeds or ()))
+    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY or k == "seeds"}
+    identity.pop("seed")
+    rd = RunDir.open(
+        command=COMMAND,
+        identity=identity,
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=[cfg.llm_size, "seeds-" + "-".join(map(str, seeds))],
+        resume=cfg.resume,
+    )
+    with rd:
+        rd.update(
+            options={k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "runs_dir")}
+        )
+        runs = []
+        for seed in seeds:
+            sub = rd.path / f"seed{seed}"
+            resume = cfg.resume and (sub / MANIFEST).is_file()
+            runs.append(
+                run(replace(cfg, seed=seed, seeds=None, run_dir=sub, runs_dir=None, resume=resume))
+            )
+        finals = pd.concat(
+            [
+                pd.read_csv(r / "tables" / "final.csv").assign(seed=s)
+                for s, r in zip(seeds, runs, strict=True)
+            ],
+            ignore_index=True,
+        )
+        rd.write_table("seed_finals", finals)
+        summary = seed_summary(finals)
+        rd.write_text("tables/seeds.csv", summary.to_csv(index=False))
+        rd.update(seed_runs=[r.name for r in runs])
+        for row in summary[summary.layer == summary.layer.iloc[0]].itertuples():
+            log.info(
+                "across %d seeds, %s: accuracy %.3f ± %.3f (relation prior %.3f, popularity %.3f)",
+                row.seeds,
+                row.split,
+                row.accuracy,
+                row.accuracy_ci,
+                row.prior_accuracy,
+                row.popularity_accuracy,
+            )
         from ..plots.pretrain import plot_run
 
         plot_run(rd.path)
