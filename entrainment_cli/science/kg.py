@@ -17,9 +17,10 @@ final pass on the whole graph; as upstream, the facts it derives feed preferenti
 
 Negatives (DESIGN.md, "Knowledge-graph test design"): gold tails are popular entities, so
 upstream's uniform negatives let a model-free answerer that knows only which entities are
-frequent tails of the relation win most queries. By default each negative is drawn in
-proportion to how often it is a tail of the query's relation in the training facts, so that
-answerer (and the global-popularity one) is near chance; both are recorded per query.
+frequent tails of the relation win most queries. By default a split asks each (relation,
+answer) once and a query's negatives are other answers of its relation in the split, each
+about as often a negative as 9 times its being the answer, so that answerer (and the
+global-popularity one) is near chance; both are recorded per query.
 """
 
 from __future__ import annotations
@@ -320,40 +321,46 @@ def _balanced_negatives(
     query index -> ``n - 1`` other golds that are no true answer of it.
 
     Each gold should be a negative ``n - 1`` times, so that it is the answer in 1 of the about
-    ``n`` queries it appears in. Queries without ``n - 1`` eligible golds are dropped (until
-    none is); then, query by query, the golds with the least slack (uses still wanted over
-    queries left where they are eligible) go first, ties at random. A gold that is a true
-    answer of most heads can still be a negative fewer times, which favours it a little.
+    ``n`` queries it appears in. Negatives go query by query, the golds with the least slack
+    (uses still wanted over queries left where they are eligible) first, ties at random. A
+    query is dropped (and the rest redone) when it has fewer than ``n - 1`` eligible golds or
+    its gold ends up a negative fewer than ``2 (n - 1) / 3`` times: a gold that is a true
+    answer of most heads (a hub) would otherwise be told apart by how rarely it is wrong.
     """
     need = n - 1
     alive = set(range(len(golds)))
-    while True:
+    while alive:
         answers = sorted(golds[i] for i in alive)
         eligible = {i: [a for a in answers if a != golds[i] and a not in trues[i]] for i in alive}
-        short = {i for i in alive if len(eligible[i]) < need}
-        if not short:
-            break
-        alive -= short
-    remaining = Counter(a for i in alive for a in eligible[i])
-    used: Counter = Counter()
-    chosen = {}
-    for i in sorted(alive):
-        ranked = sorted(eligible[i], key=lambda a: ((used[a] - need) / remaining[a], rng.random()))
-        chosen[i] = ranked[:need]
-        used.update(chosen[i])
-        remaining.subtract(eligible[i])
-    return chosen
+        slots = Counter(a for i in alive for a in eligible[i])
+        short = {i for i in alive if len(eligible[i]) < need or slots[golds[i]] < need}
+        if short:
+            alive -= short
+            continue
+        remaining, used, chosen = slots, Counter(), {}
+        for i in sorted(alive):
+            ranked = sorted(
+                eligible[i], key=lambda a: ((used[a] - need) / remaining[a], rng.random())
+            )
+            chosen[i] = ranked[:need]
+            used.update(chosen[i])
+            remaining.subtract(eligible[i])
+        rare = {i for i in alive if used[golds[i]] < 2 * need // 3}
+        if not rare:
+            return chosen
+        alive -= rare
+    return {}
 
 
 def _one_per_answer(pool: list) -> list:
     """The first query of each (relation, answer) of a shuffled pool.
 
-    Why (with the negatives of :func:`_options`): every gold of a relation in a split is then
-    one option of about ``n_options`` queries, once as the gold, so no answerer that scores an
+    Why (with :func:`_balanced_negatives`): every gold of a relation in a split is then one
+    option of about ``n_options`` queries, once as the gold, so no answerer that scores an
     (entity, relation) without the head (relation prior, popularity) can beat chance. With
-    upstream's uniform negatives the relation's frequent tails win 0.7-0.85 of queries; drawing
-    negatives by the relation's training tail counts still leaves 0.2-0.5, because a split's
-    golds concentrate on a few hubs, which as true answers of many heads are rarely negatives.
+    upstream's uniform negatives the relation's frequent tails win 0.7-0.9 of queries; drawing
+    negatives by the relation's training tail counts still left 0.2-0.5 on the demo graph,
+    because a split's golds concentrate on a few hubs more than distinct negatives can.
     """
     seen: set[tuple[int, int]] = set()
     unique = []
@@ -476,6 +483,8 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
                 )
                 negatives |= {index[k]: v for k, v in picked.items()}
             pairs = [(item, negatives[i]) for i, item in enumerate(pool) if i in negatives]
+            # the first fact of each answer comes early for a frequent answer: reshuffle
+            rng.shuffle(pairs)
         else:
             pairs = [(item, None) for item in pool]
         chosen = _capped(pairs, p)
