@@ -35,7 +35,7 @@ def tok():
 RUN = [
     "pretrain", "--llm-size", "llama-1-1", "--steps", str(STEPS), "--eval-every", "20",
     "--batch-size", "16", "--lr", "3e-3", "--layers", "0,-1", "--metrics", ",".join(METRICS),
-    "--seed", "0", "--precision", "float32", "--quiet", *GRAPH,
+    "--seed", "0", "--precision", "float32", "--rank-eval", "3", "--quiet", *GRAPH,
 ]  # fmt: skip
 
 
@@ -302,6 +302,60 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
             assert row[name] == pytest.approx(reference(name, h), rel=1e-4)
 
 
+def test_rank_eval_matches_an_independent_ranking(finished):
+    """The gold's filtered rank among all entities, recomputed with plain HF forwards (one
+    sequence per entity, padded), and the relation prior's from the training table."""
+    ckpt = finished / "checkpoint"
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    stats = json.loads((finished / "kg" / "stats.json").read_text())
+    ranks = pd.read_parquet(finished / "tables" / "rank.parquet").set_index("query_id")
+    assert ranks["split"].value_counts().to_dict() == {s: 3 for s in stats["pool_sizes"]}
+    queries = pd.read_parquet(finished / "kg" / "queries.parquet").set_index("query_id")
+    facts = pd.read_parquet(finished / "kg" / "facts.parquet")
+    train_set = pd.read_parquet(finished / "kg" / "train.parquet")
+    n = stats["entities"]
+    for qid in ranks.groupby("split").head(1).index:
+        q = queries.loc[qid]
+        prompt = tok(q.prompt)["input_ids"]
+        seqs = [prompt + tok(f"Q{e}")["input_ids"] + [tok.eos_token_id] for e in range(n)]
+        width = max(map(len, seqs))
+        ids = torch.full((n, width), tok.pad_token_id)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids, attention_mask=ids != 18).logits.double(), -1)
+        scores = np.array(
+            [
+                -np.mean(
+                    [
+                        logp[i, p, seqs[i][p + 1]].item()
+                        for p in range(len(prompt) - 1, len(seqs[i]) - 1)
+                    ]
+                )
+                for i in range(n)
+            ]
+        )
+        true = set(facts[(facts.h == q.h) & (facts.r == q.r)]["t"]) | set(q.alt_tails)
+        others = [e for e in range(n) if e not in true]
+        better = sum(scores[e] < scores[q.t] - 1e-9 for e in others)
+        close = sum(abs(scores[e] - scores[q.t]) <= 1e-9 for e in others)
+        assert better + 1 <= ranks.loc[qid, "rank"] <= better + 1 + close / 2 + 0.5
+        counts = train_set[train_set.r == q.r]["t"].value_counts().to_dict()
+        if q.split == "id":
+            counts[q.t] -= 1
+        c = {e: counts.get(e, 0) for e in range(n)}
+        above = sum(c[e] > c[q.t] for e in others)
+        ties = sum(c[e] == c[q.t] for e in others)
+        assert ranks.loc[qid, "prior_rank"] == 1 + above + 0.5 * ties
+    summary = pd.read_csv(finished / "tables" / "rank.csv").set_index("split")
+    for split, part in ranks.groupby("split"):
+        assert summary.loc[split, "mrr"] == pytest.approx((1 / part["rank"]).mean())
+        assert summary.loc[split, "prior_hits10"] == pytest.approx(
+            (part["prior_rank"] <= 10).mean()
+        )
+
+
 def test_plot_rebuilds_figures(finished, cli, tmp_path):
     for f in (finished / "figures").glob("*.png"):
         f.unlink()
@@ -409,6 +463,7 @@ def test_unwritable_run_dir_exits_2(cli, tmp_path):
         ("--max-per-relation", "-1"),
         ("--save-every", "-2"),
         ("--seeds", "0,x"),
+        ("--rank-eval", "-1"),
     ],
 )
 def test_bad_options_exit_2(cli, tmp_path, option, value):

@@ -71,6 +71,14 @@ def pretrain(
     max_per_relation: Annotated[
         int, _opt("Queries of one relation per split at most; 0: no cap.")
     ] = 0,
+    rank_eval: Annotated[
+        int,
+        _opt(
+            "After training, rank the gold among all entities for the first N queries of each "
+            "split (filtered MRR, Hits@1/3/10, beside the relation prior's): no option "
+            "sampling. 0: off."
+        ),
+    ] = 0,
     layers: Layers = "-1",
     metrics: Metrics = "all",
     eval_batch_size: Annotated[int, _opt("Queries (x 10 options) per evaluation forward.")] = 64,

@@ -80,6 +80,7 @@ class PretrainConfig:
     n_derived: int = 5000
     negatives: str = "relation"
     max_per_relation: int = 0
+    rank_eval: int = 0
     layers: str = "-1"
     metrics: list[str] | None = None
     eval_batch_size: int = 64
@@ -116,7 +117,7 @@ def _validate(cfg: PretrainConfig) -> None:
         raise UserError(
             f"--negatives must be one of {', '.join(kg.NEGATIVES)} (got '{cfg.negatives}')"
         )
-    for name in ("max_per_relation", "save_every"):
+    for name in ("max_per_relation", "save_every", "rank_eval"):
         if getattr(cfg, name) < 0:
             raise UserError(
                 f"{_flag(name)} must be 0 (none) or positive (got {getattr(cfg, name)})"
@@ -351,6 +352,8 @@ def run(cfg: PretrainConfig) -> Path:
             rd.write_table("dynamics", dyn)
             rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
             rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
+            if cfg.rank_eval:
+                _rank_eval(rd, evaluator, graph, cfg.rank_eval)
             shutil.rmtree(state_path.parent, ignore_errors=True)
         resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
         rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
@@ -372,6 +375,36 @@ def run(cfg: PretrainConfig) -> Path:
 
         plot_run(rd.path)
     return rd.path
+
+
+def _rank_eval(rd: RunDir, evaluator: evaluate.Evaluator, graph: kg.KnowledgeGraph, n: int):
+    """``tables/rank.parquet`` (per query) and ``tables/rank.csv`` (per split): the gold's
+    filtered rank among all entities, the model's and the relation prior's."""
+    known: dict[tuple[int, int], set[int]] = {}
+    for h, r, t in graph.facts:
+        known.setdefault((h, r), set()).add(t)
+    by_relation, _ = kg.tail_counts(graph.train)
+    trues, priors = [], []
+    for q in graph.queries:
+        trues.append(known.get((q.h, q.r), set()) | set(q.alt_tails))
+        counts = dict(by_relation.get(q.r, {}))
+        if q.split == "id":  # its own fact left out, as for the multiple-choice baselines
+            counts[q.t] -= 1
+        priors.append(counts)
+    ranks = evaluator.rank(n, graph.stats["entities"], trues, priors)
+    rd.write_table("rank", ranks)
+    summary = evaluate.rank_summary(ranks)
+    rd.write_text("tables/rank.csv", summary.to_csv(index=False))
+    for row in summary.itertuples():
+        log.info(
+            "rank %s (n=%d): filtered MRR %.3f, Hits@10 %.3f (relation prior %.3f, %.3f)",
+            row.split,
+            row.n,
+            row.mrr,
+            row.hits10,
+            row.prior_mrr,
+            row.prior_hits10,
+        )
 
 
 SEED_COLUMNS = ["accuracy", "prior_accuracy", "popularity_accuracy", "accuracy_prior_wrong", "loss"]

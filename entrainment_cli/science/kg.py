@@ -452,11 +452,7 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
         rng.shuffle(pool)
     pools["id"] = [(f, 0, set()) for f in rng.sample(train, len(train))]
 
-    # Training tail counts per relation (the prior answerer) and overall (popularity).
-    by_relation: dict[int, Counter] = {}
-    for _, r, t in train:
-        by_relation.setdefault(r, Counter())[t] += 1
-    popularity = Counter(t for _, _, t in train)
+    by_relation, popularity = tail_counts(train)
 
     def true_tails(name: str, fact: Triple, alt: set[int]) -> set[int]:
         h, r, t = fact
@@ -560,6 +556,15 @@ def _stats(kg: KnowledgeGraph, n_entities: int, available: dict[str, int]) -> di
             s: dict(sorted(Counter(q.rule_length for q in kg.split(s)).items())) for s in SPLITS
         },
     }
+
+
+def tail_counts(train: list[Triple]) -> tuple[dict[int, Counter], Counter]:
+    """How often each entity is a tail in the training facts: per relation (what the relation
+    prior answers by) and overall (popularity)."""
+    by_relation: dict[int, Counter] = {}
+    for _, r, t in train:
+        by_relation.setdefault(r, Counter())[t] += 1
+    return by_relation, Counter(t for _, _, t in train)
 
 
 def entity(i: int) -> str:
