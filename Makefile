@@ -40,7 +40,7 @@ demo: install
 	# One thread: a model this small loses more to thread sync than it gains on a busy CPU.
 	OMP_NUM_THREADS=1 $(BIN)/entrain pretrain --llm-size llama-2-4 --steps 1000 --lr 1e-3 \
 		--eval-every 200 --num-test 200 --entities 1000 --relations 20 --rules 10 \
-		--deductible-rules 8 --n-atomic 2000 --n-derived 2000
+		--deductible-rules 8 --n-atomic 2000 --n-derived 2000 --rank-eval 50
 
 lint: install
 	$(BIN)/ruff format --check entrainment_cli tests bench
