@@ -13,7 +13,6 @@ from .common import (
     Layers,
     Metrics,
     Quiet,
-    Resume,
     RunDirOpt,
     RunsDir,
     Seed,
@@ -104,7 +103,13 @@ def pretrain(
     save_every: Annotated[
         int, _opt("Save the training state every N steps for --resume; 0: never.")
     ] = 0,
-    resume: Resume = False,
+    resume: Annotated[
+        bool,
+        _opt(
+            "Continue the run in --run-dir from its last --save-every state (a --seeds run: "
+            "its unfinished seeds); options that change the numbers must be the same."
+        ),
+    ] = False,
     run_dir: RunDirOpt = None,
     runs_dir: RunsDir = None,
     quiet: Quiet = False,
