@@ -12,9 +12,9 @@ mean and SEM), ``tables/final.csv`` (the last step of dynamics) and ``figures/``
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,7 +29,7 @@ from .. import study
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
-from ..runs.rundir import MANIFEST, RunDir, atomic_write_bytes, atomic_write_parquet
+from ..runs.rundir import MANIFEST, RunDir, atomic_write_parquet, temp_beside
 from ..science import kg
 from ..ui import progress
 from . import evaluate, train
@@ -272,9 +272,9 @@ def run(cfg: PretrainConfig) -> Path:
             log.info("resuming %s after step %d", rd.path, state["step"])
 
         def save(snapshot: dict) -> None:
-            buffer = io.BytesIO()
-            torch.save({**snapshot, "train_log": train_log, "eval_seconds": clock["eval"]}, buffer)
-            atomic_write_bytes(state_path, buffer.getvalue())
+            with temp_beside(state_path) as tmp:
+                torch.save({**snapshot, "train_log": train_log, "eval_seconds": clock["eval"]}, tmp)
+                os.replace(tmp, state_path)
 
         with rd.stage("train") as timing, progress(cfg.quiet) as bar:
             task = bar.add_task("train", total=cfg.steps, unit="steps")
