@@ -359,7 +359,7 @@ def _one_per_answer(pool: list) -> list:
     option of about ``n_options`` queries, once as the gold, so no answerer that scores an
     (entity, relation) without the head (relation prior, popularity) can beat chance. With
     upstream's uniform negatives the relation's frequent tails win 0.7-0.9 of queries; drawing
-    negatives by the relation's training tail counts still left 0.2-0.5 on the demo graph,
+    negatives by the relation's training tail counts still left 0.15-0.52 on the demo graph,
     because a split's golds concentrate on a few hubs more than distinct negatives can.
     """
     seen: set[tuple[int, int]] = set()
