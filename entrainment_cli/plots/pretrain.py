@@ -84,6 +84,7 @@ def plot_run(run_dir: Path) -> list[Path]:
             if name == "accuracy":
                 _baselines(ax, part)
                 ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+                ax.legend(fontsize=6)
             ax.set_title(name, fontsize=10)
             ax.set_xlabel("training step")
         axes[0].legend(fontsize=7)
