@@ -23,24 +23,10 @@ $(STAMP): pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# Every registered study's demo run (entrainment_cli/studies.py); `python -m entrainment_cli.demo
+# --print` lists the commands.
 demo: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa rankmath --layers 0,10,20,30,-1
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa robustness --limit 6
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset xsum \
-		--n-prompts 20 --max-tokens 64
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain correlate --dataset gsm8k --grade \
-		--prompting cot --shots 4 --n-prompts 16 --max-tokens 128
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain cot --curriculum --limit 8 \
-		--pool-size 20 --max-tokens 128
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa accuracy --limit-per-level 1 \
-		--max-tokens 128 --engine hf
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa deepmath --n 16
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa longreason --limit 2 --engine hf
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/entrain qa conflict --limit 8
-	# One thread: a model this small loses more to thread sync than it gains on a busy CPU.
-	OMP_NUM_THREADS=1 $(BIN)/entrain pretrain --llm-size llama-2-4 --steps 1000 --lr 1e-3 \
-		--eval-every 200 --num-test 200 --entities 1000 --relations 20 --rules 10 \
-		--deductible-rules 8 --n-atomic 2000 --n-derived 2000 --rank-eval 50
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m entrainment_cli.demo
 
 lint: install
 	$(BIN)/ruff format --check entrainment_cli tests bench
@@ -93,11 +79,11 @@ reproduce: install
 	$(foreach m,$(call pick,$(ACCURACY_MODELS)),$(ENTRAIN) qa accuracy --model $(m) \
 		--device $(DEVICE) --dtype float16 --engine vllm --max-tokens 1024 \
 		--run-dir $(R)/accuracy/$(call slug,$(m)) $(call resume,$(R)/accuracy/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa deepmath --model $(m) --n 10000 \
+	$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa deepmath --model $(m) --sample 10000 \
 		--seed 42 --device $(DEVICE) --dtype float16 \
 		--run-dir $(R)/deepmath/$(call slug,$(m)) $(call resume,$(R)/deepmath/$(call slug,$(m)))$(nl))
 	$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa robustness --model $(m) \
-		--per-category 20 --device $(DEVICE) --dtype bfloat16 \
+		--limit 20 --device $(DEVICE) --dtype bfloat16 \
 		--run-dir $(R)/robustness/$(call slug,$(m)) \
 		$(call resume,$(R)/robustness/$(call slug,$(m)))$(nl))
 	$(foreach m,$(call pick,$(LONGREASON_MODELS)),$(ENTRAIN) qa longreason --model $(m) \
@@ -109,23 +95,23 @@ reproduce: install
 		--run-dir $(R)/conflict/$(call slug,$(m)) $(call resume,$(R)/conflict/$(call slug,$(m)))$(nl))
 	$(foreach m,$(call pick,$(COT_MODELS)),$(foreach s,cot few-shot auto-shot curriculum,\
 		$(ENTRAIN) cot --strategy $(s) --model $(m) --device $(DEVICE) --dtype float16 \
-		--engine vllm --rank-metric l0_norm --n-levels 5 --pool-size 500 --num-few-shot 2 \
+		--engine vllm --rank-metric l0_norm --n-levels 5 --pool-size 500 --shots 2 \
 		--max-tokens 4096 --run-dir $(R)/cot/$(call slug,$(m))-$(s) \
 		$(call resume,$(R)/cot/$(call slug,$(m))-$(s))$(nl)))
 	$(foreach m,$(call pick,$(CORRELATE_MODELS)),$(foreach d,gsm8k writingprompts xsum,\
-		$(ENTRAIN) correlate --model $(m) --dataset $(d) --n-prompts 100 --max-tokens 100 \
+		$(ENTRAIN) correlate --model $(m) --dataset $(d) --limit 100 --max-tokens 100 \
 		--top-p 0.9 --device $(DEVICE) --dtype float16 \
 		--run-dir $(R)/correlate/$(call slug,$(m))-$(d) \
 		$(call resume,$(R)/correlate/$(call slug,$(m))-$(d))$(nl)))
 	$(foreach m,$(call pick,$(GRADE_MODELS)),$(foreach t,baseline:30 cod:800 cot:1200,\
 		$(ENTRAIN) correlate --grade --model $(m) --dataset gsm8k \
 		--prompting $(word 1,$(subst :, ,$(t))) --max-tokens $(word 2,$(subst :, ,$(t))) \
-		--n-prompts 1319 --top-p 0.95 --device $(DEVICE) --dtype float16 \
+		--limit 1319 --top-p 0.95 --device $(DEVICE) --dtype float16 \
 		--run-dir $(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))) \
 		$(call resume,$(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))))$(nl)))
 	$(foreach s,pretrain rankmath accuracy deepmath robustness longreason conflict cot correlate grade,\
 		$(ENTRAIN) plot $(R)/$(s)/* --out $(R)/report/$(s)$(nl))
-	$(ENTRAIN) correlate --analyze $(R)/correlate/* --out $(R)/report/correlate
+	$(ENTRAIN) correlate-analyze $(R)/correlate/* --out $(R)/report/correlate
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

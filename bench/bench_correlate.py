@@ -16,7 +16,7 @@ renormalized nucleus entropy and STOPS:
   strict upper triangle). As upstream: an all-ones attention mask, a warm-up forward on
   "Hello" after loading, ``gc.collect()`` per prompt and, on CUDA, ``torch.cuda.empty_cache()``
   per step and per prompt;
-- ours: ``entrainment_cli.correlate.run.run(CorrelateConfig(...))`` in-process, once per
+- ours: ``pipeline.run_study`` of the registry's correlate study in-process, once per
   engine in ``--engines`` (``hf``; ``vllm`` when it is importable), each into a fresh run
   directory. Its seconds are the manifest's ``generate`` + ``probe`` stages.
 
@@ -61,11 +61,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import RANDOM_CONFIGS, RESULTS, sync  # noqa: E402  (bench/ is on sys.path)
 
-from entrainment_cli.correlate.run import CorrelateConfig, run  # noqa: E402
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import generate as generate_mod  # noqa: E402
 from entrainment_cli.engines import models  # noqa: E402
+from entrainment_cli.pipeline import run_study  # noqa: E402
 from entrainment_cli.runs.rundir import read_manifest  # noqa: E402
+from entrainment_cli.studies import BY_NAME, CorrelateConfig  # noqa: E402
 
 DATASET = "xsum"
 TOP_P = 0.9
@@ -272,7 +273,7 @@ def run_ours(engine: str, model_spec, run_dir: Path, args) -> dict:
     cfg = CorrelateConfig(
         model=model_spec,
         dataset=DATASET,
-        n_prompts=args.n_prompts,
+        limit=args.n_prompts,
         max_tokens=args.max_tokens,
         top_p=TOP_P,
         temperature=TEMPERATURE,
@@ -286,7 +287,7 @@ def run_ours(engine: str, model_spec, run_dir: Path, args) -> dict:
     )
     start, cpu0 = time.perf_counter(), time.process_time()
     try:
-        path = run(cfg)
+        path = run_study(BY_NAME["correlate"], cfg)
     finally:
         generate_mod._vllm_llm = original
     wall = time.perf_counter() - start
@@ -323,7 +324,7 @@ def check_agree(model, run_path: Path, n_check: int, device: str) -> dict:
     prompts = pd.read_parquet(run_path / "tables" / "prompts.parquet")
     tokens = pd.read_parquet(run_path / "tables" / "tokens.parquet")
     row = prompts[prompts["n_tokens"] > 0].iloc[0]
-    ours = tokens[tokens["prompt_id"] == row["prompt_id"]].sort_values("step").head(n_check)
+    ours = tokens[tokens["id"] == row["id"]].sort_values("step").head(n_check)
     seq = list(row["prompt_token_ids"])
     embedding = model.get_input_embeddings().weight
     k_diff, ent_diff, stops_diff = 0, 0.0, 0.0
@@ -353,7 +354,7 @@ def check_agree(model, run_path: Path, n_check: int, device: str) -> dict:
     n = len(ours)
     if k_diff > max(1, n // 10) or ent_diff > 1e-3 or stops_diff > 1e-3:
         raise AssertionError(
-            f"upstream and ours disagree on prompt {row['prompt_id']}: {k_diff}/{n} nucleus "
+            f"upstream and ours disagree on prompt {row['id']}: {k_diff}/{n} nucleus "
             f"sizes differ; largest entropy difference {ent_diff:.2e}, STOPS {stops_diff:.2e}"
         )
     return {
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         for engine in engines:
             result = run_ours(engine, model_spec, tmp / f"run-{engine}", args)
             recorded = pd.read_parquet(result["path"] / "tables" / "prompts.parquet")
-            assert list(recorded["prompt_id"]) == prompt_keys, "not the upstream loop's prompts"
+            assert list(recorded["id"]) == prompt_keys, "not the upstream loop's prompts"
             assert [list(p) for p in recorded["prompt_token_ids"]] == toks, "other prompt ids"
             ours.append(result)
         generate_mod.close_engines()

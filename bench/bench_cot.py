@@ -3,7 +3,7 @@
 Ranking (spec 3.3): upstream cot/utils/rank.py loads the model once for the pool and again for
 the test set, and runs one unbatched forward per problem with ``output_hidden_states=True``
 (all layers, plus the LM head), taking the last-layer state at the last token. Ours is the
-`cot` path: one model load, then ``study.probe_into`` over pool + test together (batched hook
+`cot` path: one model load, then ``pipeline.probe_into`` over pool + test together (batched hook
 probe, decoder only, shards written to a run directory). Both score the same prompts with the
 same metric; the benchmark checks that the scores agree before it reports any speed.
 
@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from common import RESULTS, sync, timed  # noqa: E402  (bench/ is on sys.path)
 
-from entrainment_cli import study  # noqa: E402
+from entrainment_cli import pipeline  # noqa: E402
 from entrainment_cli.cot.run import messages, render  # noqa: E402
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import embed, models  # noqa: E402
@@ -115,7 +115,7 @@ def rank_ours(resolved, device, dtype, frame, batch_size) -> tuple[float, np.nda
         )
         with rd:
             start = time.perf_counter()
-            study.probe_into(
+            pipeline.probe_into(
                 rd,
                 "ranking",
                 frame[["id"]],

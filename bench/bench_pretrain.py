@@ -8,7 +8,7 @@ knowledge-graph facts, batch 32 facts per step, lr 1e-4, 20% warmup and cosine d
   (``bf16=False``), by ``transformers.Trainer`` with its defaults (AdamW, clipping 1.0),
   logging every step, from an iterable dataset that draws random training facts, one line
   per fact (``Q<h> P<r> Q<t>`` + EOS), padded right by the collator to the longest line;
-- ours: ``pretrain.train.train``: float32 weights, bf16 autocast where ``--precision auto``
+- ours: ``pretrain.train.train``: float32 weights, bf16 autocast where ``--dtype auto``
   puts it (GPU, CPUs with native bf16), facts packed into
   short rows with attention kept inside each fact, fused AdamW, ``torch.compile`` on GPU.
 

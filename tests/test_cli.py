@@ -20,7 +20,7 @@ def test_version_and_help(cli):
     for option in (
         "--model",
         "--data-file",
-        "--limit-per-level",
+        "--limit",
         "--layers",
         "--metrics",
         "--batch-size",
@@ -60,7 +60,7 @@ def test_embedded_model_is_dequantized_once(embedded):
 
 def test_rankmath_on_embedded_defaults(cli, embedded, tmp_path):
     out = tmp_path / "run"
-    result = cli("qa", "rankmath", "--run-dir", out, "--limit-per-level", "2", "--quiet")
+    result = cli("qa", "rankmath", "--run-dir", out, "--limit", "2", "--quiet")
     assert result.exit_code == 0, result.output
     m = read_manifest(out)
     assert m["model"]["source"] == "embedded" and m["dataset"]["data_source"] == "sample"

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from entrainment_cli.science.correctness import (
+from entrainment_cli.science.stats import (
     accuracy_by_bins,
     au_eu_quadrant,
     classify,

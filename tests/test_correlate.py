@@ -16,7 +16,7 @@ from entrainment_cli.engines.generate import Generation
 from entrainment_cli.runs.rundir import read_manifest
 
 TOKEN_COLUMNS = [
-    "prompt_id",
+    "id",
     "step",
     "token_id",
     "token",
@@ -41,7 +41,7 @@ def _run(cli, model, run_dir, *extra):
         run_dir,
         "--engine",
         "hf",
-        "--n-prompts",
+        "--limit",
         "5",
         "--max-tokens",
         "12",
@@ -73,7 +73,7 @@ def gsm_run(tiny_peaked, tmp_path_factory):
         "hf",
         "--dataset",
         "gsm8k",
-        "--n-prompts",
+        "--limit",
         "5",
         "--max-tokens",
         "12",
@@ -83,7 +83,7 @@ def gsm_run(tiny_peaked, tmp_path_factory):
         "100",
         "--top-p",
         "0.95",
-        "--hidden-metrics",
+        "--metrics",
         "l1,hoyer",
         "--layers",
         "1,-1",
@@ -99,7 +99,7 @@ def test_dataset_is_honoured_and_tables_written(gsm_run):
     rows = registry.load(registry.get_spec("gsm8k")).rows[:5]
     assert prompts["prompt"].tolist() == [r["question"] for r in rows]  # not writingprompts
     assert list(prompts.columns) == [
-        "prompt_id",
+        "id",
         "prompt",
         "prompt_token_ids",
         "generated_text",
@@ -111,7 +111,7 @@ def test_dataset_is_honoured_and_tables_written(gsm_run):
     assert list(tokens.columns[: len(TOKEN_COLUMNS) - 1]) == TOKEN_COLUMNS[:-1]
     assert {"engine_logprob", "h1_l1", "h1_hoyer", "h-1_l1", "h-1_hoyer"} <= set(tokens.columns)
     assert len(tokens) == prompts["n_tokens"].sum() > 0
-    assert not tokens.duplicated(["prompt_id", "step"]).any()
+    assert not tokens.duplicated(["id", "step"]).any()
     m = read_manifest(gsm_run)
     assert m["engine"] == "hf" and m["status"] == "done" and m["dataset"]["id"] == "gsm8k"
     assert m["max_abs_logprob_diff"] < 1e-4  # float32 model: engine and probe agree
@@ -126,7 +126,7 @@ def test_token_quantities_match_an_independent_computation(gsm_run, tiny_peaked)
     emb = model.get_input_embeddings().weight.detach().double().numpy()
     checked_stops = 0
     for p0 in prompts.itertuples():
-        toks = tokens[tokens.prompt_id == p0.prompt_id].sort_values("step")
+        toks = tokens[tokens.id == p0.id].sort_values("step")
         seq = list(p0.prompt_token_ids) + toks["token_id"].tolist()
         with torch.no_grad():
             logits = model(torch.tensor([seq])).logits[0].double().numpy()
@@ -165,7 +165,7 @@ def test_stats_fit_and_bins(gsm_run):
     tokens = pd.read_parquet(gsm_run / "tables" / "tokens.parquet")
     pooled = tokens[tokens.nucleus_size >= 2].dropna(subset=["topp_entropy", "stops"])
     s = pd.read_csv(gsm_run / "tables" / "stats.csv").iloc[0]
-    assert s["n"] == len(pooled) and s["n_prompts"] == pooled["prompt_id"].nunique()
+    assert s["n"] == len(pooled) and s["n_prompts"] == pooled["id"].nunique()
     rho, p = stats.spearmanr(pooled["topp_entropy"], pooled["stops"])
     assert s["spearman_rho"] == pytest.approx(rho) and s["spearman_p"] == pytest.approx(p)
     assert s["pearson_r"] == pytest.approx(
@@ -184,7 +184,7 @@ def test_analyze_several_runs_into_one_table_and_grid(cli, gsm_run, tiny_peaked,
     prompts = pd.read_parquet(xsum / "tables" / "prompts.parquet")
     assert prompts["prompt"].str.startswith("Please summarize the following text:\n ").all()
     out = tmp_path / "joint"
-    result = cli("correlate", "--analyze", xsum, gsm_run, "--out", out, "--n-boot", "50")
+    result = cli("correlate-analyze", xsum, gsm_run, "--out", out, "--n-boot", "50")
     assert result.exit_code == 0, result.output
     joint = pd.read_csv(out / "stats.csv")
     assert joint["dataset"].tolist() == ["gsm8k", "xsum"]  # stable order, whatever the input
@@ -211,7 +211,7 @@ def test_empty_generation_is_a_row_not_a_crash(cli, tiny_peaked, tmp_path, monke
         engine.generate = gen
         return engine
 
-    monkeypatch.setattr("entrainment_cli.study.make_engine", engine_with_empty_first)
+    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", engine_with_empty_first)
     out = tmp_path / "r"
     assert _run(cli, tiny_peaked, out).exit_code == 0
     prompts = pd.read_parquet(out / "tables" / "prompts.parquet")
@@ -263,9 +263,8 @@ def test_prompt_longer_than_context_is_skipped_and_counted(cli, tiny_peaked, tmp
         (["--top-p", "0"], "top-p must be in (0, 1]"),
         (["--engine", "tgi"], "unknown --engine 'tgi'; use auto, vllm or hf"),
         (["--dataset", "nope"], "unknown dataset 'nope'; known datasets:"),
-        (["--hidden-metrics", "l3"], "unknown metric 'l3'"),
-        (["--n-prompts", "0"], "--n-prompts must be at least 1"),
-        (["/tmp/somewhere"], "run directories are only accepted with --analyze"),
+        (["--metrics", "l3"], "unknown metric 'l3'"),
+        (["--limit", "0"], "--limit must be at least 1"),
     ],
 )
 def test_bad_input(cli, tiny_peaked, tmp_path, args, message):
@@ -290,7 +289,7 @@ def test_vllm_correlate_on_embedded_model(cli, vllm_engine, tmp_path):
         "vllm",
         "--dataset",
         "xsum",
-        "--n-prompts",
+        "--limit",
         "3",
         "--max-tokens",
         "16",

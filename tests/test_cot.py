@@ -15,21 +15,21 @@ from entrainment_cli.cot.run import SYSTEM_PROMPT, USER_SUFFIX
 from entrainment_cli.data import registry
 from entrainment_cli.engines import embed
 from entrainment_cli.engines.generate import row_seed
-from entrainment_cli.grading import extract_boxed, math_equal
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import curriculum
-from entrainment_cli.science.correctness import wilson_interval
+from entrainment_cli.science.answers import extract_boxed, math_equal
+from entrainment_cli.science.stats import wilson_interval
 
 LIMIT, POOL = 6, 20
 GENERATIONS = [
-    "id", "level", "score", "subject", "math_level", "strategy", "demo_ids", "prompt", "output",
+    "id", "sparsity_level", "score", "subject", "level", "strategy", "demo_ids", "prompt", "output",
     "extracted", "answer", "correct", "tokens", "n_prompt_tokens", "finish_reason",
 ]  # fmt: skip
 
 
 def _args(model, run_dir, *extra):
     return [
-        "cot", "--model", str(model), "--run-dir", str(run_dir), "--limit", str(LIMIT),
+        "cot", "--model", str(model), "--run-dir", str(run_dir), "--sample", str(LIMIT),
         "--pool-size", str(POOL), "--max-tokens", "8", "--engine", "hf", "--batch-size", "4",
         "--quiet", *extra,
     ]  # fmt: skip
@@ -64,8 +64,8 @@ def _tables(run):
 def test_ranking_scores_match_an_independent_pass(curriculum_run, tiny_llama):
     ranking, *_ = _tables(curriculum_run)
     assert list(ranking.columns) == [
-        "role", "id", "problem", "subject", "math_level", "n_prompt_tokens", "metric", "score",
-        "sparser_when", "level",
+        "role", "id", "problem", "subject", "level", "n_prompt_tokens", "metric", "score",
+        "sparser_when", "sparsity_level",
     ]  # fmt: skip
     assert ranking["role"].value_counts().to_dict() == {"pool": POOL, "test": LIMIT}
     assert set(ranking["metric"]) == {"l0_outlier"} and set(ranking["sparser_when"]) == {"lower"}
@@ -89,10 +89,10 @@ def test_levels_are_pool_quantile_bins_sparser_harder(curriculum_run):
     ranking, *_ = _tables(curriculum_run)
     pool = ranking[ranking.role == "pool"]
     # tied scores share a level, so a discrete metric may leave a level empty
-    assert set(pool["level"]) <= {1, 2, 3, 4, 5} and pool["level"].nunique() >= 3
+    assert set(pool["sparsity_level"]) <= {1, 2, 3, 4, 5} and pool["sparsity_level"].nunique() >= 3
     hard = -ranking["score"].to_numpy()  # l0_outlier: lower = sparser = harder
-    levels = ranking["level"].to_numpy()
-    pool_hard, pool_levels = -pool["score"].to_numpy(), pool["level"].to_numpy()
+    levels = ranking["sparsity_level"].to_numpy()
+    pool_hard, pool_levels = -pool["score"].to_numpy(), pool["sparsity_level"].to_numpy()
     for h, level in zip(hard, levels, strict=True):  # consistent with every pool problem
         assert (pool_levels[pool_hard < h] <= level).all()
         assert (pool_levels[pool_hard > h] >= level).all()
@@ -108,22 +108,26 @@ def test_demos_follow_the_bands(curriculum_run):
     assert demos.groupby("id").size().tolist() == [2] * LIMIT
     vectors = embed.embed(pool["problem"].tolist())
     for id_, part in demos.groupby("id"):
-        level = int(test.at[id_, "level"])
+        level = int(test.at[id_, "sparsity_level"])
         part = part.sort_values("position")
-        assert set(part["level"]) == {level}
+        assert set(part["sparsity_level"]) == {level}
         assert set(part["band"]) == {curriculum.band(level, 5)}
         offsets = curriculum.PLAN[curriculum.band(level, 5)]
-        assert part["target_level"].tolist() == [level + o for o in offsets]
+        assert part["target_sparsity_level"].tolist() == [level + o for o in offsets]
         q = embed.embed([test.at[id_, "problem"]])[0]
         sims = vectors @ q
         chosen = set(part["demo_id"])
         for d in part.itertuples():
             i = pool.index[pool["id"] == d.demo_id][0]
-            assert d.demo_level == pool.at[i, "level"] and d.similarity == pytest.approx(sims[i])
-            same = [j for j in range(POOL) if pool.at[j, "level"] == d.target_level]
+            assert d.demo_sparsity_level == pool.at[
+                i, "sparsity_level"
+            ] and d.similarity == pytest.approx(sims[i])
+            same = [
+                j for j in range(POOL) if pool.at[j, "sparsity_level"] == d.target_sparsity_level
+            ]
             free = [j for j in same if pool.at[j, "id"] not in chosen or j == i]
             if free:  # the most similar free problem of the target level
-                assert d.demo_level == d.target_level
+                assert d.demo_sparsity_level == d.target_sparsity_level
                 assert sims[i] == pytest.approx(max(sims[j] for j in free))
         row = gens.set_index("id").loc[id_]
         assert list(row["demo_ids"]) == part["demo_id"].tolist()
@@ -146,9 +150,9 @@ def test_generations_and_summary(curriculum_run):
         "n": n, "correct": k, "accuracy": k / n, "ci_lo": lo, "ci_hi": hi
     }  # fmt: skip
     for field, key in (
-        ("by_math_level", "math_level"),
+        ("by_level", "level"),
         ("by_subject", "subject"),
-        ("by_sparsity_level", "level"),
+        ("by_sparsity_level", "sparsity_level"),
     ):
         expected = gens.groupby(key)["correct"].agg(["size", "sum"])
         got = {r[key]: (r["n"], r["correct"]) for r in summary[field]}
@@ -158,7 +162,7 @@ def test_generations_and_summary(curriculum_run):
     assert m["status"] == "done" and m["seed"] == 0 and m["engine"] == "hf"
     assert m["pool"]["data_source"] == "sample" and m["dataset"]["data_source"] == "sample"
     assert m["timings"]["rank"]["prompts"] == POOL + LIMIT
-    for stem in ("accuracy_by_math_level", "accuracy_by_sparsity_level", "sparsity_by_math_level"):
+    for stem in ("accuracy_by_level", "accuracy_by_sparsity_level", "sparsity_by_level"):
         assert (curriculum_run / "figures" / f"{stem}.png").stat().st_size > 5_000
 
 
@@ -166,7 +170,7 @@ def test_other_strategies_and_compare_plot(cli, curriculum_run, tiny_llama, tmp_
     runs = {}
     for strategy in ("cot", "few-shot", "auto-shot"):
         runs[strategy] = tmp_path / strategy
-        extra = ["--strategy", strategy, "--num-few-shot", "3"]
+        extra = ["--strategy", strategy, "--shots", "3"]
         result = cli(*_args(tiny_llama, runs[strategy], *extra))
         assert result.exit_code == 0, result.output
     _, demos, gens, _ = _tables(runs["cot"])
@@ -230,7 +234,7 @@ def test_pool_is_deduplicated_against_test_problems(cli, tiny_llama, tmp_path):
     ranking, *_ = _tables(run)
     pool = ranking[ranking.role == "pool"]
     assert pool["id"].tolist() == [f"math_train-{i}" for i in (1, 2, 3, 4, 6, 7, 8)]
-    assert pool["math_level"].isna().tolist() == [False, False, True, False, False, False, False]
+    assert pool["level"].isna().tolist() == [False, False, True, False, False, False, False]
     assert read_manifest(run)["pool"]["data_source"] == "file"
 
 
@@ -267,7 +271,7 @@ def test_empty_pool_after_dedup_is_an_error(cli, tiny_llama, tmp_path):
 def test_vllm_engine(cli, vllm_engine, tmp_path):
     """The embedded model on the session's vLLM engine: greedy, graded, the same tables."""
     run = tmp_path / "v"
-    args = ["cot", "--run-dir", run, "--limit", "2", "--pool-size", "6", "--n-levels", "3"]
+    args = ["cot", "--run-dir", run, "--sample", "2", "--pool-size", "6", "--n-levels", "3"]
     result = cli(*args, "--max-tokens", "16", "--engine", "vllm", "--quiet")
     assert result.exit_code == 0, result.output
     _, _, gens, summary = _tables(run)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from transformers import AutoTokenizer
@@ -43,7 +44,7 @@ def scripted(monkeypatch, tiny_peaked):
         engine.generate = gen
         return engine
 
-    monkeypatch.setattr("entrainment_cli.study.make_engine", make)
+    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
     return tok
 
 
@@ -74,7 +75,7 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
             assert spelled.strip().replace(",", "") == f"{row.prediction:g}".replace("+", "")
     assert p["prompt"].str.contains("Question: Question number 0?").iloc[0]
     tokens = pd.read_parquet(out / "tables" / "tokens.parquet")
-    first = tokens[tokens.prompt_id == p.prompt_id[0]].set_index("step")
+    first = tokens[tokens.id == p.id[0]].set_index("step")
     steps = list(p.answer_steps[0])
     assert p.answer_entropy[0] == pytest.approx(first.loc[steps, "entropy"].mean())
     summary = json.loads((out / "tables" / "summary.json").read_text())
@@ -83,9 +84,26 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
     assert summary["n_parse_failed"] == 1
     clf = json.loads((out / "tables" / "classifier.json").read_text())
     assert clf  # too few prompts for CV is reported, not a crash
+    # what the figures draw is saved: the AU x EU quadrants and the reliability bins
+    parsed = p[~p["parse_failed"]]
+    au, eu = parsed["answer_logtoku_au"], parsed["answer_logtoku_eu"]
+    ok = np.isfinite(au) & np.isfinite(eu)
+    au_med, eu_med = np.median(au[ok]), np.median(eu[ok])
+    quadrants = pd.read_csv(out / "tables" / "quadrants.csv").set_index("quadrant")
+    assert quadrants["n"].sum() == ok.sum()
+    assert (quadrants["au_median"] == pytest.approx(au_med)).all()
+    for q, row in quadrants.iterrows():
+        high_au, high_eu = q.startswith("high"), q.endswith("high EU")
+        mine = parsed[ok & ((au > au_med) == high_au) & ((eu > eu_med) == high_eu)]
+        assert (row["n"], row["n_correct"]) == (len(mine), int(mine["correct"].sum()))
+    reliability = pd.read_csv(out / "tables" / "reliability.csv")
+    for metric, bins in reliability.groupby("metric"):
+        assert bins["n"].sum() == parsed[metric].notna().sum()
+        assert bins["n_correct"].sum() == parsed.loc[parsed[metric].notna(), "correct"].sum()
     for stem in ("correct_vs_incorrect", "logtoku_quadrants", "reliability", "entropy_vs_stops"):
         assert (out / "figures" / f"{stem}.png").is_file()
-    assert read_manifest(out)["identity"]["grade"] == ["cot", 2]
+    identity = read_manifest(out)["identity"]
+    assert identity["grade"] is True and (identity["prompting"], identity["shots"]) == ("cot", 2)
     assert run_label(out)[1].endswith("/cot")  # graded runs of one model stay apart in grids
 
 

@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from entrainment_cli.engines.models import resolve_model
-from entrainment_cli.science.grading import (
+from entrainment_cli.science.answers import (
     Answer,
     answer_tokens,
     extract_answer,

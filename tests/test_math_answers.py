@@ -2,7 +2,7 @@
 
 import pytest
 
-from entrainment_cli.grading import extract_boxed, math_equal
+from entrainment_cli.science.answers import extract_boxed, math_equal
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ def tok():
 RUN = [
     "pretrain", "--llm-size", "llama-1-1", "--steps", str(STEPS), "--eval-every", "20",
     "--batch-size", "16", "--lr", "3e-3", "--layers", "0,-1", "--metrics", ",".join(METRICS),
-    "--seed", "0", "--precision", "float32", "--rank-eval", "3", "--quiet", *GRAPH,
+    "--seed", "0", "--dtype", "float32", "--rank-eval", "3", "--quiet", *GRAPH,
 ]  # fmt: skip
 
 
@@ -128,9 +128,9 @@ def test_packed_loss_equals_one_padded_line_per_fact(tok):
     assert packed.item() == pytest.approx(padded.item(), abs=1e-5)
 
 
-def test_precision():
+def test_autocast_dtype():
     assert train.autocast_dtype("float32", "cuda") is None
-    assert train.autocast_dtype("bf16", "cpu") == torch.bfloat16
+    assert train.autocast_dtype("bfloat16", "cpu") == torch.bfloat16
     assert train.autocast_dtype("auto", "cuda") == torch.bfloat16
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert train.autocast_dtype("auto", "cpu") == (torch.bfloat16 if native else None)
@@ -174,12 +174,12 @@ def test_run_directory_and_tables(finished):
     assert int(facts["in_train"].sum()) == 4000 and len(facts) == stats["facts"]
 
     evals = pd.read_parquet(finished / "tables" / "eval.parquet")
-    base = ["query_id", "split", "h", "r", "t", "kind", "rule_length"]
+    base = ["id", "split", "h", "r", "t", "kind", "rule_length"]
     base += ["prior_credit", "popularity_credit", "step"]
     assert list(evals.columns) == [*base, "correct", "pred", "gold_loss", "layer", *METRICS]
     assert sorted(evals["step"].unique()) == [0, 20, 40, 60]
     assert len(evals) == len(queries) * 4 * 2  # queries x steps x layers
-    assert not evals.duplicated(["query_id", "step", "layer"]).any()
+    assert not evals.duplicated(["id", "step", "layer"]).any()
 
     dyn = pd.read_parquet(finished / "tables" / "dynamics.parquet")
     head = ["step", "split", "layer", "n", "accuracy", "accuracy_sem"]
@@ -281,7 +281,7 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
     tok = AutoTokenizer.from_pretrained(ckpt)
     queries = pd.read_parquet(finished / "kg" / "queries.parquet").groupby("split").head(4)
     evals = pd.read_parquet(finished / "tables" / "eval.parquet")
-    final = evals[(evals.step == STEPS) & (evals.layer == -1)].set_index("query_id")
+    final = evals[(evals.step == STEPS) & (evals.layer == -1)].set_index("id")
     for q in queries.itertuples():
         prompt = tok(q.prompt)["input_ids"]
         scores = []
@@ -292,7 +292,7 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
                 logp = torch.log_softmax(model(ids).logits[0].double(), -1)
             positions = range(len(prompt) - 1, len(prompt) + len(answer) - 1)
             scores.append(-np.mean([logp[p, ids[0, p + 1]].item() for p in positions]))
-        row = final.loc[q.query_id]
+        row = final.loc[q.id]
         assert row.gold_loss == pytest.approx(scores[q.gold], abs=1e-4)
         assert row.correct == (int(np.argmin(scores)) == q.gold)
         with torch.no_grad():
@@ -309,9 +309,9 @@ def test_rank_eval_matches_an_independent_ranking(finished):
     model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
     tok = AutoTokenizer.from_pretrained(ckpt)
     stats = json.loads((finished / "kg" / "stats.json").read_text())
-    ranks = pd.read_parquet(finished / "tables" / "rank.parquet").set_index("query_id")
+    ranks = pd.read_parquet(finished / "tables" / "rank.parquet").set_index("id")
     assert ranks["split"].value_counts().to_dict() == {s: 3 for s in stats["pool_sizes"]}
-    queries = pd.read_parquet(finished / "kg" / "queries.parquet").set_index("query_id")
+    queries = pd.read_parquet(finished / "kg" / "queries.parquet").set_index("id")
     facts = pd.read_parquet(finished / "kg" / "facts.parquet")
     train_set = pd.read_parquet(finished / "kg" / "train.parquet")
     n = stats["entities"]
@@ -457,7 +457,7 @@ def test_unwritable_run_dir_exits_2(cli, tmp_path):
         ("--warmup-ratio", "1"),
         ("--lr", "0"),
         ("--layers", "5"),
-        ("--precision", "fp8"),
+        ("--dtype", "fp8"),
         ("--metrics", "nope"),
         ("--negatives", "popular"),
         ("--max-per-relation", "-1"),

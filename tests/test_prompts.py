@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from entrainment_cli.data import prompts
 from entrainment_cli.engines.models import resolve_model
 from entrainment_cli.errors import UserError
-from entrainment_cli.science.grading import extract_answer, gold_answer
+from entrainment_cli.science.answers import extract_answer, gold_answer
 
 QUESTION = "Tom has 3 boxes of 7 pens. How many pens does he have?"
 EQUATION = re.compile(r"^(-?[\d.]+) ([-+*/]) (-?[\d.]+) = (-?[\d.]+)$")

@@ -18,8 +18,8 @@ from entrainment_cli.engines.generate import Generation
 from entrainment_cli.errors import UserError
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science import stats
-from entrainment_cli.science.correctness import compare_groups
-from entrainment_cli.science.grading import parse_choice
+from entrainment_cli.science.answers import parse_choice
+from entrainment_cli.science.stats import compare_groups
 
 METRICS = "l1,top5_energy,hoyer,eff_rank"
 NAMES = ["l1", "top5_energy", "hoyer", "eff_rank"]
@@ -204,7 +204,7 @@ def deepmath_run(tiny_llama, tmp_path_factory):
     from entrainment_cli.cli.app import app
 
     out = tmp_path_factory.mktemp("dm") / "run"
-    args = ["qa", "deepmath", "--model", tiny_llama, "--run-dir", out, "--n", 12, "--seed", 3,
+    args = ["qa", "deepmath", "--model", tiny_llama, "--run-dir", out, "--sample", 12, "--seed", 3,
             "--layers", "1,-1", "--metrics", METRICS, "--n-boot", 100, "--quiet"]  # fmt: skip
     _ok(CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False))
     return out
@@ -410,7 +410,7 @@ def test_accuracy_resumes_without_regenerating(cli, tiny_llama, scripted, tmp_pa
     from entrainment_cli.engines.probe import HiddenProbe
 
     args = ["qa", "accuracy", "--model", tiny_llama, "--engine", "hf", "--max-tokens", 32,
-            "--limit-per-level", 1, "--batch-size", 2, "--metrics", "l1", "--quiet"]  # fmt: skip
+            "--limit", 1, "--batch-size", 2, "--metrics", "l1", "--quiet"]  # fmt: skip
     whole = tmp_path / "whole"
     _ok(cli(*args, "--run-dir", whole))
     real, calls = HiddenProbe.measure, {"n": 0}
@@ -442,7 +442,7 @@ def test_accuracy_resumes_without_regenerating(cli, tiny_llama, scripted, tmp_pa
 def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
     out = tmp_path / "g"
     _ok(cli("qa", "accuracy", "--model", tiny_llama, "--run-dir", out, "--engine", "hf",
-            "--limit-per-level", 1, "--max-tokens", 4, "--metrics", "l1", "--quiet"))  # fmt: skip
+            "--limit", 1, "--max-tokens", 4, "--metrics", "l1", "--quiet"))  # fmt: skip
     answers = pd.read_parquet(out / "tables" / "answers.parquet")
     assert len(answers) == 5 and (answers.n_generated <= 4).all()
     assert not answers.correct.any()  # a random model does not box the right answer
@@ -450,10 +450,10 @@ def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
 
 
 def test_accuracy_on_vllm_and_the_embedded_model(cli, vllm_engine, tmp_path):
-    from entrainment_cli.grading import extract_boxed, math_equal
+    from entrainment_cli.science.answers import extract_boxed, math_equal
 
     out = tmp_path / "v"
-    _ok(cli("qa", "accuracy", "--engine", "vllm", "--limit-per-level", 1, "--max-tokens", 24,
+    _ok(cli("qa", "accuracy", "--engine", "vllm", "--limit", 1, "--max-tokens", 24,
             "--metrics", "l1", "--run-dir", out, "--quiet"))  # fmt: skip
     m = read_manifest(out)
     assert m["engine"] == "vllm" and m["model"]["source"] == "embedded"
@@ -480,9 +480,9 @@ def test_layers_out_of_range_is_one_line(cli, tiny_llama, tmp_path, study):
     [
         (["longreason", "--splits", "8k,5k"], "'longreason' has no split '5k'; its splits:"),
         (["longreason", "--engine", "fast"], "unknown --engine 'fast'"),
-        (["deepmath", "--n", "0"], "--n must be at least 1"),
+        (["deepmath", "--sample", "0"], "--sample must be at least 1"),
         (["conflict", "--metrics", "l1,spikiness"], "unknown metric 'spikiness'"),
-        (["accuracy", "--max-tokens", "0"], "max tokens must be at least 1"),
+        (["accuracy", "--max-tokens", "0"], "--max-tokens must be at least 1"),
         (["accuracy"], "no prompt leaves room for --max-tokens 1024 in the model's context"),
     ],
 )  # fmt: skip

@@ -178,9 +178,7 @@ def test_resume_with_other_settings_is_refused(cli, tiny_llama, finished):
 
 def test_limit_per_level_and_positions(cli, tiny_llama, tmp_path):
     out = tmp_path / "r"
-    result = _run(
-        cli, tiny_llama, out, "--limit-per-level", "2", "--positions", "last-prompt,mean-prompt"
-    )
+    result = _run(cli, tiny_llama, out, "--limit", "2", "--positions", "last-prompt,mean-prompt")
     assert result.exit_code == 0, result.output
     s = pd.read_parquet(out / "tables" / "samples.parquet")
     assert s.groupby("level")["id"].nunique().tolist() == [2] * 5
@@ -195,7 +193,7 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
     assert (finished / "figures" / "levels_layer-1_last-prompt.png").is_file()
     assert (finished / "figures" / "layer_profile_last-prompt.png").is_file()
     other = tmp_path / "other"
-    assert _run(cli, tiny_llama, other, "--limit-per-level", "1").exit_code == 0
+    assert _run(cli, tiny_llama, other, "--limit", "1").exit_code == 0
     result = cli("plot", finished, other, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp" / "rankmath_compare.png").stat().st_size > 10_000
@@ -212,7 +210,7 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
         (["--layers", "7"], "layer 7 is out of range; this model has 3 blocks"),
         (["--metrics", "l1,sparsiness"], "unknown metric 'sparsiness'; known metrics: l1,"),
         (["--positions", "first"], "unknown position 'first'"),
-        (["--limit-per-level", "0"], "--limit-per-level must be at least 1"),
+        (["--limit", "0"], "--limit must be at least 1"),
         (["--model", "/no/such/dir"], "model directory /no/such/dir does not exist"),
         (["--model", "missing.gguf"], "model file missing.gguf does not exist"),
         (["--resume"], "--resume needs --run-dir"),

@@ -49,7 +49,7 @@ def _correlate(cli, model, run_dir, *extra):
         run_dir,
         "--engine",
         "hf",
-        "--n-prompts",
+        "--limit",
         "4",
         "--max-tokens",
         "8",
@@ -111,7 +111,7 @@ def test_resume_refuses_changed_weights_at_the_same_path(cli, tiny_llama, tmp_pa
     model = tmp_path / "model"
     shutil.copytree(tiny_llama, model)
     run = tmp_path / "R"
-    assert _rankmath(cli, model, run, "--limit-per-level", "1").exit_code == 0
+    assert _rankmath(cli, model, run, "--limit", "1").exit_code == 0
     first = read_manifest(run)
     assert first["identity"]["weights_sha256"] == first["model"]["weights_sha256"]
 
@@ -121,7 +121,7 @@ def test_resume_refuses_changed_weights_at_the_same_path(cli, tiny_llama, tmp_pa
     tensors[name] = tensors[name] + 1.0  # other weights, same path
     save_file(tensors, weights, metadata={"format": "pt"})
 
-    result = _rankmath(cli, model, run, "--limit-per-level", "1", "--resume")
+    result = _rankmath(cli, model, run, "--limit", "1", "--resume")
     assert result.exit_code == 2
     assert "cannot resume" in result.output and "weights_sha256" in result.output
     after = read_manifest(run)
@@ -140,7 +140,7 @@ def corr_run(tiny_peaked, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("corr") / "R"
     args = ["correlate", "--model", tiny_peaked, "--run-dir", run, "--engine", "hf"]
-    args += ["--n-prompts", "4", "--max-tokens", "8", "--batch-size", "2", "--n-boot", "50"]
+    args += ["--limit", "4", "--max-tokens", "8", "--batch-size", "2", "--n-boot", "50"]
     result = CliRunner().invoke(app, [str(a) for a in args + ["--quiet"]])
     assert result.exit_code == 0, result.output
     return run
@@ -156,7 +156,7 @@ def _analysis_files(run):
 @pytest.mark.parametrize("bins", ["0", "-1"])
 def test_analyze_with_bad_bins_keeps_the_old_analysis(cli, corr_run, bins):
     before = _analysis_files(corr_run)
-    result = cli("correlate", "--analyze", corr_run, "--bins", bins, "--quiet")
+    result = cli("correlate-analyze", corr_run, "--bins", bins, "--quiet")
     assert result.exit_code == 2
     assert f"--bins must be at least 1, got {bins}" in result.output
     assert _analysis_files(corr_run) == before

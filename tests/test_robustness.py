@@ -17,7 +17,8 @@ from entrainment_cli.science import stats
 
 METRICS = "l1,top10_energy,hoyer"
 NAMES = ["l1", "top10_energy", "hoyer"]
-LIMIT = 9  # questions: 27 prompts
+PER_CATEGORY = 2  # --limit: the sample cycles through its 6 categories row by row
+LIMIT = 6 * PER_CATEGORY  # so the first 12 questions: 36 prompts
 
 
 def _args(model, run_dir, *extra):
@@ -31,7 +32,7 @@ def _args(model, run_dir, *extra):
         "--metrics",
         METRICS,
         "--limit",
-        str(LIMIT),
+        str(PER_CATEGORY),
         "--batch-size",
         "8",
         "--quiet",
@@ -172,7 +173,9 @@ def test_paired_test_and_mcnemar_on_known_data():
 
 def test_export_writes_the_variants_the_run_used(cli, finished, tmp_path):
     path = tmp_path / "noisy.jsonl"
-    result = cli("qa", "robustness", "--limit", LIMIT, "--seed", 3, "--export", path, "--quiet")
+    result = cli(
+        "qa", "robustness-export", "--limit", PER_CATEGORY, "--seed", 3, "--out", path, "--quiet"
+    )
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "runs").exists()  # no run, no model
     records = [json.loads(line) for line in path.read_text().splitlines()]
@@ -193,23 +196,23 @@ def test_export_writes_the_variants_the_run_used(cli, finished, tmp_path):
             assert v["options"][v["answer_index"]] == row["options"][row["answer_index"]]
             assert v["answer"] == chr(ord("A") + v["answer_index"])
     whole = tmp_path / "noisy.json"
-    args = ["--noise", "light", "--categories", "Physics,computer science", "--export", whole]
-    assert cli("qa", "robustness", *args, "--quiet").exit_code == 0
+    args = ["--noise", "light", "--categories", "Physics,computer science", "--out", whole]
+    assert cli("qa", "robustness-export", *args, "--quiet").exit_code == 0
     doc = json.loads(whole.read_text())
     assert doc["meta"]["num_records"] == len(doc["data"]) == 10
     assert doc["meta"]["areas"] == ["Computer Science", "Physics"] and doc["meta"]["seed"] == 0
     assert all(list(r["variants"]) == ["light"] for r in doc["data"])
-    every = tmp_path / "every.jsonl"  # --per-category 0: every question of the category
-    args = ["--noise", "normal", "--categories", "math", "--per-category", "0", "--export", every]
-    assert cli("qa", "robustness", *args, "--quiet").exit_code == 0
+    every = tmp_path / "every.jsonl"  # --limit 0: every question of the category
+    args = ["--noise", "normal", "--categories", "math", "--limit", "0", "--out", every]
+    assert cli("qa", "robustness-export", *args, "--quiet").exit_code == 0
     assert len(every.read_text().splitlines()) == 5
-    result = cli("qa", "robustness", "--export", tmp_path / "x.csv")
+    result = cli("qa", "robustness-export", "--out", tmp_path / "x.csv")
     assert result.exit_code == 2 and "use a .jsonl or .json file name" in result.stderr
 
 
 def test_categories_per_category_and_noise_levels(cli, tiny_llama, tmp_path):
     out = tmp_path / "r"
-    args = _args(tiny_llama, out, "--categories", "math,History", "--per-category", "2")
+    args = _args(tiny_llama, out, "--categories", "math,History", "--limit", "2")
     result = cli(*args, "--noise", "heavy,normal")
     assert result.exit_code == 0, result.output
     s = pd.read_parquet(out / "tables" / "samples.parquet")
@@ -226,7 +229,7 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
     assert result.exit_code == 0, result.output
     assert (finished / "figures" / "heatmaps_layer-1_last-prompt.png").stat().st_size > 20_000
     other = tmp_path / "other"
-    assert cli(*_args(tiny_llama, other, "--limit", "3")).exit_code == 0
+    assert cli(*_args(tiny_llama, other, "--limit", "1")).exit_code == 0
     result = cli("plot", finished, other, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp" / "robustness_compare.png").stat().st_size > 10_000
@@ -238,7 +241,7 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
         (["--categories", "law,astrology"], "unknown category 'law'; "),
         (["--noise", "light,extreme"], "unknown noise level 'extreme'; use a comma list of"),
         (["--layers", "7"], "layer 7 is out of range; this model has 3 blocks"),
-        (["--per-category", "-1"], "--per-category must be at least 1"),
+        (["--limit", "-1"], "--limit must be 0 or more"),
         (["--metrics", "l1,sparsiness"], "unknown metric 'sparsiness'"),
         (["--seed", "-1"], "--seed must be 0 or more"),
     ],
@@ -278,7 +281,7 @@ def test_bad_data_files_name_the_problem(cli, tiny_llama, tmp_path):
 
 def test_resume_finishes_without_redoing(cli, tiny_llama, tmp_path):
     out = tmp_path / "r"
-    args = _args(tiny_llama, out, "--limit", "3")
+    args = _args(tiny_llama, out, "--limit", "1", "--categories", "biology,math,physics")
     assert cli(*args).exit_code == 0
     before = pd.read_parquet(out / "tables" / "samples.parquet")
     result = cli(*args, "--resume")

@@ -1,13 +1,17 @@
-"""`entrain`: the root command; sub-commands live in their own modules."""
+"""`entrain`: the root command, built from the study registry; nothing heavy is imported until
+a command runs, so that --help and option errors answer at once."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import __version__
-from . import correlate, cot, plot, pretrain, qa
+from ..studies import STUDIES, CorrelateAnalyzeConfig, RobustnessExportConfig, Study
+from .build import build_command
+from .common import print_done
+from .plot import plot
 
 app = typer.Typer(
     name="entrain",
@@ -18,11 +22,59 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(qa.app, name="qa")
-app.command(name="correlate")(correlate.correlate)
-app.command(name="cot")(cot.cot)
-app.command(name="plot")(plot.plot)
-app.command(name="pretrain")(pretrain.pretrain)
+qa = typer.Typer(help="Hidden-state sparsity against difficulty.", no_args_is_help=True)
+
+
+def _runner(entry: Study):
+    def action(cfg: Any) -> None:
+        from ..pipeline import run_study
+
+        print_done(run_study(entry, cfg))
+
+    return action
+
+
+def _analyze(cfg: CorrelateAnalyzeConfig) -> None:
+    from ..correlate.analysis import analyze_runs
+    from ..ui import console
+
+    for path in analyze_runs(
+        cfg.run_dirs, cfg.out, cfg.min_nucleus, cfg.bins, cfg.n_boot, cfg.seed
+    ):
+        console.print(str(path), highlight=False)
+
+
+def _export(cfg: RobustnessExportConfig) -> None:
+    from ..qa.robustness import export_variants
+    from ..ui import console
+
+    console.print(f"[green]wrote:[/] {export_variants(cfg)}", highlight=False)
+
+
+for _entry in STUDIES:
+    group, _, name = _entry.name.rpartition(" ")
+    (qa if group == "qa" else app).command(name=name)(
+        build_command(_entry.config, _runner(_entry), _entry.help)
+    )
+app.command(name="correlate-analyze")(
+    build_command(
+        CorrelateAnalyzeConfig,
+        _analyze,
+        """Re-analyze finished correlate runs from their saved tokens: stats.csv|tex, bins.csv,
+fit.json and figures in each run; several runs also give one joint table and a grid figure
+(models as rows, datasets as columns) in --out.""",
+    )
+)
+qa.command(name="robustness-export")(
+    build_command(
+        RobustnessExportConfig,
+        _export,
+        """Write the noisy MMLU-Pro dataset of `qa robustness` (every question with its seeded
+variants) to a .jsonl or .json file; no model is loaded.""",
+    )
+)
+app.add_typer(qa, name="qa")
+app.command(name="plot")(plot)
 
 
 def _version(value: bool) -> None:

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from ..plots import plot_runs
-from ..ui import console
 from .common import Quiet, command
 
 
@@ -30,6 +28,9 @@ def plot(
     Runs of different commands may be mixed: `entrain plot runs/*/* --out report` rebuilds
     everything and writes one report directory.
     """
+    from ..plots import plot_runs
+    from ..ui import console
+
     written = plot_runs(run_dirs, out)
     if not quiet:
         for path in written:

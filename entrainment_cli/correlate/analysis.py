@@ -41,9 +41,7 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
         raise UserError(f"{run_dir} has no tables/tokens.parquet; finish it with --resume")
     tokens = pd.read_parquet(path)
     points = stats.pool_tokens(tokens, X, Y, min_nucleus)
-    corr = stats.correlate(
-        points[X], points[Y], groups=points["prompt_id"], n_boot=n_boot, seed=seed
-    )
+    corr = stats.correlate(points[X], points[Y], groups=points["id"], n_boot=n_boot, seed=seed)
     if corr["n_dropped_nonfinite"]:
         log.warning(
             "%s: %d of %d pooled tokens have a NaN/inf %s or %s; they are left out of the "
@@ -63,7 +61,7 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
         "x": X,
         "y": Y,
         "min_nucleus": min_nucleus,
-        "n_prompts": int(points.loc[stats.finite_rows(points, X, Y), "prompt_id"].nunique()),
+        "n_prompts": int(points.loc[stats.finite_rows(points, X, Y), "id"].nunique()),
         **corr,
         **{f"fit_{k}": v for k, v in fit.items() if k not in {"message"}},
     }

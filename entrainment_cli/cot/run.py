@@ -14,27 +14,26 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .. import study
+from .. import pipeline
 from ..data import registry
 from ..engines import embed
 from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..grading import extract_boxed, math_equal
+from ..pipeline import Prepared
+from ..runs.rundir import RunDir
 from ..science import curriculum, sparsity
-from ..science.correctness import accuracy_record
+from ..science.answers import extract_boxed, math_equal
+from ..science.stats import accuracy_record
+from ..studies import CotConfig
 
 log = logging.getLogger("entrain")
 
-COMMAND = "cot"
-STRATEGIES = ("cot", "few-shot", "auto-shot", "curriculum")
 SYSTEM_PROMPT = (
     "You are a helpful math assistant. Solve the problem step by step, then give the final "
     "answer in \\boxed{}."
@@ -42,60 +41,18 @@ SYSTEM_PROMPT = (
 USER_SUFFIX = "\n\nPlease solve this problem step by step and put the final answer in \\boxed{}."
 
 
-@dataclass
-class CotConfig:
-    strategy: str = "cot"
-    model: str | None = None
-    data_file: Path | None = None
-    pool_file: Path | None = None
-    limit: int | None = None
-    pool_size: int = 500
-    num_few_shot: int = 2
-    rank_metric: str = "l0_outlier"
-    n_levels: int = 5
-    max_tokens: int = 4096
-    engine: str = "auto"
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
-def validate(cfg: CotConfig) -> tuple[str, Sampling, str]:
-    """Checks that need no data or model: (canonical rank metric, sampling, engine kind)."""
-    if cfg.strategy not in STRATEGIES:
-        raise UserError(f"unknown --strategy '{cfg.strategy}'; use one of {', '.join(STRATEGIES)}")
-    (metric,) = study.metric_names([cfg.rank_metric])
-    study.check_positive(
-        ("--pool-size", cfg.pool_size),
-        ("--num-few-shot", cfg.num_few_shot),
-        ("--batch-size", cfg.batch_size),
-        ("--limit", cfg.limit),
-    )
-    if cfg.n_levels < 3:
-        raise UserError(
-            f"--n-levels must be at least 3 (easy, middle and hard bands), got {cfg.n_levels}"
-        )
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    return metric, sampling, resolve_kind(cfg.engine)
-
-
-def test_problems(data: registry.LoadedData, limit: int | None, seed: int) -> pd.DataFrame:
-    """The test problems: all, or ``limit`` drawn at random with ``seed`` (kept in file order)."""
+def test_problems(data: registry.LoadedData, sample: int | None, seed: int) -> pd.DataFrame:
+    """The test problems: all, or ``sample`` drawn at random with ``seed`` (in file order)."""
     keep = range(len(data.rows))
-    if limit is not None and limit < len(data.rows):
-        keep = sorted(random.Random(seed).sample(range(len(data.rows)), limit))
+    if sample is not None and sample < len(data.rows):
+        keep = sorted(random.Random(seed).sample(range(len(data.rows)), sample))
     rows = [data.rows[i] for i in keep]
     return pd.DataFrame(
         {
             "id": [data.ids[i] for i in keep],
             "problem": [str(r["problem"]) for r in rows],
             "subject": [str(r.get("subject", "")) for r in rows],
-            "math_level": [
+            "level": [
                 registry.parse_level(r["level"], f"{data.location} row {i}")
                 for i, r in zip(keep, rows, strict=True)
             ],
@@ -124,7 +81,7 @@ def pool_problems(pool: registry.LoadedData, test: registry.LoadedData, size: in
             "problem": [str(r["problem"]) for r in rows],
             "solution": [str(r["solution"]) for r in rows],
             "subject": [str(r.get("type", r.get("subject", ""))) for r in rows],
-            "math_level": pd.array([_level_or_none(r["level"]) for r in rows], dtype="Int64"),
+            "level": pd.array([_level_or_none(r["level"]) for r in rows], dtype="Int64"),
         }
     )
 
@@ -159,182 +116,178 @@ def render(tokenizer, chat: list[dict[str, str]]) -> str:
 
 
 def choose_demos(
-    cfg: CotConfig, test: pd.DataFrame, pool: pd.DataFrame, device: str
+    cfg: CotConfig, strategy: str, test: pd.DataFrame, pool: pd.DataFrame, device: str
 ) -> pd.DataFrame:
     """One row per (test problem, demonstration): which pool problem, in prompt order."""
     records = []
-    retrieval = cfg.strategy in ("auto-shot", "curriculum")
+    retrieval = strategy in ("auto-shot", "curriculum")
     if retrieval:  # the pool is embedded once per run
         pool_vectors = embed.embed(pool["problem"].tolist(), device)
         order, sims = embed.similarity_order(
             embed.embed(test["problem"].tolist(), device), pool_vectors
         )
     for t, row in enumerate(test.itertuples(index=False)):
-        if cfg.strategy == "cot":
+        if strategy == "cot":
             continue  # no demonstrations
-        level, band = int(row.level), None
-        if cfg.strategy == "few-shot":  # fresh random examples per problem, seeded by its id
+        level, band = int(row.sparsity_level), None
+        if strategy == "few-shot":  # fresh random examples per problem, seeded by its id
             rng = random.Random(row_seed(cfg.seed, row.id))
-            picks = [
-                (i, None) for i in rng.sample(range(len(pool)), min(cfg.num_few_shot, len(pool)))
-            ]
-        elif cfg.strategy == "auto-shot":
-            picks = [(int(i), None) for i in order[t, : cfg.num_few_shot]]
+            picks = [(i, None) for i in rng.sample(range(len(pool)), min(cfg.shots, len(pool)))]
+        elif strategy == "auto-shot":
+            picks = [(int(i), None) for i in order[t, : cfg.shots]]
         else:
             band = curriculum.band(level, cfg.n_levels)
             picks = curriculum.select_demos(
-                level, cfg.n_levels, order[t].tolist(), pool["level"].to_numpy()
+                level, cfg.n_levels, order[t].tolist(), pool["sparsity_level"].to_numpy()
             )
         for k, (i, target) in enumerate(picks):
             records.append(
                 {
                     "id": row.id,
-                    "level": level,
+                    "sparsity_level": level,
                     "band": band,
                     "position": k,
                     "demo_id": pool["id"].iloc[i],
-                    "demo_level": int(pool["level"].iloc[i]),
-                    "target_level": target,
-                    "demo_math_level": pool["math_level"].iloc[i],
+                    "demo_sparsity_level": int(pool["sparsity_level"].iloc[i]),
+                    "target_sparsity_level": target,
+                    "demo_level": pool["level"].iloc[i],
                     "similarity": float(sims[t, i]) if retrieval else float("nan"),
                 }
             )
     columns = [
-        "id", "level", "band", "position", "demo_id", "demo_level", "target_level",
-        "demo_math_level", "similarity",
+        "id", "sparsity_level", "band", "position", "demo_id", "demo_sparsity_level",
+        "target_sparsity_level", "demo_level", "similarity",
     ]  # fmt: skip
     frame = pd.DataFrame.from_records(records, columns=columns)
-    return frame.astype({"target_level": "Int64", "band": "string", "demo_math_level": "Int64"})
+    return frame.astype({"target_sparsity_level": "Int64", "band": "string", "demo_level": "Int64"})
 
 
-def run(cfg: CotConfig) -> Path:
-    # Everything that can be wrong with the input is checked before the run directory exists.
-    metric, sampling, kind = validate(cfg)
+def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
+    if cfg.curriculum and cfg.strategy not in (None, "curriculum"):
+        raise UserError(f"--curriculum contradicts --strategy {cfg.strategy}; drop one of them")
+    strategy = "curriculum" if cfg.curriculum else cfg.strategy or "cot"
+    (metric,) = pipeline.metric_names([cfg.rank_metric])
+    kind = resolve_kind(cfg.engine)
     test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
     pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, option="--pool-file")
-    test = test_problems(test_data, cfg.limit, cfg.seed)
+    test = test_problems(test_data, cfg.sample, cfg.seed)
     pool = pool_problems(pool_data, test_data, cfg.pool_size)
     if cfg.n_levels > len(pool):
         raise UserError(
             f"--n-levels {cfg.n_levels} is larger than the pool ({len(pool)} problems); "
             "lower --n-levels or raise --pool-size"
         )
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
-
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": test_data.fingerprint,
-        "pool": pool_data.fingerprint,
-        "strategy": cfg.strategy,
-        "limit": cfg.limit,
-        "pool_size": cfg.pool_size,
-        "num_few_shot": cfg.num_few_shot,
+    resolved = {
+        "strategy": strategy,
         "rank_metric": metric,
-        "n_levels": cfg.n_levels,
-        "max_tokens": cfg.max_tokens,
-        "seed": cfg.seed,
-        "dtype": str(setup.dtype),
+        "engine": kind,
+        "pool": pool_data.fingerprint,
     }
-    name_parts = ["math500", cfg.strategy]
-    with study.start_run(
-        COMMAND, identity, cfg, setup, test_data, name_parts, pool=pool_data.identity()
-    ) as rd:
-        model, tokenizer = study.load_model(rd, setup)
-        ranking, edges = rank(rd, cfg, metric, model, tokenizer, pool, test)
-        pool["level"] = ranking.loc[ranking["role"] == "pool", "level"].to_numpy()
-        test = test.merge(ranking.loc[ranking["role"] == "test", ["id", "score", "level"]], on="id")
+    return Prepared(
+        test_data,
+        ["math500", strategy],
+        resolved,
+        (test, pool),
+        extra={"pool": pool_data.identity()},
+    )
 
-        with rd.stage("retrieval") as timing:
-            demos = choose_demos(cfg, test, pool, setup.device)
-            timing["problems"] = len(test)
-        rd.write_table("demos", demos)
-        by_id = pool.set_index("id")
-        demo_ids = demos.groupby("id", sort=False)["demo_id"].agg(list).to_dict()
-        test["demo_ids"] = [demo_ids.get(i, []) for i in test["id"]]
-        test["prompt"] = [
-            render(
-                tokenizer,
-                messages(p, [(by_id.at[d, "problem"], by_id.at[d, "solution"]) for d in ds]),
-            )
-            for p, ds in zip(test["problem"], test["demo_ids"], strict=True)
-        ]
-        tokens = study.tokenize_prompts(test, tokenizer, model, reserve=cfg.max_tokens)
-        rd.update(
-            level_edges=[float(e) for e in edges],
-            counts={
-                "test_problems": len(test),
-                "pool_problems": len(pool),
-                "skipped_too_long": len(tokens.skipped),
-            },
+
+def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -> None:
+    test, pool = prep.state
+    strategy, metric, kind = (prep.resolved[k] for k in ("strategy", "rank_metric", "engine"))
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    model, tokenizer = pipeline.load_model(rd, setup)
+    ranking, edges = rank(rd, cfg, metric, model, tokenizer, pool, test)
+    pool["sparsity_level"] = ranking.loc[ranking["role"] == "pool", "sparsity_level"].to_numpy()
+    test = test.merge(
+        ranking.loc[ranking["role"] == "test", ["id", "score", "sparsity_level"]], on="id"
+    )
+
+    with rd.stage("retrieval") as timing:
+        demos = choose_demos(cfg, strategy, test, pool, setup.device)
+        timing["problems"] = len(test)
+    rd.write_table("demos", demos)
+    by_id = pool.set_index("id")
+    demo_ids = demos.groupby("id", sort=False)["demo_id"].agg(list).to_dict()
+    test["demo_ids"] = [demo_ids.get(i, []) for i in test["id"]]
+    test["prompt"] = [
+        render(
+            tokenizer,
+            messages(p, [(by_id.at[d, "problem"], by_id.at[d, "solution"]) for d in ds]),
         )
-        ids = test["id"].tolist()
-        done = rd.done_ids("generations", "id")
-        todo = [i for i in tokens.keep if ids[i] not in done]
-        if todo:  # a resumed run may have nothing left to generate: no engine start then
-            if kind == "vllm" and setup.device.startswith("cuda"):
-                model = None  # vLLM takes the GPU memory
-                torch.cuda.empty_cache()
+        for p, ds in zip(test["problem"], test["demo_ids"], strict=True)
+    ]
+    tokens = pipeline.tokenize_prompts(test, tokenizer, model, reserve=cfg.max_tokens)
+    rd.update(
+        level_edges=[float(e) for e in edges],
+        counts={
+            "test_problems": len(test),
+            "pool_problems": len(pool),
+            "skipped_too_long": len(tokens.skipped),
+        },
+    )
+    ids = test["id"].tolist()
+    done = rd.done_ids("generations", "id")
+    todo = [i for i in tokens.keep if ids[i] not in done]
+    if todo:  # a resumed run may have nothing left to generate: no engine start then
+        if kind == "vllm" and setup.device.startswith("cuda"):
+            model = None  # vLLM takes the GPU memory
+            torch.cuda.empty_cache()
 
-            def columns(part: list[int], gens: list[Generation]) -> dict:
-                """A shard of generations: the answer text beside its token count."""
-                return {
-                    "id": [ids[i] for i in part],
-                    "output": [
-                        tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens
-                    ],
-                    "tokens": [len(g.token_ids) for g in gens],
-                    "finish_reason": [g.finish_reason for g in gens],
-                }
+        def columns(part: list[int], gens: list[Generation]) -> dict:
+            """A shard of generations: the answer text beside its token count."""
+            return {
+                "id": [ids[i] for i in part],
+                "output": [tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens],
+                "tokens": [len(g.token_ids) for g in gens],
+                "finish_reason": [g.finish_reason for g in gens],
+            }
 
-            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-                study.generate_into(
-                    rd,
-                    cfg,
-                    "generations",
-                    engine,
-                    sampling,
-                    ids,
-                    tokens.token_lists,
-                    todo,
-                    columns=columns,
-                    unit="problems",
-                )
-        with rd.stage("grading"):
-            table = grade(rd, cfg, test)
-            rd.write_table("generations", table)
-            summary = summarize(table, cfg, metric, edges, len(tokens.skipped))
-            rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
-        rd.update(
-            counts={
-                **rd.manifest["counts"],
-                "generated": len(table),
-                "correct": int(table["correct"].sum()),
-            },
-            accuracy=summary["overall"]["accuracy"],
+        pipeline.generate_into(
+            rd,
+            cfg,
+            setup,
+            (kind, model, tokenizer),
+            "generations",
+            sampling,
+            ids,
+            tokens.token_lists,
+            todo,
+            columns=columns,
+            unit="problems",
         )
-        from ..plots.cot import plot_run
-
-        plot_run(rd.path)
-    return rd.path
+    with rd.stage("grading"):
+        table = grade(rd, strategy, test)
+        rd.write_table("generations", table)
+        summary = summarize(table, strategy, cfg.n_levels, metric, edges, len(tokens.skipped))
+        rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
+    rd.update(
+        counts={
+            **rd.manifest["counts"],
+            "generated": len(table),
+            "correct": int(table["correct"].sum()),
+        },
+        accuracy=summary["overall"]["accuracy"],
+    )
 
 
 def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, np.ndarray]:
     """Score pool and test problems in one batched probe pass and bin them into levels;
     writes tables/ranking.parquet. The prompt is the zero-shot one the model answers."""
     frame = pd.concat([pool.assign(role="pool"), test.assign(role="test")], ignore_index=True)[
-        ["role", "id", "problem", "subject", "math_level"]
+        ["role", "id", "problem", "subject", "level"]
     ]
     frame = frame.rename(columns={"id": "problem_id"})
     frame.insert(0, "id", frame["role"] + ":" + frame["problem_id"])  # pool and test ids may meet
     frame["prompt"] = [render(tokenizer, messages(p, [])) for p in frame["problem"]]
-    tokens = study.tokenize_prompts(frame, tokenizer, model)  # adds n_prompt_tokens
+    tokens = pipeline.tokenize_prompts(frame, tokenizer, model)  # adds n_prompt_tokens
     if tokens.skipped:
         raise UserError(
             f"{len(tokens.skipped)} problem(s) (e.g. {frame['id'].iloc[min(tokens.skipped)]}) do "
             "not fit the model's context, so they cannot be ranked; use a model with a longer "
             "context"
         )
-    study.probe_into(
+    pipeline.probe_into(
         rd,
         "ranking",
         frame.drop(columns="prompt"),  # the ranking table keeps the problem, not its prompt
@@ -356,7 +309,7 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     sparser = sparsity.SPARSER[metric]
     is_pool = ranking["role"] == "pool"
     edges = curriculum.level_edges(ranking.loc[is_pool, metric], cfg.n_levels, sparser)
-    ranking["level"] = curriculum.assign_levels(ranking[metric], edges, sparser)
+    ranking["sparsity_level"] = curriculum.assign_levels(ranking[metric], edges, sparser)
     ranking = ranking.drop(columns=["id", "layer", "position"])
     ranking = ranking.rename(columns={"problem_id": "id", metric: "score"})
     ranking.insert(ranking.columns.get_loc("score"), "metric", metric)
@@ -367,19 +320,19 @@ def rank(rd, cfg, metric, model, tokenizer, pool, test) -> tuple[pd.DataFrame, n
     return ranking, sparser * edges  # edges in score units, for the record
 
 
-def grade(rd, cfg, test: pd.DataFrame) -> pd.DataFrame:
+def grade(rd, strategy: str, test: pd.DataFrame) -> pd.DataFrame:
     """generations.parquet: every answered problem with its extracted answer and verdict."""
     gens = rd.read_in_order("generations", ["id"], test["id"].tolist())
     if gens is None:
         raise UserError("no problem was answered (all were skipped); see run.log")
     table = test.merge(gens, on="id")
-    table["strategy"] = cfg.strategy
+    table["strategy"] = strategy
     table["extracted"] = [extract_boxed(o) for o in table["output"]]
     table["correct"] = [
         math_equal(p, g) for p, g in zip(table["extracted"], table["answer"], strict=True)
     ]
     columns = [
-        "id", "level", "score", "subject", "math_level", "strategy", "demo_ids", "prompt",
+        "id", "sparsity_level", "score", "subject", "level", "strategy", "demo_ids", "prompt",
         "output", "extracted", "answer", "correct", "tokens", "n_prompt_tokens", "finish_reason",
     ]  # fmt: skip
     return table[columns]
@@ -396,16 +349,16 @@ def accuracy(frame: pd.DataFrame, by: str | None = None) -> list[dict] | dict:
     ]
 
 
-def summarize(table, cfg, metric, edges, n_skipped) -> dict:
+def summarize(table, strategy: str, n_levels: int, metric, edges, n_skipped) -> dict:
     return {
-        "strategy": cfg.strategy,
+        "strategy": strategy,
         "rank_metric": metric,
         "sparser_when": sparsity.sparser_when(metric),
-        "n_levels": cfg.n_levels,
+        "n_levels": n_levels,
         "level_edges": [float(e) for e in edges],  # score at which each next level starts
         "skipped_too_long": n_skipped,
         "overall": accuracy(table),
-        "by_math_level": accuracy(table, "math_level"),
+        "by_level": accuracy(table, "level"),
         "by_subject": accuracy(table, "subject"),
-        "by_sparsity_level": accuracy(table, "level"),
+        "by_sparsity_level": accuracy(table, "sparsity_level"),
     }

@@ -80,3 +80,14 @@ def build_prompt(
     parts += [f"Question: {s['question'].strip()}\nAnswer: {s['answer'].strip()}\n\n" for s in used]
     parts.append(f"Question: {question.strip()}\nAnswer:")
     return "".join(parts)
+
+
+def chat_prompt(tokenizer, system: str, user: str, label: str = "Question: ") -> tuple[str, str]:
+    """(exact text given to the tokenizer, 'chat' or 'plain'): the chat template with a
+    generation prompt, or for a model without one the plain text
+    ``{system}\\n\\n{label}{user}\\nAnswer:``."""
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, "chat"
+    return f"{system}\n\n{label}{user}\nAnswer:", "plain"

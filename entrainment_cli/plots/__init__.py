@@ -7,20 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..runs.rundir import read_manifest, slug
-from . import correlate, cot, pretrain, qa, rankmath, robustness
-
-# command -> (figures of one run, comparison of several runs of that command)
-PLOTTERS = {
-    "qa rankmath": (rankmath.plot_run, rankmath.plot_compare),
-    "correlate": (correlate.plot_run, correlate.plot_compare),
-    "qa robustness": (robustness.plot_run, robustness.plot_compare),
-    "cot": (cot.plot_run, cot.plot_compare),
-    "qa deepmath": (qa.plot_deepmath, qa.compare_deepmath),
-    "qa conflict": (qa.plot_conflict, qa.compare_conflict),
-    "qa longreason": (qa.plot_longreason, qa.compare_longreason),
-    "qa accuracy": (qa.plot_accuracy, qa.compare_accuracy),
-    "pretrain": (pretrain.plot_run, pretrain.plot_compare),
-}
+from ..studies import BY_NAME
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
@@ -33,7 +20,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
     groups: dict[str, list[Path]] = {}
     for rd in run_dirs:
         command = read_manifest(rd).get("command")
-        if command not in PLOTTERS:
+        if command not in BY_NAME:
             raise UserError(f"{rd}: no figures are defined for '{command}' runs")
         if not (rd / "tables").is_dir():
             raise UserError(f"{rd} has no tables/ yet; finish the run (--resume) first")
@@ -43,12 +30,12 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
     written: list[Path] = []
     for command, rds in groups.items():
         for rd in rds:
-            written += PLOTTERS[command][0](rd)
+            written += BY_NAME[command].plot_run(rd)
         if out_dir is None:
             continue
         dest = out_dir if len(groups) == 1 else out_dir / slug(command)
         if len(rds) > 1:
-            written += PLOTTERS[command][1](rds, dest)
+            written += BY_NAME[command].plot_compare(rds, dest)
         for rd in rds:
             for figure in sorted((rd / "figures").glob("*")):
                 target = dest / rd.name / figure.name

@@ -14,8 +14,8 @@ from ..runs.rundir import run_label
 from .common import panel_grid, save
 
 PANELS = (
-    ("by_math_level", "math_level", "MATH level"),
-    ("by_sparsity_level", "level", "sparsity level (1 = least sparse)"),
+    ("by_level", "level", "MATH level"),
+    ("by_sparsity_level", "sparsity_level", "sparsity level (1 = least sparse)"),
 )
 
 
@@ -64,13 +64,13 @@ def plot_run(run_dir: Path) -> list[Path]:
         written += save(fig, run_dir / "figures" / f"accuracy_{field}")
 
     ranking = pd.read_parquet(run_dir / "tables" / "ranking.parquet")
-    ranking = ranking.dropna(subset=["math_level"])  # pool problems of unknown level
+    ranking = ranking.dropna(subset=["level"])  # pool problems of unknown level
     metric = ranking["metric"].iloc[0]
     fig, (ax,) = panel_grid(1, 1, (5.5, 3.8))
-    levels = sorted(ranking["math_level"].unique())
+    levels = sorted(ranking["level"].unique())
     for k, (role, color) in enumerate((("pool", "#4C72B0"), ("test", "#DD8452"))):
         part = ranking[ranking["role"] == role]
-        data = [part.loc[part["math_level"] == lv, "score"].to_numpy() for lv in levels]
+        data = [part.loc[part["level"] == lv, "score"].to_numpy() for lv in levels]
         pos = np.arange(len(levels)) + (k - 0.5) * 0.35
         keep = [i for i, d in enumerate(data) if len(d)]
         if keep:
@@ -97,7 +97,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     ax.set_ylabel(f"{metric} (sparser when {ranking['sparser_when'].iloc[0]})")
     ax.legend(fontsize=7)
     ax.set_title(f"Rank score by MATH level: {model}", fontsize=9)
-    written += save(fig, run_dir / "figures" / "sparsity_by_math_level")
+    written += save(fig, run_dir / "figures" / "sparsity_by_level")
     return written
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..science import correctness
 from .common import panel_grid, plt, save
 
 METRICS = ["entropy", "topp_entropy_norm", "stops", "logtoku_au", "logtoku_eu"]
@@ -67,12 +66,13 @@ def plot_run(run_dir: Path) -> list[Path]:
         sel = finite & (parsed["correct"].to_numpy() == ok)
         ax.scatter(au[sel], eu[sel], s=14, alpha=0.7, color=COLORS[ok],
                    label="correct" if ok else "incorrect")  # fmt: skip
-    if finite.any():
-        ax.axvline(np.median(au[finite]), color="grey", ls="--", lw=1)
-        ax.axhline(np.median(eu[finite]), color="grey", ls="--", lw=1)
-        labels = correctness.au_eu_quadrant(au[finite], eu[finite])
-        acc = pd.Series(parsed["correct"].to_numpy()[finite]).groupby(labels).mean()
-        text = "\n".join(f"{q}: acc {a:.0%}" for q, a in acc.items())
+    quadrants = pd.read_csv(tables / "quadrants.csv")
+    if len(quadrants):
+        ax.axvline(quadrants["au_median"].iloc[0], color="grey", ls="--", lw=1)
+        ax.axhline(quadrants["eu_median"].iloc[0], color="grey", ls="--", lw=1)
+        text = "\n".join(
+            f"{q.quadrant}: acc {q.accuracy:.0%}" for q in quadrants.itertuples(index=False)
+        )
         ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", fontsize=7)
     ax.set_xlabel("aleatoric uncertainty (AU)")
     ax.set_ylabel("epistemic uncertainty (EU)")
@@ -81,12 +81,12 @@ def plot_run(run_dir: Path) -> list[Path]:
     written += save(fig, run_dir / "figures" / "logtoku_quadrants")
 
     # reliability: accuracy per quantile bin of each metric
+    reliability = pd.read_csv(tables / "reliability.csv")
     fig, axes = _panels(len(METRICS))
     for ax, metric in zip(axes, METRICS, strict=True):
         col = f"answer_{metric}"
-        ok = parsed[col].notna()
-        if ok.sum() >= 2:
-            bins = correctness.accuracy_by_bins(parsed.loc[ok, col], parsed.loc[ok, "correct"])
+        bins = reliability[reliability["metric"] == col]
+        if len(bins):
             mid = (bins["lo"] + bins["hi"]) / 2
             err = [bins["accuracy"] - bins["ci_lo"], bins["ci_hi"] - bins["accuracy"]]
             ax.errorbar(mid, bins["accuracy"], yerr=err, marker="o", capsize=3)

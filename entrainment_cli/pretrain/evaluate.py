@@ -54,7 +54,7 @@ class Evaluator:
         ]
         self.frame = pd.DataFrame(
             {
-                "query_id": query_ids(self.queries),
+                "id": query_ids(self.queries),
                 "split": [q.split for q in self.queries],
                 "h": [q.h for q in self.queries],
                 "r": [q.r for q in self.queries],
@@ -129,7 +129,7 @@ class Evaluator:
                     counts = np.array([prior[i].get(e, 0) for e in range(n_entities)], float)
                     rows.append(
                         {
-                            "query_id": query_ids(self.queries)[i],
+                            "id": query_ids(self.queries)[i],
                             "split": q.split,
                             "rank": _rank(-row[keep], -row[q.t]),
                             "prior_rank": _rank(counts[keep], counts[q.t]),

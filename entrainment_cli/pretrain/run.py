@@ -5,8 +5,11 @@ Run directory: ``kg/`` (rules, every fact, the training set, the test queries wi
 options, ``stats.json``), ``checkpoint/`` (an HF model + tokenizer directory that every
 other command accepts as ``--model``), ``tables/train.parquet`` (loss, learning rate,
 tokens/s), ``tables/eval.parquet`` (one row per query, split, step and layer),
-``tables/dynamics.parquet`` (per step, split and layer: accuracy, gold loss, every metric's
-mean and SEM), ``tables/final.csv`` (the last step of dynamics) and ``figures/``.
+``tables/dynamics.parquet`` (per step, split and layer: accuracy, the baselines, gold loss,
+every metric's mean and SEM), ``tables/final.csv`` (the last step of dynamics),
+``tables/relations.csv`` (the last step per split and relation), ``tables/rank.csv``
+(``--rank-eval``) and ``figures/``; ``resume/state.pt`` while a ``--save-every`` run is
+unfinished. A ``--seeds`` run holds one such run per seed and ``tables/seeds.csv``.
 """
 
 from __future__ import annotations
@@ -18,26 +21,26 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats as scipy_stats
 
-from .. import study
+from .. import options, pipeline, studies
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
+from ..pipeline import Prepared
 from ..runs.rundir import MANIFEST, RunDir, atomic_write_parquet, temp_beside
 from ..science import kg
+from ..studies import PretrainConfig
 from ..ui import progress
 from . import evaluate, train
 from .tokenizer import build_tokenizer
 
 log = logging.getLogger("entrain")
 
-COMMAND = "pretrain"
 # KGParams field -> the PretrainConfig field (and so the option) that sets it, in the order
 # the options are checked.
 KG_FIELDS = {
@@ -52,51 +55,14 @@ KG_FIELDS = {
     "negatives": "negatives",
     "max_per_relation": "max_per_relation",
 }
-# Options that do not change the numbers: left out of the run's identity, so a run can be
-# resumed with another value.
-NOT_IDENTITY = ("run_dir", "runs_dir", "quiet", "resume", "save_every", "seeds")
 
 
-def _flag(field: str) -> str:
-    """The option of a PretrainConfig field: ``deductible_rules`` -> ``--deductible-rules``."""
-    return "--" + field.replace("_", "-")
+def kg_params(cfg: PretrainConfig) -> kg.KGParams:
+    return kg.KGParams(**{p: getattr(cfg, f) for p, f in KG_FIELDS.items()})
 
 
-@dataclass
-class PretrainConfig:
-    llm_size: str = "llama-16-16"
-    steps: int = 2500
-    batch_size: int = 32
-    lr: float = 1e-4
-    warmup_ratio: float = 0.2
-    eval_every: int = 100
-    num_test: int = 1000
-    entities: int = 4000
-    relations: int = 50
-    rules: int = 25
-    deductible_rules: int = 20
-    attach: int = 6
-    n_atomic: int = 5000
-    n_derived: int = 5000
-    negatives: str = "relation"
-    max_per_relation: int = 0
-    rank_eval: int = 0
-    layers: str = "-1"
-    metrics: list[str] | None = None
-    eval_batch_size: int = 64
-    compile: str = "auto"
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    seeds: list[int] | None = None
-    save_every: int = 0
-    resume: bool = False
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    quiet: bool = False
-
-    def kg_params(self) -> kg.KGParams:
-        return kg.KGParams(**{p: getattr(self, f) for p, f in KG_FIELDS.items()})
+def _flag(name: str) -> str:
+    return options.flag(options.field_of(PretrainConfig, name))
 
 
 @dataclass(frozen=True)
@@ -110,18 +76,7 @@ class _Identity:
 
 
 def _validate(cfg: PretrainConfig) -> None:
-    sizes = [f for f in KG_FIELDS.values() if f not in ("negatives", "max_per_relation")]
-    positive = ["steps", "batch_size", *sizes, "eval_batch_size"]
-    study.check_positive(*((_flag(f), getattr(cfg, f)) for f in positive))
-    if cfg.negatives not in kg.NEGATIVES:
-        raise UserError(
-            f"--negatives must be one of {', '.join(kg.NEGATIVES)} (got '{cfg.negatives}')"
-        )
-    for name in ("max_per_relation", "save_every", "rank_eval"):
-        if getattr(cfg, name) < 0:
-            raise UserError(
-                f"{_flag(name)} must be 0 (none) or positive (got {getattr(cfg, name)})"
-            )
+    """The checks that relate options (each option's own range is declared on its field)."""
     if not cfg.lr > 0:
         raise UserError(f"--lr must be positive (got {cfg.lr})")
     if not 0 <= cfg.warmup_ratio < 1:
@@ -130,18 +85,22 @@ def _validate(cfg: PretrainConfig) -> None:
         raise UserError(
             f"--eval-every must be 0 (only at the end) or positive (got {cfg.eval_every})"
         )
-    if cfg.precision not in train.PRECISIONS:
+
+
+def _seeds(cfg: PretrainConfig) -> list[int]:
+    """``--seeds`` as distinct integers, in the order given."""
+    try:
+        return list(dict.fromkeys(int(s) for s in cfg.seeds or ()))
+    except ValueError:
         raise UserError(
-            f"--precision must be one of {', '.join(train.PRECISIONS)} (got '{cfg.precision}')"
-        )
-    if cfg.compile not in ("auto", "on", "off"):
-        raise UserError(f"--compile must be auto, on or off (got '{cfg.compile}')")
+            f"--seeds must be a comma list of integers, e.g. 0,1,2 (got {','.join(cfg.seeds)})"
+        ) from None
 
 
 def generate_graph(cfg: PretrainConfig) -> kg.KnowledgeGraph:
     """The graph, or one line naming the count that fell short and the option to change."""
     try:
-        return kg.generate(cfg.kg_params(), seed=cfg.seed)
+        return kg.generate(kg_params(cfg), seed=cfg.seed)
     except kg.GraphTooSmall as e:
         fix = f"raise {_flag(KG_FIELDS[e.raise_param])}"
         if e.lower_param:
@@ -178,7 +137,7 @@ def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
     queries = pd.DataFrame([asdict(q) for q in graph.queries])
     queries["alt_tails"] = queries["alt_tails"].map(list)
     queries["options"] = queries["options"].map(list)
-    queries.insert(0, "query_id", evaluate.query_ids(graph.queries))
+    queries.insert(0, "id", evaluate.query_ids(graph.queries))
     queries["prompt"] = [kg.prompt_text(q.h, q.r) for q in graph.queries]
     queries["answer"] = [kg.entity(q.t) for q in graph.queries]
     rd.write_text("kg/rules.json", json.dumps(rules, indent=1) + "\n")
@@ -192,189 +151,185 @@ def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
     return digest.hexdigest()
 
 
-def run(cfg: PretrainConfig) -> Path:
+def prepare(cfg: PretrainConfig, setup: None) -> Prepared:
     # Every input check, and the graph itself, come before the run directory exists.
     _validate(cfg)
-    if cfg.seeds:
-        return run_seeds(cfg)
+    seeds = _seeds(cfg)
     size = train.parse_size(cfg.llm_size)
     layers = parse_layers(cfg.layers, size.layers)
-    metric_names = study.metric_names(cfg.metrics, "--metrics")
+    metric_names = pipeline.metric_names(cfg.metrics, "--metrics")
     device = models.pick_device(cfg.device)
-    amp = train.autocast_dtype(cfg.precision, device)
+    amp = train.autocast_dtype(cfg.dtype, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
+    resolved = {"layers": layers, "metrics": metric_names}
+    if seeds:  # each seed's run checks its own graph
+        resolved["seeds"] = seeds
+        name_parts = [cfg.llm_size, "seeds-" + "-".join(map(str, seeds))]
+        return Prepared(None, name_parts, resolved, seeds)
     graph = generate_graph(cfg)
+    name_parts = [cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"]
+    return Prepared(None, name_parts, resolved, (size, graph, device, amp, compile_model))
+
+
+def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> None:
+    if isinstance(prep.state, list):
+        return run_seeds(rd, cfg, prep.state)
+    if (rd.path / "tables" / "final.csv").is_file():
+        log.info("%s is finished; nothing to resume", rd.path)
+        return None
+    size, graph, device, amp, compile_model = prep.state
+    layers, metric_names = prep.resolved["layers"], prep.resolved["metrics"]
     models.quiet_transformers()  # our bar says what happens
     tokenizer = build_tokenizer()
     seqs = [
         evaluate.encode(tokenizer, kg.fact_text(*f)) + [tokenizer.eos_token_id] for f in graph.train
     ]
     max_len = max(len(s) for s in seqs)
-
-    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY}
-    rd = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"],
-        resume=cfg.resume,
-    )
-    if rd.manifest.get("status") == "done":
-        log.info("%s is finished; nothing to resume", rd.path)
-        return rd.path
+    fingerprint = write_graph(rd, graph)
+    model = train.build_model(size, tokenizer, cfg.seed)
     state_path = rd.path / "resume" / "state.pt"
-    with rd:
-        fingerprint = write_graph(rd, graph)
-        model = train.build_model(size, tokenizer, cfg.seed)
-        state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
-        n_params = sum(p.numel() for p in model.parameters())
-        rd.record_setup(
-            cfg,
-            _Identity({"id": cfg.llm_size, "source": "trained from scratch", "params": n_params}),
-            _Identity(
-                {
-                    "id": "synthetic-kg",
-                    "data_source": "generated",
-                    "fingerprint": fingerprint,
-                    "location": str(rd.path / "kg"),
-                    **{k: graph.stats[k] for k in ("entities", "facts", "train", "pool_sizes")},
-                }
-            ),
-            device,
-            counts={
-                "train_facts": len(seqs),
-                "queries": len(graph.queries),
-                "max_fact_tokens": max_len,
-            },
-            compile=compile_model,
-            autocast=str(amp) if amp else "off (float32)",
-        )
-        log.info(
-            "%s: %.2fM parameters; graph: %d entities, %d facts, %d training facts, "
-            "queries ID %d / OOD-medium %d / OOD-hard %d",
-            cfg.llm_size,
-            n_params / 1e6,
-            graph.stats["entities"],
-            graph.stats["facts"],
-            len(seqs),
-            *graph.stats["pool_sizes"].values(),
-        )
-        evaluator = evaluate.Evaluator(
-            model, tokenizer, graph.queries, layers, metric_names, device, amp, cfg.eval_batch_size
-        )
-        eval_steps = {cfg.steps} | (
-            set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
-        )
-        train_log: list[dict] = state["train_log"] if state else []
-        clock = {"eval": state["eval_seconds"] if state else 0.0, "last": time.perf_counter()}
-        if state:
-            log.info("resuming %s after step %d", rd.path, state["step"])
-
-        def save(snapshot: dict) -> None:
-            with temp_beside(state_path) as tmp:
-                torch.save({**snapshot, "train_log": train_log, "eval_seconds": clock["eval"]}, tmp)
-                os.replace(tmp, state_path)
-
-        with rd.stage("train") as timing, progress(cfg.quiet) as bar:
-            task = bar.add_task("train", total=cfg.steps, unit="steps")
-
-            def on_step(step: int, loss: float, lr: float, tokens: int) -> None:
-                now = time.perf_counter()
-                seconds = now - clock["last"]
-                clock["last"] = now
-                tps = tokens / seconds if seconds > 0 else float("nan")
-                train_log.append(
-                    {"step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tps}
-                )
-                bar.update(
-                    task,
-                    completed=step,
-                    description=f"train loss {loss:.3f} {tps:,.0f} tok/s",
-                )
-
-            def evaluate_at(step: int) -> None:
-                if step not in eval_steps:
-                    return
-                t0 = time.perf_counter()
-                frame = evaluator(step)
-                rd.append_shard("eval", frame)
-                acc = frame[frame.layer == layers[0]].groupby("split")["correct"].mean()
-                log.info(
-                    "step %d: accuracy %s",
-                    step,
-                    ", ".join(f"{s} {acc.get(s, float('nan')):.3f}" for s in kg.SPLITS),
-                )
-                spent = time.perf_counter() - t0
-                clock["eval"] += spent
-                clock["last"] += spent  # evaluation time is not training time
-
-            t_start = time.perf_counter()
-            train.train(
-                model,
-                train.fact_batches(seqs, cfg.batch_size, cfg.seed),
-                steps=cfg.steps,
-                lr=cfg.lr,
-                warmup_ratio=cfg.warmup_ratio,
-                max_len=max_len,
-                pad_id=tokenizer.pad_token_id,
-                device=device,
-                amp=amp,
-                compile_model=compile_model,
-                on_step=on_step,
-                evaluate_at=evaluate_at,
-                save_every=cfg.save_every,
-                save=save,
-                state=state,
-            )
-            train_seconds = time.perf_counter() - t_start - clock["eval"]
-            tokens = sum(r["tokens"] for r in train_log)
-            timing.update(steps=cfg.steps, tokens=tokens)
-        rd.update(
-            training={
-                "train_seconds": round(train_seconds, 3),
-                "eval_seconds": round(clock["eval"], 3),
-                "tokens_per_s": round(tokens / train_seconds, 1),
+    state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+    n_params = sum(p.numel() for p in model.parameters())
+    rd.record_setup(
+        cfg,
+        _Identity({"id": cfg.llm_size, "source": "trained from scratch", "params": n_params}),
+        _Identity(
+            {
+                "id": "synthetic-kg",
+                "data_source": "generated",
+                "fingerprint": fingerprint,
+                "location": str(rd.path / "kg"),
+                **{k: graph.stats[k] for k in ("entities", "facts", "train", "pool_sizes")},
             }
-        )
+        ),
+        device,
+        counts={
+            "train_facts": len(seqs),
+            "queries": len(graph.queries),
+            "max_fact_tokens": max_len,
+        },
+        compile=compile_model,
+        autocast=str(amp) if amp else "off (float32)",
+    )
+    log.info(
+        "%s: %.2fM parameters; graph: %d entities, %d facts, %d training facts, "
+        "queries ID %d / OOD-medium %d / OOD-hard %d",
+        cfg.llm_size,
+        n_params / 1e6,
+        graph.stats["entities"],
+        graph.stats["facts"],
+        len(seqs),
+        *graph.stats["pool_sizes"].values(),
+    )
+    evaluator = evaluate.Evaluator(
+        model, tokenizer, graph.queries, layers, metric_names, device, amp, cfg.eval_batch_size
+    )
+    eval_steps = {cfg.steps} | (
+        set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
+    )
+    train_log: list[dict] = state["train_log"] if state else []
+    clock = {"eval": state["eval_seconds"] if state else 0.0, "last": time.perf_counter()}
+    if state:
+        log.info("resuming %s after step %d", rd.path, state["step"])
 
-        with rd.stage("save"):
-            checkpoint = rd.path / "checkpoint"
-            model.save_pretrained(checkpoint)
-            tokenizer.save_pretrained(checkpoint)
-            rd.write_table("train", pd.DataFrame.from_records(train_log))
-            evals = rd.read_in_order(
-                "eval", ["query_id", "step", "layer"], evaluator.frame["query_id"].tolist()
+    def save(snapshot: dict) -> None:
+        with temp_beside(state_path) as tmp:
+            torch.save({**snapshot, "train_log": train_log, "eval_seconds": clock["eval"]}, tmp)
+            os.replace(tmp, state_path)
+
+    with rd.stage("train") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task("train", total=cfg.steps, unit="steps")
+
+        def on_step(step: int, loss: float, lr: float, tokens: int) -> None:
+            now = time.perf_counter()
+            seconds = now - clock["last"]
+            clock["last"] = now
+            tps = tokens / seconds if seconds > 0 else float("nan")
+            train_log.append(
+                {"step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tps}
             )
-            evals = evals.sort_values(["step", "layer"], kind="stable").reset_index(drop=True)
-            rd.write_table("eval", evals)
-            dyn = evaluate.dynamics(evals, metric_names)
-            rd.write_table("dynamics", dyn)
-            rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
-            rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
-            if cfg.rank_eval:
-                _rank_eval(rd, evaluator, graph, cfg.rank_eval)
-            shutil.rmtree(state_path.parent, ignore_errors=True)
-        resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
-        rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
-        final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
-        for row in final.itertuples():
+            bar.update(
+                task,
+                completed=step,
+                description=f"train loss {loss:.3f} {tps:,.0f} tok/s",
+            )
+
+        def evaluate_at(step: int) -> None:
+            if step not in eval_steps:
+                return
+            t0 = time.perf_counter()
+            frame = evaluator(step)
+            rd.append_shard("eval", frame)
+            acc = frame[frame.layer == layers[0]].groupby("split")["correct"].mean()
             log.info(
-                "final %s: accuracy %.3f (relation prior %.3f, popularity %.3f; %.3f where the "
-                "prior is wrong), gold loss %.3f (n=%d)",
-                row.split,
-                row.accuracy,
-                row.prior_accuracy,
-                row.popularity_accuracy,
-                row.accuracy_prior_wrong,
-                row.loss,
-                row.n,
+                "step %d: accuracy %s",
+                step,
+                ", ".join(f"{s} {acc.get(s, float('nan')):.3f}" for s in kg.SPLITS),
             )
-        rd.update(final_accuracy={r.split: round(float(r.accuracy), 4) for r in final.itertuples()})
-        from ..plots.pretrain import plot_run
+            spent = time.perf_counter() - t0
+            clock["eval"] += spent
+            clock["last"] += spent  # evaluation time is not training time
 
-        plot_run(rd.path)
-    return rd.path
+        t_start = time.perf_counter()
+        train.train(
+            model,
+            train.fact_batches(seqs, cfg.batch_size, cfg.seed),
+            steps=cfg.steps,
+            lr=cfg.lr,
+            warmup_ratio=cfg.warmup_ratio,
+            max_len=max_len,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+            amp=amp,
+            compile_model=compile_model,
+            on_step=on_step,
+            evaluate_at=evaluate_at,
+            save_every=cfg.save_every,
+            save=save,
+            state=state,
+        )
+        train_seconds = time.perf_counter() - t_start - clock["eval"]
+        tokens = sum(r["tokens"] for r in train_log)
+        timing.update(steps=cfg.steps, tokens=tokens)
+    rd.update(
+        training={
+            "train_seconds": round(train_seconds, 3),
+            "eval_seconds": round(clock["eval"], 3),
+            "tokens_per_s": round(tokens / train_seconds, 1),
+        }
+    )
+
+    with rd.stage("save"):
+        checkpoint = rd.path / "checkpoint"
+        model.save_pretrained(checkpoint)
+        tokenizer.save_pretrained(checkpoint)
+        rd.write_table("train", pd.DataFrame.from_records(train_log))
+        evals = rd.read_in_order("eval", ["id", "step", "layer"], evaluator.frame["id"].tolist())
+        evals = evals.sort_values(["step", "layer"], kind="stable").reset_index(drop=True)
+        rd.write_table("eval", evals)
+        dyn = evaluate.dynamics(evals, metric_names)
+        rd.write_table("dynamics", dyn)
+        rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
+        rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
+        if cfg.rank_eval:
+            _rank_eval(rd, evaluator, graph, cfg.rank_eval)
+        shutil.rmtree(state_path.parent, ignore_errors=True)
+    resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
+    rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
+    final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
+    for row in final.itertuples():
+        log.info(
+            "final %s: accuracy %.3f (relation prior %.3f, popularity %.3f; %.3f where the "
+            "prior is wrong), gold loss %.3f (n=%d)",
+            row.split,
+            row.accuracy,
+            row.prior_accuracy,
+            row.popularity_accuracy,
+            row.accuracy_prior_wrong,
+            row.loss,
+            row.n,
+        )
+    rd.update(final_accuracy={r.split: round(float(r.accuracy), 4) for r in final.itertuples()})
 
 
 def _rank_eval(rd: RunDir, evaluator: evaluate.Evaluator, graph: kg.KnowledgeGraph, n: int):
@@ -420,65 +375,50 @@ def seed_summary(finals: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         for c in columns:
             values = part[c].dropna().to_numpy(float)
             row[c] = values.mean() if len(values) else np.nan
-            half = (
+            row[f"{c}_ci"] = (
                 scipy_stats.t.ppf((1 + level) / 2, len(values) - 1)
                 * values.std(ddof=1)
                 / np.sqrt(len(values))
                 if len(values) > 1
                 else np.nan
             )
-            row[f"{c}_ci"] = half
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def run_seeds(cfg: PretrainConfig) -> Path:
+def run_seeds(rd: RunDir, cfg: PretrainConfig, seeds: list[int]) -> None:
     """One run per seed (its own graph, data order and initialisation) under ``seed<S>/``,
     and ``tables/seeds.csv``: each split's across-seed mean and 95% CI."""
-    seeds = list(dict.fromkeys(cfg.seeds or ()))
-    identity = {k: v for k, v in asdict(cfg).items() if k not in NOT_IDENTITY or k == "seeds"}
-    identity.pop("seed")
-    rd = RunDir.open(
-        command=COMMAND,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[cfg.llm_size, "seeds-" + "-".join(map(str, seeds))],
-        resume=cfg.resume,
+    entry = next(s for s in studies.STUDIES if s.name == "pretrain")
+    runs = []
+    for seed in seeds:
+        sub = rd.path / f"seed{seed}"
+        child = replace(
+            cfg,
+            seed=seed,
+            seeds=None,
+            run_dir=sub,
+            resume=cfg.resume and (sub / MANIFEST).is_file(),
+        )
+        runs.append(pipeline.run_study(entry, child))
+    finals = pd.concat(
+        [
+            pd.read_csv(r / "tables" / "final.csv").assign(seed=s)
+            for s, r in zip(seeds, runs, strict=True)
+        ],
+        ignore_index=True,
     )
-    with rd:
-        rd.update(
-            options={k: v for k, v in asdict(cfg).items() if k not in ("run_dir", "runs_dir")}
+    rd.write_table("seed_finals", finals)
+    summary = seed_summary(finals)
+    rd.write_text("tables/seeds.csv", summary.to_csv(index=False))
+    rd.update(seed_runs=[r.name for r in runs])
+    for row in summary[summary.layer == summary.layer.iloc[0]].itertuples():
+        log.info(
+            "across %d seeds, %s: accuracy %.3f ± %.3f (relation prior %.3f, popularity %.3f)",
+            row.seeds,
+            row.split,
+            row.accuracy,
+            row.accuracy_ci,
+            row.prior_accuracy,
+            row.popularity_accuracy,
         )
-        runs = []
-        for seed in seeds:
-            sub = rd.path / f"seed{seed}"
-            resume = cfg.resume and (sub / MANIFEST).is_file()
-            runs.append(
-                run(replace(cfg, seed=seed, seeds=None, run_dir=sub, runs_dir=None, resume=resume))
-            )
-        finals = pd.concat(
-            [
-                pd.read_csv(r / "tables" / "final.csv").assign(seed=s)
-                for s, r in zip(seeds, runs, strict=True)
-            ],
-            ignore_index=True,
-        )
-        rd.write_table("seed_finals", finals)
-        summary = seed_summary(finals)
-        rd.write_text("tables/seeds.csv", summary.to_csv(index=False))
-        rd.update(seed_runs=[r.name for r in runs])
-        for row in summary[summary.layer == summary.layer.iloc[0]].itertuples():
-            log.info(
-                "across %d seeds, %s: accuracy %.3f ± %.3f (relation prior %.3f, popularity %.3f)",
-                row.seeds,
-                row.split,
-                row.accuracy,
-                row.accuracy_ci,
-                row.prior_accuracy,
-                row.popularity_accuracy,
-            )
-        from ..plots.pretrain import plot_run
-
-        plot_run(rd.path)
-    return rd.path

@@ -2,7 +2,7 @@
 
 Upstream (spec 2.5-2.6) ran the HF Trainer on pure-bf16 weights, one padded line per fact,
 with the initialisation always seeded 42. Here: float32 master weights with bf16 autocast
-(``--precision``), the initialisation seeded by ``--seed``, facts packed into a few short
+(``--dtype``), the initialisation seeded by ``--seed``, facts packed into a few short
 rows whose attention stays inside each fact (block-diagonal mask, positions restarting at 0
 per fact, so the model computes exactly what it would on one padded line per fact), fused
 AdamW, ``torch.compile`` on GPU, and the same schedule: linear warmup then cosine to 0.
@@ -137,18 +137,15 @@ def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), foreach=True, **kwargs)
 
 
-PRECISIONS = ("auto", "bf16", "float32")
-
-
-def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
-    """bf16 for autocast (weights stay float32), or None for plain float32.
+def autocast_dtype(dtype: str, device: str) -> torch.dtype | None:
+    """bfloat16 for autocast (weights stay float32), or None for plain float32 (``--dtype``).
 
     ``auto`` is bf16 on CUDA and on CPUs with native bf16 matrix products (AVX512-BF16 or
     AMX), where it is much faster than float32 (bench/README.md), float32 elsewhere.
     """
-    if precision == "float32":
+    if dtype == "float32":
         return None
-    if precision == "bf16" or device.startswith("cuda"):
+    if dtype == "bfloat16" or device.startswith("cuda"):
         return torch.bfloat16
     if device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return torch.bfloat16

@@ -4,28 +4,28 @@ Upstream (QA-bench/rankmath/accuracy_vs_sparsity.py, spec 4.1) generated with vL
 the model in transformers for a second pass, graded with a substring rule that counts "1" in
 "10" as correct, replaced NaN metrics by 0, and correlated accuracy with the metric across the
 five level means (N = 5). Here: answers graded by the last ``\\boxed{}`` and math-verify
-(``entrainment_cli.grading``), the hook probe on the same prompts, and per-problem
+(``science.answers``), the hook probe on the same prompts, and per-problem
 associations: point-biserial r (with p and a bootstrap CI) and AUROC (Mann-Whitney), next to
 upstream's level-means correlation for comparison.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from .. import grading, study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..science import correctness, sparsity, stats
+from ..pipeline import Prepared, finish_counts, read_samples
+from ..runs.rundir import RunDir
+from ..science import sparsity, stats
+from ..science.answers import extract_boxed, math_equal
+from ..studies import AccuracyConfig
 from .rankmath import select
 
-COMMAND = "qa accuracy"
 SYSTEM_PROMPT = (
     "You are a math expert. Solve the problem step by step, then give the final answer "
     "in \\boxed{}."
@@ -33,45 +33,19 @@ SYSTEM_PROMPT = (
 USER_SUFFIX = "\n\nPut your final answer within \\boxed{}."
 
 
-@dataclass
-class AccuracyConfig:
-    model: str | None = None
-    data_file: Path | None = None
-    limit_per_level: int | None = None
-    limit: int | None = None
-    layers: str = "-1"
-    metrics: list[str] | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    engine: str = "auto"
-    max_tokens: int = 1024
-    n_boot: int = 1000
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
 def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
-    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
+    return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
 
 
-def run(cfg: AccuracyConfig) -> Path:
-    metric_names = study.metric_names(cfg.metrics)
-    study.check_positive(("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     kind = resolve_kind(cfg.engine)
     spec = registry.get_spec("math500")
     data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.limit_per_level)
-    if cfg.limit is not None:
-        problems = problems.head(cfg.limit)
+    problems = select(data, cfg.limit)
     gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
     problems["gold"] = problems["id"].map(gold)
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
 
     from transformers import AutoConfig, AutoTokenizer
 
@@ -79,78 +53,67 @@ def run(cfg: AccuracyConfig) -> Path:
     built = [build_prompt(tokenizer, p) for p in problems["problem"]]
     problems["prompt"] = [text for text, _ in built]
     config = AutoConfig.from_pretrained(setup.resolved.path)
-    tokens = study.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
+    tokens = pipeline.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
     if not tokens.keep:
         raise UserError(
             f"no prompt leaves room for --max-tokens {cfg.max_tokens} in the model's context "
             f"({config.max_position_embeddings} tokens); lower --max-tokens"
         )
+    resolved = {"layers": layers, "metrics": metric_names, "engine": kind}
+    return Prepared(data, [spec.name], resolved, (problems, tokenizer, tokens, built[0][1]))
+
+
+def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepared) -> None:
+    problems, tokenizer, tokens, prompt_format = prep.state
+    kind, layers, metric_names = (prep.resolved[k] for k in ("engine", "layers", "metrics"))
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     ids = problems["id"].tolist()
-
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": data.fingerprint,
-        "limit_per_level": cfg.limit_per_level,
-        "limit": cfg.limit,
-        "layers": layers,
-        "metrics": metric_names,
-        "max_tokens": cfg.max_tokens,
-        "dtype": str(setup.dtype),
-    }
-    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
-        model = None
-        answered = rd.done_ids("generations", "id")
-        todo = [i for i in tokens.keep if ids[i] not in answered]
-        if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
-            if kind == "hf":
-                model, tokenizer = study.load_model(rd, setup)
-            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-                study.generate_into(
-                    rd, cfg, "generations", engine, sampling, ids, tokens.token_lists, todo
-                )
-        if model is None:
-            model, tokenizer = study.load_model(rd, setup)
-        columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
-        already_done = study.probe_samples(
-            rd,
-            cfg,
-            problems[columns],
-            tokens,
-            HiddenProbe(model, layers, ["last-prompt"]),
-            metric_names,
-            tokenizer.pad_token_id,
+    model = None
+    answered = rd.done_ids("generations", "id")
+    todo = [i for i in tokens.keep if ids[i] not in answered]
+    if todo:  # vLLM first, then the probe's model (on a GPU vLLM is closed in between)
+        if kind == "hf":
+            model, tokenizer = pipeline.load_model(rd, setup)
+        engine = (kind, model, tokenizer)
+        pipeline.generate_into(
+            rd, cfg, setup, engine, "generations", sampling, ids, tokens.token_lists, todo
         )
-        rd.update(
-            prompt_format=built[0][1],
-            counts={
-                "problems": len(problems),
-                "skipped_too_long": len(tokens.skipped),
-                "already_done": already_done,
-            },
+    if model is None:
+        model, tokenizer = pipeline.load_model(rd, setup)
+    columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
+    already_done = pipeline.probe_samples(
+        rd,
+        cfg,
+        problems[columns],
+        tokens,
+        HiddenProbe(model, layers, ["last-prompt"]),
+        metric_names,
+        tokenizer.pad_token_id,
+    )
+    rd.update(
+        prompt_format=prompt_format,
+        counts={
+            "problems": len(problems),
+            "skipped_too_long": len(tokens.skipped),
+            "already_done": already_done,
+        },
+    )
+    with rd.stage("analysis"):
+        samples = read_samples(
+            rd, ["id", "layer"], ids, [*columns, "layer", "position", *metric_names], "problem"
         )
-        with rd.stage("analysis"):
-            samples = rd.read_in_order("samples", ["id", "layer"], ids)
-            if samples is None:
-                raise UserError("no problem could be probed (all were skipped); see run.log")
-            answers = answer_table(
-                problems, rd.read_in_order("generations", ["id"], ids), tokenizer
-            )
-            rd.write_table("answers", answers)
-            samples = samples[[*columns, "layer", "position", *metric_names]]
-            samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
-            rd.write_table("samples", samples)
-            write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
-        counts = {
-            "probed": int(samples["id"].nunique()),
-            "correct": int(answers["correct"].sum()),
-            "no_boxed_answer": int(answers["prediction"].isna().sum()),
-            "nonfinite_values": study.count_nonfinite(samples, metric_names),
-        }
-        rd.update(counts={**rd.manifest["counts"], **counts})
-        from ..plots.qa import plot_accuracy
-
-        plot_accuracy(rd.path)
-    return rd.path
+        answers = answer_table(problems, rd.read_in_order("generations", ["id"], ids), tokenizer)
+        rd.write_table("answers", answers)
+        samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
+        rd.write_table("samples", samples)
+        write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
+    finish_counts(
+        rd,
+        probed=int(samples["id"].nunique()),
+        correct=int(answers["correct"].sum()),
+        no_boxed_answer=int(answers["prediction"].isna().sum()),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
+    )
 
 
 def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> pd.DataFrame:
@@ -166,17 +129,15 @@ def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -
     out["output"] = [tokenizer.decode(list(t), skip_special_tokens=True) for t in gens.token_ids]
     out["n_generated"] = [len(t) for t in gens["token_ids"]]
     out["finish_reason"] = gens["finish_reason"].to_numpy()
-    out["prediction"] = [grading.extract_boxed(text) for text in out["output"]]
-    out["correct"] = [
-        grading.math_equal(p, g) for p, g in zip(out["prediction"], out["gold"], strict=True)
-    ]
+    out["prediction"] = [extract_boxed(text) for text in out["output"]]
+    out["correct"] = [math_equal(p, g) for p, g in zip(out["prediction"], out["gold"], strict=True)]
     return out
 
 
 def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> None:
     """accuracy_by_level.csv, summary.csv (metrics per level) and association.csv."""
     by_level = pd.DataFrame.from_records(
-        {"level": level, **correctness.accuracy_record(part["correct"])}
+        {"level": level, **stats.accuracy_record(part["correct"])}
         for level, part in answers.groupby("level", sort=True)
     )
     rd.write_text("tables/accuracy_by_level.csv", by_level.to_csv(index=False))
@@ -194,7 +155,7 @@ def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> 
     (Mann-Whitney U, p), and upstream's Pearson r across the level means (N = levels)."""
     records = []
     for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
-        groups = correctness.compare_groups(part, metrics).set_index("metric")
+        groups = stats.compare_groups(part, metrics).set_index("metric")
         means = summary[(summary.layer == layer) & (summary.position == position)]
         for metric in metrics:
             pb = stats.correlate(

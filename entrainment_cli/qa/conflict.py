@@ -11,19 +11,16 @@ question but gives the model's own (parametric) knowledge, so that the context a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import pandas as pd
 
-from .. import study
-from ..data import registry
-from ..engines.probe import HiddenProbe
+from .. import pipeline
+from ..data import prompts, registry
 from ..errors import UserError
+from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
 from ..science import sparsity, stats
+from ..studies import ConflictConfig
 
-COMMAND = "qa conflict"
 SYSTEM_PROMPT = (
     "Judge whether the knowledge in the context is correct, then answer the question. "
     "Reply with a single word: True or False."
@@ -39,25 +36,8 @@ CONDITIONS = {
 COMPARISONS = [("conflict", "nonconflict"), ("conflict", "control")]
 
 
-@dataclass
-class ConflictConfig:
-    model: str | None = None
-    data_file: Path | None = None
-    limit: int | None = None
-    layers: str = "-1"
-    metrics: list[str] | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
 def build_prompt(tokenizer, context: str, question: str) -> tuple[str, str]:
-    return study.chat_prompt(
+    return prompts.chat_prompt(
         tokenizer, SYSTEM_PROMPT, f"Context: {context}\n\nQuestion: {question}", label=""
     )
 
@@ -84,63 +64,35 @@ def examples(data: registry.LoadedData, limit: int | None) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def run(cfg: ConflictConfig) -> Path:
-    metric_names = study.metric_names(cfg.metrics)
-    study.check_positive(("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
+def prepare(cfg: ConflictConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     spec = registry.get_spec("conflict")
     data = registry.load(spec, cfg.data_file)
     frame = examples(data, cfg.limit)
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
+    return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, frame)
 
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": data.fingerprint,
-        "limit": cfg.limit,
-        "layers": layers,
-        "metrics": metric_names,
-        "dtype": str(setup.dtype),
-    }
-    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
-        model, tokenizer = study.load_model(rd, setup)
-        built = [
-            build_prompt(tokenizer, c, q)
-            for c, q in zip(frame.context, frame.question, strict=True)
-        ]
-        frame["prompt"] = [text for text, _ in built]
-        tokens = study.tokenize_prompts(frame, tokenizer, model)
-        columns = ["id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"]
-        already_done = study.probe_samples(
-            rd,
-            cfg,
-            frame[columns],
-            tokens,
-            HiddenProbe(model, layers, ["last-prompt"]),
-            metric_names,
-            tokenizer.pad_token_id,
-        )
-        rd.update(
-            prompt_format=built[0][1],
-            counts={
-                "items": int(frame["item"].nunique()),
-                "prompts": len(frame),
-                "skipped_too_long": len(tokens.skipped),
-                "already_done": already_done,
-            },
-        )
-        with rd.stage("analysis"):
-            samples = rd.read_in_order("samples", ["id", "layer"], frame["id"].tolist())
-            if samples is None:
-                raise UserError("no prompt could be probed (all were skipped); see run.log")
-            samples = samples[[*columns, "layer", "position", *metric_names]]
-            rd.write_table("samples", samples)
-            write_analysis(rd, samples, metric_names)
-        counts = {"nonfinite_values": study.count_nonfinite(samples, metric_names)}
-        rd.update(counts={**rd.manifest["counts"], **counts})
-        from ..plots.qa import plot_conflict
 
-        plot_conflict(rd.path)
-    return rd.path
+def execute(rd: RunDir, cfg: ConflictConfig, setup: pipeline.Setup, prep: Prepared) -> None:
+    frame, metric_names = prep.state, prep.resolved["metrics"]
+    columns = ["id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"]
+    probe_stage(
+        rd,
+        cfg,
+        setup,
+        frame,
+        lambda tokenizer, row: build_prompt(tokenizer, row.context, row.question),
+        columns,
+        {"layers": prep.resolved["layers"], "positions": ["last-prompt"], "metrics": metric_names},
+        {"items": int(frame["item"].nunique()), "prompts": len(frame)},
+    )
+    with rd.stage("analysis"):
+        samples = read_samples(
+            rd, ["id", "layer"], frame["id"], [*columns, "layer", "position", *metric_names]
+        )
+        rd.write_table("samples", samples)
+        write_analysis(rd, samples, metric_names)
+    finish_counts(rd, nonfinite_values=pipeline.count_nonfinite(samples, metric_names))
 
 
 def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -11,48 +11,27 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .. import study
+from .. import pipeline
 from ..data import registry
-from ..engines.probe import HiddenProbe
 from ..errors import UserError
+from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
 from ..science import stats
+from ..studies import DeepmathConfig
 from .rankmath import build_prompt
 
 log = logging.getLogger("entrain")
 
-COMMAND = "qa deepmath"
 BAND_POINTS = 50
 
 
-@dataclass
-class DeepmathConfig:
-    model: str | None = None
-    data_file: Path | None = None
-    n: int = 10_000
-    limit: int | None = None
-    layers: str = "-1"
-    metrics: list[str] | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    n_boot: int = 1000
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
 def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``n`` problems without replacement (all when there are fewer), kept
-    in dataset order, then the first ``limit`` of them."""
+    """A seeded sample (``--sample``) of ``n`` problems without replacement (all when there are
+    fewer), kept in dataset order, then the first ``limit`` of them."""
     difficulty = []
     for i, row in enumerate(data.rows):
         try:
@@ -76,7 +55,7 @@ def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> p
         pick = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
         frame = frame.iloc[pick]
     elif n > len(frame):
-        log.info("--n %d is more than the %d problems available; using all", n, len(frame))
+        log.info("--sample %d is more than the %d problems available; using all", n, len(frame))
     if limit is not None:
         frame = frame.head(limit)
     if frame.empty:
@@ -84,72 +63,46 @@ def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> p
     return frame.reset_index(drop=True)
 
 
-def run(cfg: DeepmathConfig) -> Path:
-    metric_names = study.metric_names(cfg.metrics)
-    study.check_positive(("--n", cfg.n), ("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
+def prepare(cfg: DeepmathConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     spec = registry.get_spec("deepmath")
     data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.n, cfg.limit, cfg.seed)
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    problems = select(data, cfg.sample, cfg.limit, cfg.seed)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
+    return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, problems)
 
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": data.fingerprint,
-        "n": cfg.n,
-        "limit": cfg.limit,
-        "seed": cfg.seed,  # picks the sample
-        "layers": layers,
-        "metrics": metric_names,
-        "dtype": str(setup.dtype),
-    }
-    with study.start_run(COMMAND, identity, cfg, setup, data, [spec.name]) as rd:
-        model, tokenizer = study.load_model(rd, setup)
-        prompts, formats = zip(
-            *(build_prompt(tokenizer, q) for q in problems["question"]), strict=True
-        )
-        problems["prompt"] = list(prompts)
-        tokens = study.tokenize_prompts(problems, tokenizer, model)
-        columns = ["id", "difficulty", "topic", "prompt", "n_prompt_tokens"]
-        already_done = study.probe_samples(
-            rd,
-            cfg,
-            problems[columns],
-            tokens,
-            HiddenProbe(model, layers, ["last-prompt"]),
-            metric_names,
-            tokenizer.pad_token_id,
-        )
-        rd.update(
-            prompt_format=formats[0],
-            counts={
-                "problems": len(problems),
-                "skipped_too_long": len(tokens.skipped),
-                "already_done": already_done,
-            },
-        )
-        with rd.stage("analysis"):
-            samples = rd.read_in_order("samples", ["id", "layer"], problems["id"].tolist())
-            if samples is None:
-                raise UserError("no problem could be probed (all were skipped); see run.log")
-            samples = samples[[*columns, "layer", "position", *metric_names]]
-            rd.write_table("samples", samples)
-            write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
-        counts = {
-            "probed": int(samples["id"].nunique()),
-            "nonfinite_values": study.count_nonfinite(samples, metric_names),
-        }
-        rd.update(counts={**rd.manifest["counts"], **counts})
-        from ..plots.qa import plot_deepmath
 
-        plot_deepmath(rd.path)
-    return rd.path
+def execute(rd: RunDir, cfg: DeepmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:
+    problems, metric_names = prep.state, prep.resolved["metrics"]
+    columns = ["id", "difficulty", "topic", "prompt", "n_prompt_tokens"]
+    probe_stage(
+        rd,
+        cfg,
+        setup,
+        problems,
+        lambda tokenizer, row: build_prompt(tokenizer, row.question),
+        columns,
+        {"layers": prep.resolved["layers"], "positions": ["last-prompt"], "metrics": metric_names},
+        {"problems": len(problems)},
+    )
+    with rd.stage("analysis"):
+        samples = read_samples(
+            rd, ["id", "layer"], problems["id"], [*columns, "layer", "position", *metric_names],
+            "problem",
+        )  # fmt: skip
+        rd.write_table("samples", samples)
+        write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
+    finish_counts(
+        rd,
+        probed=int(samples["id"].nunique()),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
+    )
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):
     """correlations.csv (difficulty vs each metric), fit.csv (OLS line) and band.csv (its
     95% band on a grid over the observed difficulties), per layer."""
-    corr = study.correlation_table(samples, "difficulty", metrics, seed, n_boot)
+    corr = stats.correlation_table(samples, "difficulty", metrics, seed, n_boot)
     # "supports": the metric is sparser on harder problems, Spearman p < 0.05 (upstream's test)
     sign = np.where(corr["sparser_when"] == "higher", 1.0, -1.0)
     corr["supports_sparser_when_harder"] = (np.sign(corr["spearman_rho"]) == sign) & (

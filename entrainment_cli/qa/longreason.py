@@ -13,20 +13,22 @@ layers, and a paired test of every longer split against the shortest over the sa
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .. import study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..science import correctness, grading, sparsity, stats
+from ..pipeline import Prepared, finish_counts
+from ..runs.rundir import RunDir
+from ..science import sparsity, stats
+from ..science.answers import parse_choice
+from ..studies import LongreasonConfig
 
-COMMAND = "qa longreason"
 LETTERS = "ABCDE"
 SYSTEM_PROMPT = (
     "Answer the multiple-choice question using the background. "
@@ -34,32 +36,12 @@ SYSTEM_PROMPT = (
 )
 
 
-@dataclass
-class LongreasonConfig:
-    model: str | None = None
-    data_file: Path | None = None
-    splits: list[str] = field(default_factory=lambda: ["8k", "16k", "32k", "64k"])
-    limit: int | None = None
-    layers: str = "all"
-    metrics: list[str] | None = None
-    batch_size: int = 1
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    engine: str = "auto"
-    max_tokens: int = 8
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
-
-
 def build_prompt(tokenizer, background: str, question: str) -> tuple[str, str]:
     user = (
         f"Background:\n{background}\n\nQuestion:\n{question}\n\n"
         "Answer with only the letter of the correct option."
     )
-    return study.chat_prompt(tokenizer, SYSTEM_PROMPT, user, label="")
+    return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, user, label="")
 
 
 def examples(spec, data_file: Path | None, splits: list[str], limit: int | None) -> tuple:
@@ -102,96 +84,87 @@ def examples(spec, data_file: Path | None, splits: list[str], limit: int | None)
     return pd.concat(frames, ignore_index=True), loaded
 
 
-def run(cfg: LongreasonConfig) -> Path:
-    metric_names = study.metric_names(cfg.metrics)
-    study.check_positive(("--limit", cfg.limit), ("--batch-size", cfg.batch_size))
+def prepare(cfg: LongreasonConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     splits = list(dict.fromkeys(cfg.splits))
-    if not splits:
-        raise UserError("--splits is empty; name at least one, e.g. 8k,16k,32k,64k")
     spec = registry.get_spec("longreason")
     for split in splits:
         spec.check_split(split)
-    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     kind = resolve_kind(cfg.engine)
     frame, loaded = examples(spec, cfg.data_file, splits, cfg.limit)
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
-    layers = study.model_layers(setup.resolved, cfg.layers)
+    layers = pipeline.model_layers(setup.resolved, cfg.layers)
+    resolved = {"splits": splits, "layers": layers, "metrics": metric_names, "engine": kind}
+    return Prepared(
+        loaded,
+        [spec.name, *splits],
+        resolved,
+        frame,
+        extra={"dataset_splits": {d.split: d.identity() for d in loaded}},
+    )
 
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": [d.fingerprint for d in loaded],
-        "splits": splits,
-        "limit": cfg.limit,
-        "layers": layers,
-        "metrics": metric_names,
-        "max_tokens": cfg.max_tokens,
-        "dtype": str(setup.dtype),
-    }
-    split_record = {d.split: d.identity() for d in loaded}
-    with study.start_run(
-        COMMAND, identity, cfg, setup, loaded[0], [spec.name, *splits], dataset_splits=split_record
-    ) as rd:
-        model, tokenizer = study.load_model(rd, setup)
-        built = [
-            build_prompt(tokenizer, b, q)
-            for b, q in zip(frame.background, frame.question, strict=True)
-        ]
-        frame["prompt"] = [text for text, _ in built]
-        # skipped, never truncated: a cut context may no longer hold what the question needs
-        tokens = study.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
-        frame["skipped_too_long"] = [i in tokens.skipped for i in range(len(frame))]
-        columns = ["id", "split", "example_idx", "n_prompt_tokens"]
-        already_done = study.probe_samples(
-            rd,
-            cfg,
-            frame[columns],
-            tokens,
-            HiddenProbe(model, layers, ["last-prompt"]),
-            metric_names,
-            tokenizer.pad_token_id,
-        )
-        ids = frame["id"].tolist()
-        answered = rd.done_ids("answers", "id")
-        todo = [i for i in tokens.keep if ids[i] not in answered]
-        if todo:
-            if kind == "vllm" and setup.device.startswith("cuda"):
-                model = None  # the probe is done: vLLM gets the GPU memory
-                gc.collect()
-                torch.cuda.empty_cache()
-            with study.engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine:
-                study.generate_into(
-                    rd, cfg, "answers", engine, sampling, ids, tokens.token_lists, todo, min_step=8
-                )
-        rd.update(
-            prompt_format=built[0][1],
-            counts={
-                "prompts": len(frame),
-                "skipped_too_long": len(tokens.skipped),
-                "already_done": already_done,
-            },
-        )
-        with rd.stage("analysis"):
-            samples = rd.read_in_order("samples", ["id", "layer"], ids)
-            if samples is None:
-                raise UserError(
-                    "no prompt fits the model's context (all were skipped); use shorter "
-                    "--splits or a model with a longer context"
-                )
-            samples = samples[[*columns, "layer", "position", *metric_names]]
-            rd.write_table("samples", samples)
-            answers = answer_table(frame, rd.read_in_order("answers", ["id"], ids), tokenizer)
-            rd.write_table("answers", answers)
-            write_analysis(rd, samples, answers, metric_names, splits)
-        counts = {
-            "probed": int(samples["id"].nunique()),
-            "unparsed_answers": int(answers["prediction"].isna().sum()),
-            "nonfinite_values": study.count_nonfinite(samples, metric_names),
-        }
-        rd.update(counts={**rd.manifest["counts"], **counts})
-        from ..plots.qa import plot_longreason
 
-        plot_longreason(rd.path)
-    return rd.path
+def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prepared) -> None:
+    frame = prep.state
+    splits, layers, metric_names, kind = (
+        prep.resolved[k] for k in ("splits", "layers", "metrics", "engine")
+    )
+    sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    model, tokenizer = pipeline.load_model(rd, setup)
+    built = [
+        build_prompt(tokenizer, b, q) for b, q in zip(frame.background, frame.question, strict=True)
+    ]
+    frame["prompt"] = [text for text, _ in built]
+    # skipped, never truncated: a cut context may no longer hold what the question needs
+    tokens = pipeline.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
+    frame["skipped_too_long"] = [i in tokens.skipped for i in range(len(frame))]
+    columns = ["id", "split", "example_idx", "n_prompt_tokens"]
+    already_done = pipeline.probe_samples(
+        rd,
+        cfg,
+        frame[columns],
+        tokens,
+        HiddenProbe(model, layers, ["last-prompt"]),
+        metric_names,
+        tokenizer.pad_token_id,
+    )
+    ids = frame["id"].tolist()
+    answered = rd.done_ids("answers", "id")
+    todo = [i for i in tokens.keep if ids[i] not in answered]
+    if todo:
+        if kind == "vllm" and setup.device.startswith("cuda"):
+            model = None  # the probe is done: vLLM gets the GPU memory
+            gc.collect()
+            torch.cuda.empty_cache()
+        engine = (kind, model, tokenizer)
+        pipeline.generate_into(
+            rd, cfg, setup, engine, "answers", sampling, ids, tokens.token_lists, todo, min_step=8
+        )
+    rd.update(
+        prompt_format=built[0][1],
+        counts={
+            "prompts": len(frame),
+            "skipped_too_long": len(tokens.skipped),
+            "already_done": already_done,
+        },
+    )
+    with rd.stage("analysis"):
+        samples = rd.read_in_order("samples", ["id", "layer"], ids)
+        if samples is None:
+            raise UserError(
+                "no prompt fits the model's context (all were skipped); use shorter "
+                "--splits or a model with a longer context"
+            )
+        samples = samples[[*columns, "layer", "position", *metric_names]]
+        rd.write_table("samples", samples)
+        answers = answer_table(frame, rd.read_in_order("answers", ["id"], ids), tokenizer)
+        rd.write_table("answers", answers)
+        write_analysis(rd, samples, answers, metric_names, splits)
+    finish_counts(
+        rd,
+        probed=int(samples["id"].nunique()),
+        unparsed_answers=int(answers["prediction"].isna().sum()),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
+    )
 
 
 def answer_table(frame: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> pd.DataFrame:
@@ -206,7 +179,7 @@ def answer_table(frame: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> p
             for i, t in zip(gens["id"], gens["token_ids"], strict=True)
         }
     replies = [text.get(i) for i in out["id"]]
-    predictions = [grading.parse_choice(r, LETTERS) if r is not None else None for r in replies]
+    predictions = [parse_choice(r, LETTERS) if r is not None else None for r in replies]
     out["reply"] = pd.Series(replies, index=out.index, dtype=object)
     out["prediction"] = pd.Series(predictions, index=out.index, dtype=object)
     out["correct"] = pd.Series(
@@ -228,7 +201,7 @@ def write_analysis(rd, samples, answers, metrics, splits) -> None:
         part = answers[answers.split == split]
         answered = part[part["correct"].notna()]
         k, n = int(answered["correct"].sum()), len(answered)
-        lo, hi = correctness.wilson_interval(k, n)
+        lo, hi = stats.wilson_interval(k, n)
         records.append(
             {
                 "split": split,

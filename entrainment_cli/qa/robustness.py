@@ -14,48 +14,27 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .. import study
-from ..data import registry
+from .. import pipeline
+from ..data import prompts, registry
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
+from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir, atomic_write_text
 from ..science import noise, sparsity, stats
+from ..studies import RobustnessConfig, RobustnessExportConfig
 
 log = logging.getLogger("entrain")
 
-COMMAND = "qa robustness"
 SYSTEM_PROMPT = (
     "You answer multiple-choice questions. Reply with only the letter of the correct option."
 )
 ALL = "All"  # the row of every area pooled, in summaries and tests
-
-
-@dataclass
-class RobustnessConfig:
-    model: str | None = None
-    dataset: str = "mmlu_pro"
-    data_file: Path | None = None
-    categories: list[str] | None = None
-    per_category: int | None = 20
-    limit: int | None = None
-    noise: list[str] | None = None  # None: every level
-    layers: str = "-1"
-    metrics: list[str] | None = None
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    export: Path | None = None
-    run_dir: Path | None = None
-    runs_dir: Path | None = None
-    resume: bool = False
-    quiet: bool = False
 
 
 def area_name(category: str) -> str:
@@ -110,12 +89,10 @@ def _question(row: dict, where: str) -> dict:
 def select(
     data: registry.LoadedData,
     categories: list[str] | None,
-    per_category: int | None,
     limit: int | None,
 ) -> pd.DataFrame:
-    """Questions of the chosen categories, the first ``per_category`` of each (as upstream),
-    in dataset order, then the first ``limit`` of those."""
-    study.check_positive(("--per-category", per_category), ("--limit", limit))
+    """Questions of the chosen categories, the first ``limit`` of each (as upstream), in
+    dataset order."""
     rows = [
         {"id": id_, **_question(row, f"{data.location} row {i}")}
         for i, (id_, row) in enumerate(zip(data.ids, data.rows, strict=True))
@@ -133,10 +110,8 @@ def select(
                 )
             wanted.append(area_name(name))
         frame = frame[frame["area"].isin(wanted)]
-    if per_category is not None:
-        frame = frame.groupby("area", sort=False).head(per_category)
     if limit is not None:
-        frame = frame.head(limit)
+        frame = frame.groupby("area", sort=False).head(limit)
     if frame.empty:
         raise UserError(f"no questions selected from {data.location}; check the data file")
     return frame.reset_index(drop=True)
@@ -196,17 +171,19 @@ def noise_rates(variants: pd.DataFrame, levels: list[noise.NoiseLevel]) -> pd.Da
     return pd.DataFrame.from_records(records)
 
 
-def export_variants(cfg: RobustnessConfig) -> Path:
+def export_variants(cfg: RobustnessExportConfig) -> Path:
     """Write the noisy dataset (no model needed): one record per question with its variants.
     ``.jsonl``: one record a line; ``.json``: {"meta": ..., "data": [...]}, upstream's shape."""
-    path = cfg.export
+    path = cfg.out
+    if path is None:
+        raise UserError("--out is missing: name the .jsonl or .json file to write")
     if path.suffix.lower() not in {".json", ".jsonl"}:
-        raise UserError(f"--export {path}: use a .jsonl or .json file name")
+        raise UserError(f"--out {path}: use a .jsonl or .json file name")
     if not path.parent.is_dir():
-        raise UserError(f"--export {path}: the folder {path.parent} does not exist")
+        raise UserError(f"--out {path}: the folder {path.parent} does not exist")
     levels = noise_levels(cfg.noise)
     data = registry.load(registry.get_spec(cfg.dataset), cfg.data_file)
-    questions = select(data, cfg.categories, cfg.per_category, cfg.limit)
+    questions = select(data, cfg.categories, cfg.limit or None)
     variants = make_variants(questions, levels, cfg.seed)
     records = []
     for q in questions.itertuples(index=False):
@@ -254,7 +231,7 @@ def build_prompt(tokenizer, body: str) -> tuple[str, str]:
     """(exact text given to the tokenizer, 'chat' or 'plain'). ``body`` ends in its own
     ``Answer:``, so the plain text is the system prompt and the body alone."""
     if tokenizer.chat_template:
-        return study.chat_prompt(tokenizer, SYSTEM_PROMPT, body)
+        return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, body)
     return f"{SYSTEM_PROMPT}\n\n{body}", "plain"
 
 
@@ -276,92 +253,79 @@ def letter_token_ids(tokenizer, n: int, prompt_format: str) -> list[int]:
     return ids
 
 
-def run(cfg: RobustnessConfig) -> Path:
-    # Everything that can be wrong with the input is checked before the run directory exists.
-    metric_names = study.metric_names(cfg.metrics)
-    study.check_positive(("--batch-size", cfg.batch_size))
-    if cfg.seed < 0:
-        raise UserError("--seed must be 0 or more")
+def prepare(cfg: RobustnessConfig, setup: pipeline.Setup) -> Prepared:
+    metric_names = pipeline.metric_names(cfg.metrics)
     levels = noise_levels(cfg.noise)
     spec = registry.get_spec(cfg.dataset)
     if "options" not in spec.fields:
         raise UserError(f"dataset '{cfg.dataset}' is not multiple choice; use mmlu_pro")
     data = registry.load(spec, cfg.data_file)
-    questions = select(data, cfg.categories, cfg.per_category, cfg.limit)
-    setup = study.model_setup(cfg.model, cfg.device, cfg.dtype)
-    layers = study.model_layers(setup.resolved, cfg.layers)
-
-    identity = {
-        "model": setup.resolved.id,
-        "dataset": data.fingerprint,
+    questions = select(data, cfg.categories, cfg.limit or None)
+    resolved = {
         "categories": sorted(set(questions["area"])),
-        "per_category": cfg.per_category,
-        "limit": cfg.limit,
         "noise": [level.name for level in levels],
-        "seed": cfg.seed,
-        "layers": layers,
+        "layers": pipeline.model_layers(setup.resolved, cfg.layers),
         "metrics": metric_names,
-        "dtype": str(setup.dtype),
     }
     noise_record = {lv.name: asdict(lv) for lv in levels}
-    with study.start_run(
-        COMMAND, identity, cfg, setup, data, [spec.name], noise_levels=noise_record
-    ) as rd:
-        variants = make_variants(questions, levels, cfg.seed)
-        rd.write_table("variants", variants)
-        rates = noise_rates(variants, levels)
-        rd.write_text("tables/noise_rates.csv", rates.to_csv(index=False))
-        model, tokenizer = study.load_model(rd, setup)
-        prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
-        letter_ids = letter_token_ids(tokenizer, int(variants["n_options"].max()), formats[0])
-        variants["prompt"] = list(prompts)
-        tokens = study.tokenize_prompts(variants, tokenizer, model)
-        columns = ["id", "question_id", "category", "area", "noise", "n_options", "answer"]
-        columns += ["prompt", "n_prompt_tokens"]
-        already_done = study.probe_samples(
-            rd,
-            cfg,
-            variants[columns],
-            tokens,
-            HiddenProbe(model, layers, ["last-prompt"], logit_ids=letter_ids),
-            metric_names,
-            tokenizer.pad_token_id,
-        )
-        rd.update(
-            prompt_format=formats[0],
-            answer_letter_ids=letter_ids,
-            counts={
-                "questions": len(questions),
-                "prompts": len(variants),
-                "skipped_too_long": len(tokens.skipped),
-                "already_done": already_done,
-            },
-        )
+    return Prepared(
+        data, [spec.name], resolved, (questions, levels), extra={"noise_levels": noise_record}
+    )
 
-        with rd.stage("analysis"):
-            samples = rd.read_in_order(
-                "samples", ["id", "layer", "position"], variants["id"].tolist()
-            )
-            if samples is None:
-                raise UserError("no prompt could be probed (all were skipped); see run.log")
-            samples = answers(samples)
-            samples = samples[
-                [*columns, "layer", "position", *metric_names, "letter_logits", "predicted"]
-                + ["correct"]
-            ]
-            rd.write_table("samples", samples)
-            write_analysis(rd, samples, metric_names, [lv.name for lv in levels])
-        first = samples.drop_duplicates("id")
-        counts = {
-            "probed": len(first),
-            "accuracy": float(first["correct"].mean()),
-            "nonfinite_values": study.count_nonfinite(samples, metric_names),
-        }
-        rd.update(counts={**rd.manifest["counts"], **counts})
-        from ..plots.robustness import plot_run
 
-        plot_run(rd.path)
-    return rd.path
+def execute(rd: RunDir, cfg: RobustnessConfig, setup: pipeline.Setup, prep: Prepared) -> None:
+    questions, levels = prep.state
+    metric_names = prep.resolved["metrics"]
+    variants = make_variants(questions, levels, cfg.seed)
+    rd.write_table("variants", variants)
+    rates = noise_rates(variants, levels)
+    rd.write_text("tables/noise_rates.csv", rates.to_csv(index=False))
+    model, tokenizer = pipeline.load_model(rd, setup)
+    prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
+    letter_ids = letter_token_ids(tokenizer, int(variants["n_options"].max()), formats[0])
+    variants["prompt"] = list(prompts)
+    tokens = pipeline.tokenize_prompts(variants, tokenizer, model)
+    columns = ["id", "question_id", "category", "area", "noise", "n_options", "answer"]
+    columns += ["prompt", "n_prompt_tokens"]
+    already_done = pipeline.probe_samples(
+        rd,
+        cfg,
+        variants[columns],
+        tokens,
+        HiddenProbe(model, prep.resolved["layers"], ["last-prompt"], logit_ids=letter_ids),
+        metric_names,
+        tokenizer.pad_token_id,
+    )
+    rd.update(
+        prompt_format=formats[0],
+        answer_letter_ids=letter_ids,
+        counts={
+            "questions": len(questions),
+            "prompts": len(variants),
+            "skipped_too_long": len(tokens.skipped),
+            "already_done": already_done,
+        },
+    )
+
+    with rd.stage("analysis"):
+        keys = ["id", "layer", "position"]
+        samples = read_samples(
+            rd, keys, variants["id"], [*columns, "layer", "position", *metric_names, "logits"]
+        )
+        samples = answers(samples)
+        samples = samples[
+            [*columns, "layer", "position", *metric_names, "letter_logits", "predicted"]
+            + ["correct"]
+        ]
+        rd.write_table("samples", samples)
+        write_analysis(rd, samples, metric_names, [lv.name for lv in levels])
+    first = samples.drop_duplicates("id")
+    finish_counts(
+        rd,
+        probed=len(first),
+        accuracy=float(first["correct"].mean()),
+        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
+    )
 
 
 def answers(samples: pd.DataFrame) -> pd.DataFrame:

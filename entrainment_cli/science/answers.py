@@ -1,10 +1,18 @@
-"""Grading GSM8K-style answers and locating the tokens that spell them (spec 3.4, 5.2).
+"""Answers parsed from a model's output and compared with the gold: GSM8K numbers (and the
+tokens that spell them), MATH's last ``\\boxed{}`` compared by math-verify, and option letters.
 
-Upstream dropped minus signs, glued together every digit after ``####``, counted only the
-first JSON answer and found answer tokens by a per-character backward search that could
-land in the reasoning (spec 7, items 5 and 6). Here a number keeps its sign and decimals,
-the last answer wins, and answer tokens are the ones whose character span in the decoded
-text overlaps the span of the parsed number. Pure functions, no I/O.
+GSM8K (spec 3.4, 5.2): upstream dropped minus signs, glued together every digit after
+``####``, counted only the first JSON answer and found answer tokens by a per-character
+backward search that could land in the reasoning (spec 7, items 5 and 6). Here a number
+keeps its sign and decimals, the last answer wins, and answer tokens are the ones whose
+character span in the decoded text overlaps the span of the parsed number.
+
+MATH (spec 3.7): upstream took the text after the first ``boxed`` up to a brace count that
+broke on nested braces, and compared normalised strings, so ``\\frac12`` and ``0.5`` differed
+and an empty box could match an empty gold. Here the box is read with balanced braces and the
+two answers are compared as mathematics (fractions, radicals, intervals, matrices, sets,
+percentages, units and degrees normalised) by HuggingFace's math-verify; an empty or missing
+answer is never correct. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -199,3 +207,50 @@ def parse_choice(text: str, letters: str = "ABCDE") -> str | None:
             continue
         return letter
     return None
+
+
+# -- MATH: the last \boxed{}, compared by math-verify ------------------------------------
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*")
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces kept), or of a
+    braceless ``\\boxed 5``; None when there is none, it is unbalanced, or it is empty."""
+    for match in reversed(list(_BOX.finditer(text))):
+        start = match.end()
+        if start < len(text) and text[start] == "{":
+            depth = 0
+            for i in range(start, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                if depth == 0:
+                    content = text[start + 1 : i].strip()
+                    return content or None
+            return None  # unbalanced: the output was cut off inside the box
+        if match.group().endswith((" ", "\t")):  # "\boxed 5": up to the next space or "$"
+            content = re.match(r"[^\s$]+", text[start:])
+            return content.group() if content else None
+    return None
+
+
+def _normalized(s: str) -> str:
+    s = re.sub(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\(?:left|right|!|,|;|:)|\s+|\$", "", s)
+    return s.replace("dfrac", "frac").replace("tfrac", "frac").rstrip(".")
+
+
+def math_equal(pred: str | None, gold: str) -> bool:
+    """Whether two LaTeX answers are mathematically equal (math-verify), else whether they are
+    identical after removing spacing and text wrappers. Never a substring match."""
+    if pred is None or not pred.strip() or not gold.strip():
+        return False
+    if _normalized(pred) == _normalized(gold):
+        return True
+    from math_verify import parse, verify
+
+    try:
+        gold_parsed = parse(f"${gold}$")
+        pred_parsed = parse(f"${pred}$")
+        return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed))
+    except Exception:  # math-verify raises on inputs sympy cannot handle: not equal
+        return False

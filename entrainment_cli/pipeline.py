@@ -1,42 +1,150 @@
-"""Steps every study shares: checking options, metrics and layers, resolving the model and
-opening its run, the batched probe loop that measures last-prompt (or mean-prompt) hidden
-states and appends them to a run's shards, and the resumable generation stage."""
+"""One runner for every study, and the stages studies share.
+
+The runner: checks -> model -> run directory (lock, manifest, resume, ``config.yaml``) ->
+the study's stages -> figures.
+
+A study's module (named by its :class:`~entrainment_cli.studies.Study`) provides two
+functions: ``prepare(cfg, setup) -> Prepared`` does every check and selection that needs the
+data or the model's config, before the run directory exists; ``execute(rd, cfg, setup,
+prepared)`` runs the stages (prompts, generation, probe, analysis) inside it. The runner
+builds the run's identity from the config's identity fields (with the resolved forms that
+``prepare`` gives) and draws the figures from the saved tables.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import options
 from .engines import models
 from .engines.generate import Engine, Generation, Sampling, close_engines, make_engine
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs.rundir import RunDir
-from .science import sparsity, stats
+from .science import sparsity
+from .studies import Study
 from .ui import progress
-
-if TYPE_CHECKING:
-    from .data.registry import LoadedData
 
 log = logging.getLogger("entrain")
 
 
-class RunOptions(Protocol):
-    """The options every study's config has (its dataclass), as the shared steps read them."""
+@dataclass
+class Prepared:
+    """What ``prepare`` found: the data recorded in the manifest, the run directory's name
+    parts, the resolved identity values (e.g. ``layers`` as indices, the engine ``auto``
+    picked), the study's own state for ``execute``, and extra manifest fields."""
 
-    run_dir: Path | None
-    runs_dir: Path | None
-    resume: bool
-    batch_size: int
-    quiet: bool
+    data: Any
+    name_parts: list[str]
+    resolved: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_config(rd, cfg: Any) -> None:
+    """``config.yaml``: the resolved options; ``--config`` on it runs the study again."""
+    import yaml
+
+    text = yaml.safe_dump(options.saved_values(cfg), sort_keys=False, allow_unicode=True)
+    rd.write_text("config.yaml", text)
+
+
+def run_study(entry: Study, cfg: Any) -> Path:
+    """Run one study end to end; returns its run directory."""
+    impl = entry.implementation()
+    setup = model_setup(cfg.model, cfg.device, cfg.dtype) if hasattr(cfg, "model") else None
+    prepared: Prepared = impl.prepare(cfg, setup)
+    data, resolved, name_parts = prepared.data, {}, list(prepared.name_parts)
+    if data is not None:
+        many = isinstance(data, list)
+        resolved["data"] = [d.fingerprint for d in data] if many else data.fingerprint
+        data = data[0] if many else data
+    if setup is not None:
+        resolved |= {"model": setup.resolved.id, "dtype": str(setup.dtype)}
+        name_parts.insert(0, model_slug(setup.resolved))
+    rd = RunDir.open(
+        command=entry.name,
+        identity=options.identity(cfg, resolved | prepared.resolved),
+        run_dir=cfg.run_dir,
+        runs_dir=cfg.runs_dir,
+        name_parts=name_parts,
+        resume=cfg.resume,
+        weights_sha256=models.weights_hash(setup.resolved.path) if setup is not None else None,
+    )
+    with rd:
+        if setup is not None:
+            rd.record_setup(cfg, setup.resolved, data, setup.device, **prepared.extra)
+        save_config(rd, cfg)
+        impl.execute(rd, cfg, setup, prepared)
+        entry.plot_run(rd.path)
+    return rd.path
+
+
+def probe_stage(
+    rd,
+    cfg: Any,
+    setup: Setup,
+    frame: pd.DataFrame,
+    build: Callable[[Any, Any], tuple[str, str]],
+    columns: Sequence[str],
+    probe_args: dict[str, Any],
+    counts: dict[str, int],
+) -> tuple[Any, Any]:
+    """The probe-only studies' stage: load the model, build each row's prompt with
+    ``build(tokenizer, row)``, tokenize (rows too long are skipped and counted), probe the
+    ``samples`` table (``columns`` of ``frame`` beside each metric; ``probe_args`` are the
+    :class:`HiddenProbe`'s layers, positions and logit ids) and record the counts.
+    Returns (model, tokenizer)."""
+    model, tokenizer = load_model(rd, setup)
+    built = [build(tokenizer, row) for row in frame.itertuples(index=False)]
+    frame["prompt"] = [text for text, _ in built]
+    tokens = tokenize_prompts(frame, tokenizer, model)
+    metrics = probe_args.pop("metrics")
+    already_done = probe_samples(
+        rd,
+        cfg,
+        frame[list(columns)],
+        tokens,
+        HiddenProbe(model, **probe_args),
+        metrics,
+        tokenizer.pad_token_id,
+    )
+    rd.update(
+        prompt_format=built[0][1],
+        counts={
+            **counts,
+            "skipped_too_long": len(tokens.skipped),
+            "already_done": already_done,
+        },
+    )
+    return model, tokenizer
+
+
+def read_samples(
+    rd, keys: Sequence[str], ids: Sequence[str], columns: Sequence[str], what: str = "prompt"
+) -> pd.DataFrame:
+    """The probed ``samples`` in dataset order with ``columns`` (one line if none was probed)."""
+    samples = rd.read_in_order("samples", list(keys), list(ids))
+    if samples is None:
+        raise UserError(f"no {what} could be probed (all were skipped); see run.log")
+    return samples[list(columns)]
+
+
+def finish_counts(rd, **counts: Any) -> None:
+    """Add ``counts`` to the manifest's counts."""
+    rd.update(counts={**rd.manifest.get("counts", {}), **counts})
+
+
+# -- the shared stages ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -59,32 +167,6 @@ def model_slug(resolved: models.ResolvedModel) -> str:
     return resolved.id if resolved.source != "embedded" else "smollm2-135m"
 
 
-@contextlib.contextmanager
-def start_run(
-    command: str,
-    identity: dict[str, Any],
-    cfg: RunOptions,
-    setup: Setup,
-    data: LoadedData,
-    name_parts: Sequence[str],
-    **extra: Any,
-) -> Iterator[RunDir]:
-    """The entered run directory, new (named after the model and ``name_parts``) or the one
-    ``--resume`` continues (refused if ``identity`` differs), with the setup recorded: every
-    option, the model, the data, the device, and ``extra``."""
-    with RunDir.open(
-        command=command,
-        identity=identity,
-        run_dir=cfg.run_dir,
-        runs_dir=cfg.runs_dir,
-        name_parts=[model_slug(setup.resolved), *name_parts],
-        resume=cfg.resume,
-        weights_sha256=models.weights_hash(setup.resolved.path),
-    ) as rd:
-        rd.record_setup(cfg, setup.resolved, data, setup.device, **extra)
-        yield rd
-
-
 def load_model(rd: RunDir, setup: Setup):
     """(model, tokenizer), the load timed as the run's ``load_model`` stage."""
     with rd.stage("load_model"):
@@ -96,17 +178,6 @@ def check_positive(*options: tuple[str, int | None]) -> None:
     for name, value in options:
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
-
-
-def chat_prompt(tokenizer, system: str, user: str, label: str = "Question: ") -> tuple[str, str]:
-    """(exact text given to the tokenizer, 'chat' or 'plain'): the chat template with a
-    generation prompt, or for a model without one the plain text
-    ``{system}\\n\\n{label}{user}\\nAnswer:``."""
-    if tokenizer.chat_template:
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text, "chat"
-    return f"{system}\n\n{label}{user}\nAnswer:", "plain"
 
 
 def count_nonfinite(samples: pd.DataFrame, metrics: Sequence[str]) -> int:
@@ -231,7 +302,7 @@ def probe_into(
 
 def probe_samples(
     rd: RunDir,
-    cfg: RunOptions,
+    cfg: Any,
     examples: pd.DataFrame,
     tokens: Tokenized,
     probe: HiddenProbe,
@@ -279,9 +350,10 @@ def engine_for(
 
 def generate_into(
     rd: RunDir,
-    cfg: RunOptions,
+    cfg: Any,
+    setup: Setup,
+    engine: tuple[str, Any, Any],
     table: str,
-    engine: Engine,
     sampling: Sampling,
     keys: Sequence[str],
     token_lists: Sequence[Sequence[int]],
@@ -291,12 +363,18 @@ def generate_into(
     columns: Callable[[list[int], list[Generation]], dict] | None = None,
     unit: str = "prompts",
 ) -> None:
-    """Generate the ``todo`` rows (the ``generate`` stage) and append each part of
-    ``--batch-size`` (at least ``min_step``) prompts to ``table`` as one shard at once, so
-    that an interrupted run resumes where it stopped. A shard holds ``id``, ``token_ids`` and
-    ``finish_reason``, or the columns that ``columns(rows, generations)`` gives."""
+    """The generation stage: start ``engine`` = (kind, model, tokenizer) (hf uses the model
+    already loaded), generate the ``todo`` rows and append each part of ``--batch-size`` (at
+    least ``min_step``) prompts to ``table`` as one shard at once, so that an interrupted run
+    resumes where it stopped. A shard holds ``id``, ``token_ids`` and ``finish_reason``, or
+    the columns that ``columns(rows, generations)`` gives."""
+    kind, model, tokenizer = engine
     step = max(cfg.batch_size, min_step)
-    with rd.stage("generate") as timing, progress(cfg.quiet) as bar:
+    with (
+        engine_for(rd, kind, setup, cfg.batch_size, model, tokenizer) as engine,
+        rd.stage("generate") as timing,
+        progress(cfg.quiet) as bar,
+    ):
         task = bar.add_task(f"generate ({engine.name})", total=len(todo), unit=unit)
         n_tokens = 0
         for lo in range(0, len(todo), step):
@@ -319,24 +397,3 @@ def generate_into(
             n_tokens += sum(len(g.token_ids) for g in gens)
         timing[unit] = len(todo)
         timing["tokens"] = n_tokens
-
-
-def correlation_table(
-    samples: pd.DataFrame, x: str, metrics: Sequence[str], seed: int, n_boot: int
-) -> pd.DataFrame:
-    """Per (layer, position, metric): Pearson and Spearman of ``x`` against the metric over all
-    examples, with p, N and bootstrap CIs, and the direction in which the metric is sparser."""
-    records = []
-    for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
-        for metric in metrics:
-            corr = stats.correlate(part[x], part[metric], n_boot=n_boot, seed=seed)
-            records.append(
-                {
-                    "layer": layer,
-                    "position": position,
-                    "metric": metric,
-                    "sparser_when": sparsity.sparser_when(metric),
-                    **corr,
-                }
-            )
-    return pd.DataFrame.from_records(records)
