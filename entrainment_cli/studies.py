@@ -107,6 +107,19 @@ def quiet_option() -> Any:
     return option(False, "No progress bars or notes.", flags=("--quiet", "-q"), saved=False)
 
 
+def log_to_option() -> Any:
+    return option(
+        None,
+        "Also send the finished run (config, model and data identity, key statistics, figures, "
+        "tables) to a tracker: wandb (offline into RUN/wandb unless WANDB_MODE=online) or mlflow "
+        "(MLFLOW_TRACKING_URI; default ./mlflow.db). Needs the extra entrainment-cli\\[wandb] or "
+        "\\[mlflow].",
+        choices=("wandb", "mlflow"),
+        saved=False,
+        show_default=False,
+    )
+
+
 @dataclass
 class RunOptions:
     """Where a run goes and how it talks: every command has these (last in --help)."""
@@ -125,8 +138,12 @@ class RunOptions:
         show_default=False,
     )
     resume: bool = option(
-        False, "Continue the run in --run-dir, skipping finished examples.", saved=False
+        False,
+        "Continue the run in --run-dir: finished examples are kept, those of missing or "
+        "unreadable shards redone; refused if the settings or the model's weights changed.",
+        saved=False,
     )
+    log_to: str | None = log_to_option()
     quiet: bool = quiet_option()
 
 
@@ -395,6 +412,19 @@ class CorrelateAnalyzeConfig(CorrelateAnalysis):
 
 
 @dataclass
+class ReportConfig:
+    run_dirs: list[Path] = option(None, "One or more run directories.", argument=True, saved=False)
+    out: Path | None = option(
+        None,
+        "The HTML file to write. Default: RUN/report.html for one run, ./report.html for several.",
+        show_default=False,
+        saved=False,
+    )
+    log_to: str | None = log_to_option()
+    quiet: bool = quiet_option()
+
+
+@dataclass
 class PretrainConfig(RunOptions):
     llm_size: str = option(
         "llama-16-16",
@@ -428,6 +458,36 @@ class PretrainConfig(RunOptions):
     attach: int = option(6, "Edges each new entity attaches with.", identity=True, minimum=1)
     n_atomic: int = option(5000, "Atomic facts in the training set.", identity=True, minimum=1)
     n_derived: int = option(5000, "Derived facts in the training set.", identity=True, minimum=1)
+    negatives: str = option(
+        "relation",
+        "relation: each query's 9 negatives are other answers of its relation in its split (one "
+        "query per relation and answer), so the relation-prior and popularity answerers sit near "
+        "chance; uniform: upstream's, any entity (to reproduce its numbers).",
+        identity=True,
+        choices=("relation", "uniform"),
+    )
+    max_per_relation: int = option(
+        0, "Queries of one relation per split at most; 0: no cap.", identity=True, minimum=0
+    )
+    rank_eval: int = option(
+        0,
+        "After training, rank the gold among all entities for the first N queries of each split "
+        "(filtered MRR, Hits@1/3/10, beside the relation prior's): no option sampling. 0: off.",
+        identity=True,
+        minimum=0,
+    )
+    seeds: list[str] | None = listed(
+        None,
+        "Comma list of seeds: one run each (own graph, data order, initialisation) under "
+        "seed<S>/, and tables/seeds.csv with the across-seed mean and 95% CI.",
+        identity=True,
+        show_default=False,
+    )
+    save_every: int = option(
+        0,
+        "Save the training state every N steps, for --resume to continue from; 0: never.",
+        minimum=0,
+    )
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
     eval_batch_size: int = option(64, "Queries (x 10 options) per evaluation forward.", minimum=1)
@@ -647,7 +707,9 @@ or 2-step (OOD-hard) rule derives, during and after training.
 Writes kg/ (rules, facts, training set, queries, stats.json), checkpoint/ (an HF directory
 usable as --model by every command), tables/train.parquet, tables/eval.parquet (one row per
 query, split, step and layer), tables/dynamics.parquet (per step, split and layer: accuracy,
-gold loss, metric means and SEMs), tables/final.csv and figures/.""",
+the relation-prior and popularity baselines, gold loss, metric means and SEMs),
+tables/final.csv, tables/relations.csv (accuracy per split and relation) and figures/.
+--resume continues from the last --save-every state.""",
         "entrainment_cli.pretrain.run",
         ("entrainment_cli.plots.pretrain", "plot_run", "plot_compare"),
         # One thread: a model this small loses more to thread sync than it gains on a busy CPU.
@@ -675,6 +737,8 @@ gold loss, metric means and SEMs), tables/final.csv and figures/.""",
                 "2000",
                 "--n-derived",
                 "2000",
+                "--rank-eval",
+                "50",
             ),  # fmt: skip
         ),
         demo_env=(("OMP_NUM_THREADS", "1"),),

@@ -4,11 +4,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from entrainment_cli.errors import UserError
+from entrainment_cli.runs import rundir
 from entrainment_cli.runs.rundir import RunDir, atomic_write_text, read_manifest
 
 
@@ -54,24 +56,43 @@ def test_default_location_uses_runs_dir(tmp_path):
     assert rd.path.name.endswith("-model-x-math500")
 
 
+HOLD = """
+import sys, time
+from entrainment_cli.runs import rundir
+from entrainment_cli.runs.rundir import RunDir
+rd = RunDir.open(command="qa rankmath", identity={"a": 1}, run_dir=__import__("pathlib").Path(
+    sys.argv[1]), runs_dir=None, name_parts=[], resume=True)
+with rd:
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
 def test_live_lock_refuses_second_writer(tmp_path):
     with _open(tmp_path / "r"):
         pass
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "r")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(rundir.__file__).parents[2])},
+    )
     try:
-        (tmp_path / "r" / ".lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "held"
         with (
             pytest.raises(UserError, match=f"in use by process {holder.pid}"),
             _open(tmp_path / "r", resume=True),
         ):
             pass
     finally:
-        holder.kill()
+        holder.kill()  # dies holding the lock: its file stays, with its PID
         holder.wait()
-    assert read_manifest(tmp_path / "r")["status"] == "done"  # the refused writer changed nothing
+    assert (tmp_path / "r" / ".lock").read_text() == str(holder.pid)
+    assert read_manifest(tmp_path / "r")["status"] == "running"  # as the killed run left it
     # the holder is dead now: its stale lock is taken over
     with _open(tmp_path / "r", resume=True) as rd:
         assert (rd.path / ".lock").read_text() == str(os.getpid())
+    assert read_manifest(tmp_path / "r")["status"] == "done"
 
 
 def test_existing_run_needs_resume_and_same_identity(tmp_path):

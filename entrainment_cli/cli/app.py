@@ -8,10 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..studies import STUDIES, CorrelateAnalyzeConfig, RobustnessExportConfig, Study
+from ..studies import (
+    STUDIES,
+    CorrelateAnalyzeConfig,
+    ReportConfig,
+    RobustnessExportConfig,
+    Study,
+)
 from .build import build_command
 from .common import print_done
 from .plot import plot
+from .report import report
 
 app = typer.Typer(
     name="entrain",
@@ -28,8 +35,11 @@ qa = typer.Typer(help="Hidden-state sparsity against difficulty.", no_args_is_he
 def _runner(entry: Study):
     def action(cfg: Any) -> None:
         from ..pipeline import run_study
+        from ..runs import tracking
 
-        print_done(run_study(entry, cfg))
+        if cfg.log_to is not None:  # a missing tracker package is found before the work
+            tracking.check(cfg.log_to)
+        print_done(run_study(entry, cfg), cfg.log_to)
 
     return action
 
@@ -75,6 +85,7 @@ variants) to a .jsonl or .json file; no model is loaded.""",
 )
 app.add_typer(qa, name="qa")
 app.command(name="plot")(plot)
+app.command(name="report")(build_command(ReportConfig, report, report.__doc__))
 
 
 def _version(value: bool) -> None:

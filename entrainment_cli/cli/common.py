@@ -14,12 +14,18 @@ from ..ui import console, setup_logging
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")]
 
 
-def print_done(run_dir: Path) -> None:
+def print_done(run_dir: Path, log_to: str | None = None) -> None:
+    """Write the run's one-page report (and log it to a tracker), then say where all went."""
+    from ..plots.report import finish_run
+
+    report, *tracked = finish_run(run_dir, log_to)
     console.print(
         f"[green]done:[/] {run_dir}\n  tables:  {run_dir / 'tables'}\n"
-        f"  figures: {run_dir / 'figures'}",
+        f"  figures: {run_dir / 'figures'}\n  report:  {report}",
         highlight=False,
     )
+    for line in tracked:
+        console.print(f"  logged:  {line}", highlight=False)
 
 
 def command(func):

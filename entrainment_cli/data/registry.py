@@ -35,6 +35,7 @@ class DatasetSpec:
     about: str = ""
     splits: tuple[str, ...] = ()  # every split a study may ask for (empty: only ``split``)
     columns: tuple[str, ...] | None = None  # read only these from the hub (large datasets)
+    list_fields: tuple[str, ...] = ()  # required fields that hold lists (the others: scalars)
 
     def check_split(self, split: str) -> str:
         known = self.splits or (self.split,)
@@ -106,6 +107,7 @@ REGISTRY: dict[str, DatasetSpec] = {
             split="test",
             fields=("question_id", "question", "options", "answer", "answer_index", "category"),
             id_field="question_id",
+            list_fields=("options",),
             about="MMLU-Pro multiple choice (up to 10 options) in 14 categories",
         ),
         DatasetSpec(
@@ -165,11 +167,18 @@ def drop_overlap(
 
 
 def parse_level(value, where: str) -> int:
-    """MATH levels are ints in MATH-500 and 'Level 3' strings in the original MATH."""
+    """MATH levels are ints in MATH-500 and 'Level 3' strings in the original MATH; a level
+    is a whole number from 1 up."""
     try:
-        return int(str(value).split()[-1])
+        text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        level = int(text.split()[-1])
     except (ValueError, IndexError):
-        raise UserError(f"{where}: level '{value}' is not a number like 3 or 'Level 3'") from None
+        level = 0
+    if level < 1 or isinstance(value, bool):
+        raise UserError(
+            f"{where}: field 'level' is {value!r}, not a level from 1 up like 3 or 'Level 3'"
+        )
+    return level
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -215,15 +224,29 @@ class LoadedData:
         }
 
 
-def _check_fields(rows: list[dict], spec: DatasetSpec, where: str, line_of=None) -> None:
+def _check_fields(rows: list, spec: DatasetSpec, where: str, line_of=None) -> None:
+    """Every row is an object holding every required field, each a string or a number (a
+    list where the spec says so): a null, an object or a list where text is expected would
+    otherwise be read as the text 'None' or a stringified dict."""
     for i, row in enumerate(rows):
+        at = f"line {line_of(i)}" if line_of else f"row {i}"
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{where}, {at}: expected an object with the fields {', '.join(spec.fields)}, "
+                f"got {type(row).__name__} {str(row)[:40]!r}"
+            )
         missing = [f for f in spec.fields if f not in row]
         if missing:
-            at = f"line {line_of(i)}" if line_of else f"row {i}"
             raise UserError(
                 f"{where}, {at}: missing field(s) {', '.join(missing)}; "
                 f"every {spec.name} row needs {', '.join(spec.fields)}"
             )
+        for name in spec.fields:
+            value, wanted = row[name], list if name in spec.list_fields else (str, int, float)
+            if not isinstance(value, wanted) or isinstance(value, bool) or value == []:
+                kind = "a non-empty list" if wanted is list else "a string or a number"
+                shown = "null" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+                raise UserError(f"{where}, {at}: field '{name}' must be {kind}, not {shown}")
 
 
 def _groups(text: str) -> dict[str, list[dict]] | None:

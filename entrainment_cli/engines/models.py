@@ -83,8 +83,14 @@ def dequantize_gguf(gguf: Path) -> Path:
     log.info("dequantizing %s into %s (once)", gguf, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # not GGUF, truncated, or an architecture transformers lacks
+        raise UserError(
+            f"--model {gguf} is not a GGUF model transformers can read ({_first_line(e)}); "
+            "pass a whole .gguf file of a supported architecture"
+        ) from None
     # The weights are now plain float tensors; drop the GGUF quantizer so they serialize.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -112,7 +118,7 @@ def resolve_model(spec: str | None) -> ResolvedModel:
                 f"{path} is a directory but has no config.json; point --model at a Hugging "
                 "Face model directory, a .gguf file or a hub id"
             )
-        return ResolvedModel(spec, path.resolve(), "local")
+        return ResolvedModel(spec, check_model_dir(path.resolve()), "local")
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
     if looks_local:
         raise UserError(f"model directory {path} does not exist; check the --model path")
@@ -129,7 +135,38 @@ def resolve_model(spec: str | None) -> ResolvedModel:
             f"Hugging Face hub (or its cache) could not provide it ({type(e).__name__}); "
             "check the id, your network or HF_TOKEN, or pass a local path"
         ) from None
-    return ResolvedModel(spec, Path(local), "hub")
+    return ResolvedModel(spec, check_model_dir(Path(local)), "hub")
+
+
+def _first_line(e: Exception) -> str:
+    """The first sentence of an error message: enough to say what is wrong, in one line."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
+def check_model_dir(path: Path) -> Path:
+    """``path`` if its config loads and its safetensors files are whole: a broken model is
+    one line now, not a traceback after the run has started."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as e:  # bad JSON, unknown model_type, ...: transformers' own words
+        raise UserError(
+            f"--model {path}: its config.json does not load ({_first_line(e)}); fix or replace "
+            "the model directory"
+        ) from None
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except Exception as e:  # SafetensorError, or OSError for an unreadable file
+            raise UserError(
+                f"--model {path}: {weights.name} is damaged or incomplete ({_first_line(e)}); "
+                "download or save the model again"
+            ) from None
+    return path
 
 
 def weights_hash(path: Path) -> str:

@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
-from ..runs.rundir import read_manifest, slug
+from ..runs.rundir import lock_holder, read_manifest, slug
 from ..studies import BY_NAME
 from . import signals
+
+
+@contextlib.contextmanager
+def readable_tables(*run_dirs: Path) -> Iterator[None]:
+    """A table that is missing, cut short or of the wrong shape becomes one line naming the
+    run (and, for a run that did not finish, how to finish it), not a figure drawn from it."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, IndexError) as e:  # pandas/pyarrow read errors
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        runs = ", ".join(str(rd) for rd in run_dirs)
+        unfinished = [rd for rd in run_dirs if read_manifest(rd).get("status") != "done"]
+        if unfinished:
+            rd = unfinished[0]
+            status, holder = read_manifest(rd).get("status"), lock_holder(rd)
+            if holder is not None:
+                raise UserError(
+                    f"{rd} is still running (process {holder}); plot it when it is done"
+                ) from None
+            if status == "running":
+                status = "running, but its process is gone"
+            raise UserError(
+                f"{rd} did not finish (status: {status}), so its tables are incomplete "
+                f"({reason}); finish it with --resume --run-dir {rd}, then plot it"
+            ) from None
+        raise UserError(
+            f"cannot draw {runs}: a table is missing or damaged ({reason}); the figures "
+            "were left as they were; redo the run (or its analysis) to rewrite its tables"
+        ) from None
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
@@ -33,16 +64,20 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
     for command, rds in groups.items():
         graded = [rd for rd in rds if signals.has_signals(rd)]  # graded runs: tables/signals.csv
         for rd in rds:
-            written += BY_NAME[command].plot_run(rd)
+            with readable_tables(rd):
+                written += BY_NAME[command].plot_run(rd)
         for rd in graded:
-            written += signals.plot_run(rd)
+            with readable_tables(rd):
+                written += signals.plot_run(rd)
         if out_dir is None:
             continue
         dest = out_dir if len(groups) == 1 else out_dir / slug(command)
         if len(rds) > 1:
-            written += BY_NAME[command].plot_compare(rds, dest)
+            with readable_tables(*rds):
+                written += BY_NAME[command].plot_compare(rds, dest)
         if len(graded) > 1:
-            written += signals.plot_compare(graded, dest)
+            with readable_tables(*graded):
+                written += signals.plot_compare(graded, dest)
         for rd in rds:
             for figure in sorted((rd / "figures").glob("*")):
                 target = dest / rd.name / figure.name

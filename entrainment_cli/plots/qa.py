@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import run_label
-from .common import layer_name, panel_grid, plt, save
+from .common import bar_ylim, layer_name, panel_grid, plt, save
 
 PANEL = 3.2  # inches per panel side
 SPLIT_COLORS = {"8k": "#1f77b4", "16k": "#2ca02c", "32k": "#d62728", "64k": "#ff7f0e"}
@@ -295,10 +295,7 @@ def plot_accuracy(run_dir: Path) -> list[Path]:
         for ax, metric in zip(axes, metrics, strict=True):
             m = part[part.metric == metric].sort_values("level")
             ax.bar(m["level"], m["mean"], yerr=m["sem"], color="#4C72B0", alpha=0.6, capsize=2)
-            lo = (m["mean"] - m["sem"].fillna(0)).min()
-            hi = (m["mean"] + m["sem"].fillna(0)).max()
-            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-            ax.set_ylim(lo - pad, hi + pad)
+            bar_ylim(ax, m["mean"], m["sem"], f"{metric} at {layer_name(layer)}, {position}")
             ax.set_xlabel("MATH level")
             twin = ax.twinx()
             twin.plot(by_level["level"], by_level["accuracy"], color="#C44E52", marker="o")

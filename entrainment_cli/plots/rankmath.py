@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runs.rundir import run_label
-from .common import layer_name, panel_grid, plt, save
+from .common import bar_ylim, check_summary, layer_name, panel_grid, plt, save
 
 PANEL = 3.2  # inches per panel side
 
@@ -17,8 +17,22 @@ def _grid(n: int):
 
 
 def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    summary = pd.read_csv(run_dir / "tables" / "summary.csv")
-    corr = pd.read_csv(run_dir / "tables" / "correlations.csv")
+    """summary.csv and correlations.csv, checked whole and agreeing with each other."""
+    tables = run_dir / "tables"
+    keys = ["layer", "position", "metric"]
+    path = tables / "summary.csv"
+    summary = check_summary(pd.read_csv(path), [*keys, "level"], path)
+    corr = pd.read_csv(tables / "correlations.csv")
+    # every probed problem is in one level: the levels' counts add up to each panel's N
+    totals = summary.groupby(keys)["n"].sum()
+    if (
+        len(corr) != len(totals)
+        or not corr.set_index(keys)["n"].reindex(totals.index).eq(totals).all()
+    ):
+        raise ValueError(
+            f"{path} is incomplete or damaged (its counts do not add up to the N "
+            "of correlations.csv)"
+        )
     return summary, corr
 
 
@@ -46,9 +60,7 @@ def plot_run(run_dir: Path) -> list[Path]:
                 f"{metric}\nρ={c.spearman_rho:.2f} (p={c.spearman_p:.2g}, N={c.n})", fontsize=9
             )
             ax.set_xlabel("MATH level")
-            lo, hi = (m["mean"] - m["sem"].fillna(0)).min(), (m["mean"] + m["sem"].fillna(0)).max()
-            pad = (hi - lo) * 0.15 or abs(hi) * 0.05 or 1.0
-            ax.set_ylim(lo - pad, hi + pad)
+            bar_ylim(ax, m["mean"], m["sem"], f"{metric} at {layer_name(layer)}, {position}")
         fig.suptitle(
             f"Sparsity by MATH level: {model}, {layer_name(layer)}, {position} (mean ± SEM)",
             fontsize=11,

@@ -12,11 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
+import fcntl
 import json
 import logging
 import os
 import re
+import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from ..ui import console, replay_backlog
 
 log = logging.getLogger("entrain")
 
@@ -104,14 +110,52 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
         os.replace(tmp, path)
 
 
-def _pid_alive(pid: int) -> bool:
+class RunLog(logging.FileHandler):
+    """run.log: a line that cannot be written (full disk) is dropped quietly, so that the
+    console shows why the run stopped rather than a logging traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so the run ends the same way."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def on_sigterm_raise() -> Any:
+    """Make SIGTERM raise :class:`Terminated` (main thread only); the old handler, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The PID in ``run_dir``'s lock if that process is alive, else None: a run whose
+    manifest says 'running' with no live holder died without recording it."""
     try:
+        pid = int((run_dir / LOCK).read_text().strip())
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    except PermissionError:  # alive, another user's
+        return pid
+    except (OSError, ValueError):  # no lock, no PID yet, or no such process
+        return None
+    return pid
+
+
+def disk_of(path: Path) -> str:
+    """The mount point of the file system holding ``path``, with its free space."""
+    mount = path.resolve()
+    while not mount.is_dir():
+        mount = mount.parent
+    at = mount
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    free = shutil.disk_usage(at).free
+    return f"{mount} ({free / 2**20:.0f} MiB free)"
 
 
 class RunDir:
@@ -123,6 +167,8 @@ class RunDir:
         self.tables = path / "tables"
         self.figures = path / "figures"
         self._log_handler: logging.Handler | None = None
+        self._lock_fd: int | None = None
+        self._old_sigterm: Any = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -148,6 +194,8 @@ class RunDir:
             identity = {**identity, "weights_sha256": weights_sha256}
         if resume and run_dir is None:
             raise UserError("--resume needs --run-dir naming the run to continue")
+        if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} is a file, not a directory; name a directory")
         if run_dir is None:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
             base = default_runs_dir(runs_dir) / command.replace(" ", "-")
@@ -196,21 +244,34 @@ class RunDir:
                 f"cannot write the run directory {self.path} ({e.strerror}); "
                 "choose a writable --run-dir or --runs-dir"
             ) from None
-        self._log_handler = logging.FileHandler(self.path / "run.log", encoding="utf-8")
-        self._log_handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-        log.addHandler(self._log_handler)
-        log.setLevel(logging.INFO)
-        m = self.manifest
-        m.setdefault("started", utc_now())
-        m["resumed"] = m.get("resumed", -1) + 1 if "status" in m else 0
-        m["status"] = "running"
-        m.pop("error", None)
-        self.write_manifest()
+        try:
+            self._log_handler = RunLog(self.path / "run.log", encoding="utf-8")
+            self._log_handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+            )
+            log.addHandler(self._log_handler)
+            log.setLevel(logging.INFO)
+            replay_backlog(self._log_handler)
+            m = self.manifest
+            if m.get("status") == "running":  # its process is gone: we hold the lock now
+                log.warning("%s was left 'running' by a process that died; resuming it", self.path)
+            m.setdefault("started", utc_now())
+            m["resumed"] = m.get("resumed", -1) + 1 if "status" in m else 0
+            m["status"] = "running"
+            m.pop("error", None)
+            self.write_manifest()
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
+        self._old_sigterm = on_sigterm_raise()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Record how the run ended, release the lock; a full disk, Ctrl-C and SIGTERM end
+        in one line saying the run can be resumed."""
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
         try:
             self.manifest["ended"] = utc_now()
             if exc_type is None:
@@ -218,36 +279,69 @@ class RunDir:
             else:
                 self.manifest["status"] = "failed"
                 self.manifest["error"] = f"{exc_type.__name__}: {exc}"
-                log.error("run failed: %s: %s", exc_type.__name__, exc)
-            self.write_manifest()
+                if self._log_handler is not None:  # the console gets its own line below
+                    line = f"run failed: {self.manifest['error']}"
+                    self._log_handler.handle(
+                        logging.makeLogRecord(
+                            {"levelno": logging.ERROR, "levelname": "ERROR", "msg": line}
+                        )
+                    )
+            with contextlib.suppress(OSError):  # a full disk may refuse even this
+                self.write_manifest()
         finally:
             if self._log_handler is not None:
                 log.removeHandler(self._log_handler)
-                self._log_handler.close()
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / LOCK).unlink()
+                with contextlib.suppress(OSError):  # the last lines may not fit a full disk
+                    self._log_handler.close()
+                self._log_handler = None
+            self._unlock()
+        resume = f"continue it with --resume --run-dir {self.path}"
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"no space left on {disk_of(self.path)} (the disk holding {self.path}): the run "
+                f"stopped, its finished work is kept; free some space and {resume}"
+            ) from None
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            how = "terminated (SIGTERM)" if exc_type is Terminated else "interrupted"
+            console.print(f"[bold red]{how}:[/] {self.path} stopped; {resume}", highlight=False)
+            raise SystemExit(128 + (signal.SIGTERM if exc_type is Terminated else signal.SIGINT))
 
     def _lock(self) -> None:
+        """Hold an exclusive ``flock`` on ``.lock`` (which names our PID) for the whole run.
+        The kernel drops it when the process dies, however it dies, so a lock left by a
+        dead run is simply taken over, and two processes can never both hold one run."""
         lock = self.path / LOCK
-        for _ in range(2):
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(lock.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _pid_alive(pid):
-                    raise UserError(
-                        f"{self.path} is in use by process {pid}; wait for it to finish "
-                        f"(or, if it is gone, delete {lock})"
-                    ) from None
-                lock.unlink(missing_ok=True)  # stale lock of a dead process
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = lock_holder(self.path)
+                by = f"process {holder}" if holder else "another process"
+                raise UserError(
+                    f"{self.path} is in use by {by}; wait for it to finish or choose "
+                    "another --run-dir"
+                ) from None
+            except OSError as e:  # a file system without locks (some network mounts)
+                log.warning("cannot lock %s (%s): nothing stops a second writer", lock, e)
+            try:  # the previous holder may have removed the file between our open and flock
+                if os.stat(lock).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError
+            except FileNotFoundError:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._lock_fd = fd
             return
-        raise UserError(f"could not take the lock {lock}; delete it if no run is active")
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:  # remove the file while still holding it, then let go
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / LOCK).unlink()
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- manifest ------------------------------------------------------------------------
 
@@ -278,7 +372,9 @@ class RunDir:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage; the yielded dict collects counts (e.g. ``items``) for rates."""
+        """Time a stage; the yielded dict collects counts (e.g. ``items``) for rates. The
+        timing goes into the manifest (written now, or by :meth:`__exit__` if the stage
+        failed, so that a failing write cannot hide why it failed) and into run.log."""
         info: dict[str, Any] = {}
         t0 = time.perf_counter()
         try:
@@ -289,14 +385,13 @@ class RunDir:
             for key, value in info.items():
                 if isinstance(value, int | float) and seconds > 0:
                     entry[f"{key}_per_s"] = round(value / seconds, 3)
-            timings = self.manifest.setdefault("timings", {})
-            name = (
-                name
-                if self.manifest.get("resumed", 0) == 0
-                else f"{name}#{self.manifest['resumed']}"
-            )
-            timings[name] = entry
-            self.write_manifest()
+            resumed = self.manifest.get("resumed", 0)
+            self.manifest.setdefault("timings", {})[
+                name if not resumed else f"{name}#{resumed}"
+            ] = entry
+        rates = "".join(f", {v} {k[:-6]}/s" for k, v in entry.items() if k.endswith("_per_s"))
+        log.info("stage %s done in %.1f s%s", name, seconds, rates)
+        self.write_manifest()
 
     # -- tables --------------------------------------------------------------------------
 
@@ -368,12 +463,25 @@ def _shard_number(path: Path) -> int:
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     path = run_dir / MANIFEST
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise UserError(f"{run_dir} {what}; name a run directory (one holding {MANIFEST})")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST})") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("command"), str):
+        raise UserError(f"{path} is not a run manifest (no command); the run directory is damaged")
+    return manifest
+
+
+def saved_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(figures/*.png, every table file): what a report shows and a tracker receives."""
+    tables = run_dir / "tables"
+    files = [p for p in tables.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted((run_dir / "figures").glob("*.png")), sorted(files)
 
 
 def run_label(run_dir: Path) -> tuple[str, str]:
