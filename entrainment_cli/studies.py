@@ -580,7 +580,9 @@ median and IQR), tables/fit.json (a H exp(-b H) + c) and figures/.
 
 With --grade (gsm8k), the few-shot prompt of --prompting asks for a final '#### <number>'; each
 answer is graded, the tokens that spell it are located, and per-prompt means of entropy, STOPS
-and LogTokU are compared between correct and incorrect answers.
+and LogTokU are compared between correct and incorrect answers; tables/signals.csv ranks them and
+the standard baselines (log-prob, perplexity, entropy, nucleus size) by ROC-AUC, PR-AUC, PRR,
+AURC, ECE and Brier with bootstrap CIs.
 
 `entrain correlate-analyze RUN...` re-analyzes finished runs; several runs give one joint table
 and a grid figure.""",
@@ -617,7 +619,9 @@ compared by math-verify.
 
 Writes tables/ranking.parquet, tables/demos.parquet, tables/generations.parquet,
 tables/summary.json (accuracy overall, by MATH level, subject and sparsity level, with Wilson
-95% CIs) and figures/. `entrain plot RUN... --out DIR` compares strategies.""",
+95% CIs) and figures/. `entrain plot RUN... --out DIR` compares strategies. tables/signals.csv
+ranks the log-prob baselines and the rank metric against correctness (ROC-AUC, PR-AUC, PRR,
+AURC, ECE, Brier, bootstrap CIs; see README).""",
         "entrainment_cli.cot.run",
         ("entrainment_cli.plots.cot", "plot_run", "plot_compare"),
         demo=(("--curriculum", "--sample", "8", "--pool-size", "20", "--max-tokens", "128"),),
@@ -633,7 +637,9 @@ gold answer with math-verify, and measures each metric at the last prompt token 
 prompt. Writes tables/answers.parquet (output, prediction, correct), samples.parquet (metrics
 with correctness), accuracy_by_level.csv (Wilson CI), summary.csv (metrics per level),
 association.csv (per metric: point-biserial r of correctness with p and bootstrap CI, AUROC
-with the Mann-Whitney p, and upstream's r across the level means) and figures/.""",
+with the Mann-Whitney p, and upstream's r across the level means) and figures/.
+tables/signals.csv ranks every sparsity metric and the log-prob baselines against correctness
+(ROC-AUC, PR-AUC, PRR, AURC, ECE, Brier, bootstrap CIs; see README).""",
         "entrainment_cli.qa.accuracy",
         ("entrainment_cli.plots.qa", "plot_accuracy", "compare_accuracy"),
         demo=(("--limit", "1", "--max-tokens", "128", "--engine", "hf"),),
