@@ -361,7 +361,7 @@ def scripted(monkeypatch, tiny_llama):
         engine.generate = gen
         return engine
 
-    monkeypatch.setattr("entrainment_cli.study.make_engine", make)
+    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
     return order
 
 
@@ -427,7 +427,7 @@ def test_accuracy_resumes_without_regenerating(cli, tiny_llama, scripted, tmp_pa
     assert read_manifest(part)["status"] == "failed"
     monkeypatch.setattr(HiddenProbe, "measure", real)
     monkeypatch.setattr(
-        "entrainment_cli.study.make_engine",
+        "entrainment_cli.pipeline.make_engine",
         lambda *a, **k: pytest.fail("a resumed run must not generate again"),
     )
     _ok(cli(*args, "--run-dir", part, "--resume"))
