@@ -94,6 +94,7 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
     quadrants = pd.read_csv(out / "tables" / "quadrants.csv").set_index("quadrant")
     assert quadrants["n"].sum() == ok.sum()
     assert quadrants["au_median"].tolist() == pytest.approx([au_med] * len(quadrants))
+    assert quadrants["eu_median"].tolist() == pytest.approx([eu_med] * len(quadrants))
     for q, row in quadrants.iterrows():
         high_au, high_eu = q.startswith("high"), q.endswith("high EU")
         mine = parsed[ok & ((au > au_med) == high_au) & ((eu > eu_med) == high_eu)]
