@@ -45,8 +45,8 @@ bench: install
 # Llama models need `hf auth login`). MODELS="a b" replaces every study's model list;
 # DEVICE, REPORT and CONFLICT_DATA (the Wang et al. knowledge-conflict data.json, which has no
 # hub copy) can be set too. Each run goes to $(REPORT)/<study>/<model>; running it again
-# resumes unfinished runs (an unfinished pretrain run trains again from step 0, seeded) and
-# skips finished pretrain runs. `make -n reproduce` prints every command.
+# resumes unfinished runs (pretrain from its last --save-every checkpoint) and skips finished
+# pretrain runs. `make -n reproduce` prints every command.
 REPORT        ?= runs/reproduce
 DEVICE        ?= cuda
 MODELS        ?=
@@ -75,7 +75,7 @@ R := $(REPORT)
 reproduce: install
 	$(foreach z,llama-16-16 llama-32-32,test -f $(R)/pretrain/$(z)/tables/final.csv || \
 		$(ENTRAIN) pretrain --llm-size $(z) --steps 5000 \
-		--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) \
+		--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) --save-every 500 \
 		--run-dir $(R)/pretrain/$(z) $(call resume,$(R)/pretrain/$(z))$(nl))
 	$(foreach m,$(call pick,$(RANKMATH_MODELS)),$(ENTRAIN) qa rankmath --model $(m) \
 		--device $(DEVICE) --dtype float16 --layers -1 \

@@ -366,8 +366,8 @@ def generate_into(
     """The generation stage: start ``engine`` = (kind, model, tokenizer) (hf uses the model
     already loaded), generate the ``todo`` rows and append each part of ``--batch-size`` (at
     least ``min_step``) prompts to ``table`` as one shard at once, so that an interrupted run
-    resumes where it stopped. A shard holds ``id``, ``token_ids`` and ``finish_reason``, or
-    the columns that ``columns(rows, generations)`` gives."""
+    resumes where it stopped. A shard holds ``id``, ``token_ids``, ``logprobs`` and
+    ``finish_reason``, or the columns that ``columns(rows, generations)`` gives."""
     kind, model, tokenizer = engine
     step = max(cfg.batch_size, min_step)
     with (
@@ -389,6 +389,7 @@ def generate_into(
                 shard = {
                     "id": [keys[i] for i in part],
                     "token_ids": [g.token_ids for g in gens],
+                    "logprobs": [g.logprobs for g in gens],
                     "finish_reason": [g.finish_reason for g in gens],
                 }
             else:

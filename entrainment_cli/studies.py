@@ -458,6 +458,36 @@ class PretrainConfig(RunOptions):
     attach: int = option(6, "Edges each new entity attaches with.", identity=True, minimum=1)
     n_atomic: int = option(5000, "Atomic facts in the training set.", identity=True, minimum=1)
     n_derived: int = option(5000, "Derived facts in the training set.", identity=True, minimum=1)
+    negatives: str = option(
+        "relation",
+        "relation: each query's 9 negatives are other answers of its relation in its split (one "
+        "query per relation and answer), so the relation-prior and popularity answerers sit near "
+        "chance; uniform: upstream's, any entity (to reproduce its numbers).",
+        identity=True,
+        choices=("relation", "uniform"),
+    )
+    max_per_relation: int = option(
+        0, "Queries of one relation per split at most; 0: no cap.", identity=True, minimum=0
+    )
+    rank_eval: int = option(
+        0,
+        "After training, rank the gold among all entities for the first N queries of each split "
+        "(filtered MRR, Hits@1/3/10, beside the relation prior's): no option sampling. 0: off.",
+        identity=True,
+        minimum=0,
+    )
+    seeds: list[str] | None = listed(
+        None,
+        "Comma list of seeds: one run each (own graph, data order, initialisation) under "
+        "seed<S>/, and tables/seeds.csv with the across-seed mean and 95% CI.",
+        identity=True,
+        show_default=False,
+    )
+    save_every: int = option(
+        0,
+        "Save the training state every N steps, for --resume to continue from; 0: never.",
+        minimum=0,
+    )
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
     eval_batch_size: int = option(64, "Queries (x 10 options) per evaluation forward.", minimum=1)
@@ -641,7 +671,9 @@ median and IQR), tables/fit.json (a H exp(-b H) + c) and figures/.
 
 With --grade (gsm8k), the few-shot prompt of --prompting asks for a final '#### <number>'; each
 answer is graded, the tokens that spell it are located, and per-prompt means of entropy, STOPS
-and LogTokU are compared between correct and incorrect answers.
+and LogTokU are compared between correct and incorrect answers; tables/signals.csv ranks them and
+the standard baselines (log-prob, perplexity, entropy, nucleus size) by ROC-AUC, PR-AUC, PRR,
+AURC, ECE and Brier with bootstrap CIs.
 
 `entrain correlate-analyze RUN...` re-analyzes finished runs; several runs give one joint table
 and a grid figure.""",
@@ -678,7 +710,9 @@ compared by math-verify.
 
 Writes tables/ranking.parquet, tables/demos.parquet, tables/generations.parquet,
 tables/summary.json (accuracy overall, by MATH level, subject and sparsity level, with Wilson
-95% CIs) and figures/. `entrain plot RUN... --out DIR` compares strategies.""",
+95% CIs) and figures/. `entrain plot RUN... --out DIR` compares strategies. tables/signals.csv
+ranks the log-prob baselines and the rank metric against correctness (ROC-AUC, PR-AUC, PRR,
+AURC, ECE, Brier, bootstrap CIs; see README).""",
         "entrainment_cli.cot.run",
         ("entrainment_cli.plots.cot", "plot_run", "plot_compare"),
         demo=(("--curriculum", "--sample", "8", "--pool-size", "20", "--max-tokens", "128"),),
@@ -694,7 +728,9 @@ gold answer with math-verify, and measures each metric at the last prompt token 
 prompt. Writes tables/answers.parquet (output, prediction, correct), samples.parquet (metrics
 with correctness), accuracy_by_level.csv (Wilson CI), summary.csv (metrics per level),
 association.csv (per metric: point-biserial r of correctness with p and bootstrap CI, AUROC
-with the Mann-Whitney p, and upstream's r across the level means) and figures/.""",
+with the Mann-Whitney p, and upstream's r across the level means) and figures/.
+tables/signals.csv ranks every sparsity metric and the log-prob baselines against correctness
+(ROC-AUC, PR-AUC, PRR, AURC, ECE, Brier, bootstrap CIs; see README).""",
         "entrainment_cli.qa.accuracy",
         ("entrainment_cli.plots.qa", "plot_accuracy", "compare_accuracy"),
         demo=(("--limit", "1", "--max-tokens", "128", "--engine", "hf"),),
@@ -798,7 +834,9 @@ or 2-step (OOD-hard) rule derives, during and after training.
 Writes kg/ (rules, facts, training set, queries, stats.json), checkpoint/ (an HF directory
 usable as --model by every command), tables/train.parquet, tables/eval.parquet (one row per
 query, split, step and layer), tables/dynamics.parquet (per step, split and layer: accuracy,
-gold loss, metric means and SEMs), tables/final.csv and figures/.""",
+the relation-prior and popularity baselines, gold loss, metric means and SEMs),
+tables/final.csv, tables/relations.csv (accuracy per split and relation) and figures/.
+--resume continues from the last --save-every state.""",
         "entrainment_cli.pretrain.run",
         ("entrainment_cli.plots.pretrain", "plot_run", "plot_compare"),
         # One thread: a model this small loses more to thread sync than it gains on a busy CPU.
@@ -826,6 +864,8 @@ gold loss, metric means and SEMs), tables/final.csv and figures/.""",
                 "2000",
                 "--n-derived",
                 "2000",
+                "--rank-eval",
+                "50",
             ),  # fmt: skip
         ),
         demo_env=(("OMP_NUM_THREADS", "1"),),

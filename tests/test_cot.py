@@ -15,7 +15,7 @@ from entrainment_cli.cot.run import SYSTEM_PROMPT, USER_SUFFIX
 from entrainment_cli.data import registry
 from entrainment_cli.engines import embed
 from entrainment_cli.engines.generate import row_seed
-from entrainment_cli.runs.rundir import read_manifest
+from entrainment_cli.runs.rundir import RunDir, read_manifest
 from entrainment_cli.science import curriculum
 from entrainment_cli.science.answers import extract_boxed, math_equal
 from entrainment_cli.science.stats import wilson_interval
@@ -162,8 +162,29 @@ def test_generations_and_summary(curriculum_run):
     assert m["status"] == "done" and m["seed"] == 0 and m["engine"] == "hf"
     assert m["pool"]["data_source"] == "sample" and m["dataset"]["data_source"] == "sample"
     assert m["timings"]["rank"]["prompts"] == POOL + LIMIT
-    for stem in ("accuracy_by_level", "accuracy_by_sparsity_level", "sparsity_by_level"):
+    for stem in ("accuracy_by_level", "accuracy_by_sparsity_level", "sparsity_by_level",
+                 "signals_rank", "risk_coverage"):  # fmt: skip
         assert (curriculum_run / "figures" / f"{stem}.png").stat().st_size > 5_000
+
+
+def test_signals_from_the_saved_generations(curriculum_run):
+    ranking, _, gens, _ = _tables(curriculum_run)
+    values = pd.read_parquet(curriculum_run / "tables" / "signal_values.parquet")
+    assert values["id"].tolist() == gens["id"].tolist()
+    shards = RunDir(curriculum_run, {}).read_in_order("generations", ["id"], gens["id"].tolist())
+    assert values["generation_mean_logprob"].tolist() == pytest.approx(
+        [np.mean(lp) for lp in shards["logprobs"]]
+    )
+    test = ranking[ranking.role == "test"].set_index("id")
+    assert values["prompt_h-1_l0_outlier"].tolist() == test.loc[values["id"], "score"].tolist()
+    table = pd.read_csv(curriculum_run / "tables" / "signals.csv").set_index("signal")
+    assert table.loc["prompt_h-1_l0_outlier", "direction"] == "lower"  # fewer outliers: sparser
+    n, k = len(gens), int(gens["correct"].sum())
+    scored = table[table.n > 0]
+    if k == 0:  # a random model rarely boxes the right answer: undefined, and said so
+        assert scored["note"].str.startswith(f"all {n} answers wrong").all()
+    else:
+        assert np.isfinite(scored["roc_auc"]).all()
 
 
 def test_other_strategies_and_compare_plot(cli, curriculum_run, tiny_llama, tmp_path):
@@ -199,6 +220,11 @@ def test_other_strategies_and_compare_plot(cli, curriculum_run, tiny_llama, tmp_
     result = cli("plot", curriculum_run, *runs.values(), "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp" / "cot_compare.png").stat().st_size > 10_000
+    prr = pd.read_csv(tmp_path / "cmp" / "signals_prr.csv")  # the four strategies side by side
+    assert sorted(prr["run"].str.rsplit(" / ", n=1).str[1].unique()) == [
+        "auto-shot", "cot", "curriculum", "few-shot"
+    ]  # fmt: skip
+    assert (tmp_path / "cmp" / "signals_prr.png").is_file()
 
 
 def test_resume_regenerates_only_what_is_missing(cli, tiny_llama, tmp_path):

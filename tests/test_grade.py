@@ -1,10 +1,12 @@
 """`entrain correlate --grade`: grading, answer tokens and the correctness tables."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
 from entrainment_cli.engines import generate
@@ -91,7 +93,8 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
     au_med, eu_med = np.median(au[ok]), np.median(eu[ok])
     quadrants = pd.read_csv(out / "tables" / "quadrants.csv").set_index("quadrant")
     assert quadrants["n"].sum() == ok.sum()
-    assert (quadrants["au_median"] == pytest.approx(au_med)).all()
+    assert quadrants["au_median"].tolist() == pytest.approx([au_med] * len(quadrants))
+    assert quadrants["eu_median"].tolist() == pytest.approx([eu_med] * len(quadrants))
     for q, row in quadrants.iterrows():
         high_au, high_eu = q.startswith("high"), q.endswith("high EU")
         mine = parsed[ok & ((au > au_med) == high_au) & ((eu > eu_med) == high_eu)]
@@ -105,6 +108,43 @@ def test_graded_run_tables(cli, tiny_peaked, scripted, gsm_file, tmp_path):
     identity = read_manifest(out)["identity"]
     assert identity["grade"] is True and (identity["prompting"], identity["shots"]) == ("cot", 2)
     assert run_label(out)[1].endswith("/cot")  # graded runs of one model stay apart in grids
+    _signals(cli, out, p, tokens, tmp_path)
+
+
+def _signals(cli, out, p, tokens, tmp_path):
+    """Every signal scored against correctness: the answer scope leaves out the unparsed
+    prompt (no answer tokens, counted), the generation scope keeps all six."""
+    values = pd.read_parquet(out / "tables" / "signal_values.parquet")
+    assert values["id"].tolist() == p["id"].tolist()
+    mine = tokens[tokens.id == p.id[1]].set_index("step")
+    steps = list(p.answer_steps[1])
+    assert values["answer_mean_logprob"][1] == pytest.approx(mine.loc[steps, "logprob"].mean())
+    assert values["generation_max_entropy"][1] == pytest.approx(mine["entropy"].max())
+    assert values["answer_stops"][1] == pytest.approx(p["answer_stops"][1], nan_ok=True)
+    table = pd.read_csv(out / "tables" / "signals.csv").set_index("signal")
+    row = table.loc["answer_mean_logprob"]
+    assert (row.n, row.n_nonfinite, row.n_errors, row.direction) == (5, 1, 2, "lower")
+    keep = values["answer_mean_logprob"].notna()
+    err, lp = ~values["correct"][keep], values["answer_mean_logprob"][keep]
+    assert row.roc_auc == pytest.approx(roc_auc_score(err, -lp))
+    assert (table.loc["generation_perplexity", ["n", "n_errors"]] == [6, 3]).all()
+    curves = pd.read_csv(out / "tables" / "risk_coverage.csv")
+    assert {"oracle", "random"} <= set(curves["signal"])
+    for stem in ("signals_rank", "risk_coverage"):
+        assert (out / "figures" / f"{stem}.png").is_file()
+    twin = tmp_path / "twin"  # a second graded run, as if of another prompting style
+    shutil.copytree(out, twin)
+    manifest = json.loads((twin / "manifest.json").read_text())
+    manifest["options"]["prompting"] = "baseline"
+    (twin / "manifest.json").write_text(json.dumps(manifest))
+    result = cli("plot", out, twin, "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    long = pd.read_csv(tmp_path / "cmp" / "signals_prr.csv")
+    assert sorted(long["run"].unique()) == [
+        f"{run_label(out)[0]} / gsm8k/{p}" for p in ("baseline", "cot")
+    ]
+    assert len(long) == 2 * len(table)
+    assert (tmp_path / "cmp" / "signals_prr.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,15 @@ import pytest
 
 from entrainment_cli.science import kg
 
+# The smallest graph (the demo's) whose splits keep relations with 10 distinct answers.
 TINY = kg.KGParams(
-    n_entities=500,
-    n_relations=12,
-    n_rules=8,
-    n_deductible=6,
-    attach=4,
-    n_atomic=500,
-    n_derived=500,
-    num_test=100,
+    n_entities=1000,
+    n_relations=20,
+    n_rules=10,
+    n_deductible=8,
+    n_atomic=2000,
+    n_derived=2000,
+    num_test=200,
 )
 
 
@@ -115,7 +115,7 @@ def test_ood_queries_derivable_on_training_graph_at_their_length(graph):
 
 def test_id_queries_are_training_facts(graph):
     ids = graph.split("id")
-    assert len(ids) == min(TINY.num_test, len(graph.train))
+    assert 0 < len(ids) <= TINY.num_test
     assert {(q.h, q.r, q.t) for q in ids} <= set(graph.train)
     assert len({(q.h, q.r, q.t) for q in ids}) == len(ids)
 
@@ -144,6 +144,98 @@ def test_determinism_under_seed(graph):
     assert again.train == graph.train and again.queries == graph.queries
     other = kg.generate(TINY, seed=2)
     assert other.train != graph.train
+
+
+def _answerers(graph):
+    """Independently: per split, the mean credit of the answerer that picks the option most
+    often a tail of the query's relation (prior) or a tail at all (popularity) in training,
+    an ID query's own fact left out, ties shared."""
+    rel, pop = defaultdict(lambda: defaultdict(int)), defaultdict(int)
+    for _, r, t in graph.train:
+        rel[r][t] += 1
+        pop[t] += 1
+    out = {}
+    for split in kg.SPLITS:
+        credits = {"prior": [], "popularity": []}
+        for q in graph.split(split):
+            own = split == "id"
+            for name, counts in (("prior", rel[q.r]), ("popularity", pop)):
+                scores = [counts[o] - (own and o == q.t) for o in q.options]
+                best = [i for i, v in enumerate(scores) if v == max(scores)]
+                credits[name].append(1 / len(best) if q.gold in best else 0.0)
+            assert (credits["prior"][-1], credits["popularity"][-1]) == (
+                q.prior_credit,
+                q.popularity_credit,
+            )
+        out[split] = {k: (sum(v) / len(v), len(v)) for k, v in credits.items()}
+    return out
+
+
+@pytest.fixture(scope="module")
+def uniform() -> kg.KnowledgeGraph:
+    return kg.generate(kg.KGParams(**{**TINY.__dict__, "negatives": "uniform"}), seed=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_negatives_leave_the_priors_near_chance(graph, seed):
+    """Relation prior and popularity within 3 binomial SDs of chance on every split, with
+    the default negatives; far above it with upstream's uniform ones."""
+    ours = graph if seed == 0 else kg.generate(TINY, seed=seed)
+    assert ours.params.negatives == "relation"
+    for split, answerers in _answerers(ours).items():
+        for name, (acc, n) in answerers.items():
+            assert abs(acc - 0.1) <= 3 * (0.1 * 0.9 / n) ** 0.5, (split, name, acc, n)
+    uniform = kg.generate(kg.KGParams(**{**TINY.__dict__, "negatives": "uniform"}), seed=seed)
+    for split, answerers in _answerers(uniform).items():
+        acc, n = answerers["prior"]
+        assert acc > 0.1 + 3 * (0.1 * 0.9 / n) ** 0.5 + 0.2, (split, acc)
+
+
+def test_relation_negatives_are_other_answers_of_the_split(graph):
+    for split in kg.SPLITS:
+        queries = graph.split(split)
+        answers = defaultdict(set)
+        for q in queries:
+            assert (q.r, q.t) not in answers or q.t not in answers[q.r]  # one per answer
+            answers[q.r].add(q.t)
+        for q in queries:
+            assert set(q.options) <= answers[q.r] | _pool_answers(graph, split, q.r)
+
+
+def _pool_answers(graph, split, r):
+    """Answers of relation r in the split before the num_test cut: the facts it may use."""
+    if split == "id":
+        return {t for _, rr, t in graph.train if rr == r}
+    return {t for (_, rr, t), kind in graph.facts.items() if rr == r and kind == "derived"}
+
+
+def test_max_per_relation_caps_and_stats_record_the_mix():
+    capped = kg.generate(kg.KGParams(**{**TINY.__dict__, "max_per_relation": 12}), seed=0)
+    for split in kg.SPLITS:
+        queries = capped.split(split)
+        per_relation = defaultdict(int)
+        for q in queries:
+            per_relation[kg.relation(q.r)] += 1
+        assert max(per_relation.values()) <= 12
+        assert capped.stats["relation_mix"][split] == dict(per_relation)
+        assert capped.stats["pool_sizes"][split] == len(queries)
+    assert capped.stats["max_per_relation"] == 12 and capped.stats["negatives"] == "relation"
+
+
+def test_derived_facts_feed_preferential_attachment():
+    """A closure pass appends each newly derived fact's tail (and head) to the lists new
+    entities attach by, as upstream does."""
+    g = kg._Graph(3)
+    for _ in range(3):
+        g.new_entity()
+    g.add(0, 0, 1)
+    g.add(1, 1, 2)
+    before = {k: list(v) for k, v in g.lists.items()}
+    rule = kg.Rule(head=2, body=(0, 1), deductible=True)
+    g.closure_pass([(0, rule)], __import__("random").Random(0))
+    assert g.has(0, 2, 2) and g.derivations[(0, 2, 2)] == {0}
+    assert g.lists[2] == [2] and g.lists[2 + 3] == [0]
+    assert {k: v for k, v in g.lists.items() if k not in (2, 5)} == before
 
 
 def test_too_small_names_the_parameter():

@@ -20,8 +20,8 @@ from entrainment_cli.pretrain.tokenizer import build_tokenizer
 from entrainment_cli.runs.rundir import read_manifest
 
 GRAPH = [
-    "--entities", "500", "--relations", "12", "--rules", "8", "--deductible-rules", "6",
-    "--attach", "4", "--n-atomic", "500", "--n-derived", "500", "--num-test", "40",
+    "--entities", "1000", "--relations", "20", "--rules", "10", "--deductible-rules", "8",
+    "--n-atomic", "2000", "--n-derived", "2000", "--num-test", "40",
 ]  # fmt: skip
 STEPS = 60
 METRICS = ["top5_energy", "top10_energy", "eff_rank", "l1"]
@@ -32,19 +32,25 @@ def tok():
     return build_tokenizer()
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+RUN = [
+    "pretrain", "--llm-size", "llama-1-1", "--steps", str(STEPS), "--eval-every", "20",
+    "--batch-size", "16", "--lr", "3e-3", "--layers", "0,-1", "--metrics", ",".join(METRICS),
+    "--seed", "0", "--dtype", "float32", "--rank-eval", "3", "--quiet", *GRAPH,
+]  # fmt: skip
+
+
+def _invoke(*args):
     from typer.testing import CliRunner
 
     from entrainment_cli.cli.app import app
 
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("pt") / "run"
-    args = [
-        "pretrain", "--llm-size", "llama-1-1", "--steps", str(STEPS), "--eval-every", "20",
-        "--batch-size", "16", "--lr", "3e-3", "--layers", "0,-1", "--metrics", ",".join(METRICS),
-        "--seed", "0", "--dtype", "float32", "--run-dir", str(out), "--quiet", *GRAPH,
-    ]  # fmt: skip
-    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    result = _invoke(*RUN, "--run-dir", out)
     assert result.exit_code == 0, result.output
     return out
 
@@ -162,20 +168,23 @@ def test_run_directory_and_tables(finished):
     stats = json.loads((finished / "kg" / "stats.json").read_text())
     queries = pd.read_parquet(finished / "kg" / "queries.parquet")
     assert stats["pool_sizes"] == queries["split"].value_counts().to_dict()
-    assert len(pd.read_parquet(finished / "kg" / "train.parquet")) == 1000
-    assert len(json.loads((finished / "kg" / "rules.json").read_text())) == 8
+    assert len(pd.read_parquet(finished / "kg" / "train.parquet")) == 4000
+    assert len(json.loads((finished / "kg" / "rules.json").read_text())) == 10
     facts = pd.read_parquet(finished / "kg" / "facts.parquet")
-    assert int(facts["in_train"].sum()) == 1000 and len(facts) == stats["facts"]
+    assert int(facts["in_train"].sum()) == 4000 and len(facts) == stats["facts"]
 
     evals = pd.read_parquet(finished / "tables" / "eval.parquet")
-    base = ["id", "split", "h", "r", "t", "kind", "rule_length", "step"]
+    base = ["id", "split", "h", "r", "t", "kind", "rule_length"]
+    base += ["prior_credit", "popularity_credit", "step"]
     assert list(evals.columns) == [*base, "correct", "pred", "gold_loss", "layer", *METRICS]
     assert sorted(evals["step"].unique()) == [0, 20, 40, 60]
     assert len(evals) == len(queries) * 4 * 2  # queries x steps x layers
     assert not evals.duplicated(["id", "step", "layer"]).any()
 
     dyn = pd.read_parquet(finished / "tables" / "dynamics.parquet")
-    head = ["step", "split", "layer", "n", "accuracy", "accuracy_sem", "loss", "loss_sem"]
+    head = ["step", "split", "layer", "n", "accuracy", "accuracy_sem"]
+    head += ["prior_accuracy", "popularity_accuracy", "accuracy_prior_wrong", "n_prior_wrong"]
+    head += ["loss", "loss_sem"]
     assert list(dyn.columns) == head + [f"{m}_{s}" for m in METRICS for s in ("mean", "sem")]
     assert len(dyn) == 4 * 3 * 2
     # dynamics are the eval table's means, computed independently here
@@ -185,11 +194,28 @@ def test_run_directory_and_tables(finished):
         assert row.n == len(part)
         assert row.accuracy == pytest.approx(part["correct"].mean())
         assert row.loss == pytest.approx(part["gold_loss"].mean())
+        assert row.prior_accuracy == pytest.approx(part["prior_credit"].mean())
+        assert row.popularity_accuracy == pytest.approx(part["popularity_credit"].mean())
+        wrong = part[part["prior_credit"] == 0]
+        assert row.n_prior_wrong == len(wrong)
+        assert row.accuracy_prior_wrong == pytest.approx(wrong["correct"].mean(), nan_ok=True)
         assert row.top5_energy_mean == pytest.approx(part["top5_energy"].mean())
         sem = part["eff_rank"].std(ddof=1) / math.sqrt(len(part))
         assert row.eff_rank_sem == pytest.approx(sem)
     final = pd.read_csv(finished / "tables" / "final.csv")
     assert set(final["step"]) == {STEPS} and len(final) == 6
+    assert {"prior_accuracy", "popularity_accuracy", "accuracy_prior_wrong"} <= set(final)
+    assert stats["negatives"] == "relation" and m["options"]["negatives"] == "relation"
+    assert set(stats["relation_mix"]) == {"id", "ood_medium", "ood_hard"}
+    relations = pd.read_csv(finished / "tables" / "relations.csv")
+    last = evals[(evals.step == STEPS) & (evals.layer == 0)]
+    for row in relations.itertuples():
+        part = last[(last.split == row.split) & (last.r == row.r)]
+        assert row.relation == f"P{row.r}" and row.n == len(part)
+        assert row.accuracy == pytest.approx(part["correct"].mean())
+        assert row.prior_accuracy == pytest.approx(part["prior_credit"].mean())
+    assert relations.groupby("split")["n"].sum().to_dict() == stats["pool_sizes"]
+    assert not (finished / "resume").exists()
 
     log = pd.read_parquet(finished / "tables" / "train.parquet")
     assert list(log.columns) == ["step", "loss", "lr", "tokens", "tokens_per_s"]
@@ -276,6 +302,60 @@ def test_final_scores_and_metrics_match_an_independent_pass(finished):
             assert row[name] == pytest.approx(reference(name, h), rel=1e-4)
 
 
+def test_rank_eval_matches_an_independent_ranking(finished):
+    """The gold's filtered rank among all entities, recomputed with plain HF forwards (one
+    sequence per entity, padded), and the relation prior's from the training table."""
+    ckpt = finished / "checkpoint"
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    stats = json.loads((finished / "kg" / "stats.json").read_text())
+    ranks = pd.read_parquet(finished / "tables" / "rank.parquet").set_index("id")
+    assert ranks["split"].value_counts().to_dict() == {s: 3 for s in stats["pool_sizes"]}
+    queries = pd.read_parquet(finished / "kg" / "queries.parquet").set_index("id")
+    facts = pd.read_parquet(finished / "kg" / "facts.parquet")
+    train_set = pd.read_parquet(finished / "kg" / "train.parquet")
+    n = stats["entities"]
+    for qid in ranks.groupby("split").head(1).index:
+        q = queries.loc[qid]
+        prompt = tok(q.prompt)["input_ids"]
+        seqs = [prompt + tok(f"Q{e}")["input_ids"] + [tok.eos_token_id] for e in range(n)]
+        width = max(map(len, seqs))
+        ids = torch.full((n, width), tok.pad_token_id)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids, attention_mask=ids != 18).logits.double(), -1)
+        scores = np.array(
+            [
+                -np.mean(
+                    [
+                        logp[i, p, seqs[i][p + 1]].item()
+                        for p in range(len(prompt) - 1, len(seqs[i]) - 1)
+                    ]
+                )
+                for i in range(n)
+            ]
+        )
+        true = set(facts[(facts.h == q.h) & (facts.r == q.r)]["t"]) | set(q.alt_tails)
+        others = [e for e in range(n) if e not in true]
+        better = sum(scores[e] < scores[q.t] - 1e-9 for e in others)
+        close = sum(abs(scores[e] - scores[q.t]) <= 1e-9 for e in others)
+        assert better + 1 <= ranks.loc[qid, "rank"] <= better + 1 + close / 2 + 0.5
+        counts = train_set[train_set.r == q.r]["t"].value_counts().to_dict()
+        if q.split == "id":
+            counts[q.t] -= 1
+        c = {e: counts.get(e, 0) for e in range(n)}
+        above = sum(c[e] > c[q.t] for e in others)
+        ties = sum(c[e] == c[q.t] for e in others)
+        assert ranks.loc[qid, "prior_rank"] == 1 + above + 0.5 * ties
+    summary = pd.read_csv(finished / "tables" / "rank.csv").set_index("split")
+    for split, part in ranks.groupby("split"):
+        assert summary.loc[split, "mrr"] == pytest.approx((1 / part["rank"]).mean())
+        assert summary.loc[split, "prior_hits10"] == pytest.approx(
+            (part["prior_rank"] <= 10).mean()
+        )
+
+
 def test_plot_rebuilds_figures(finished, cli, tmp_path):
     for f in (finished / "figures").glob("*.png"):
         f.unlink()
@@ -285,6 +365,61 @@ def test_plot_rebuilds_figures(finished, cli, tmp_path):
     result = cli("plot", finished, finished, "--out", tmp_path)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pretrain_compare.png").is_file()
+
+
+def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
+    """Stopped by an error after the step-40 checkpoint, then resumed: the same final tables
+    as the uninterrupted run."""
+    out = tmp_path / "run"
+    real_pack, calls = train.pack, {"n": 0}
+
+    def dying_pack(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 45:
+            raise RuntimeError("killed")
+        return real_pack(*args, **kwargs)
+
+    monkeypatch.setattr(train, "pack", dying_pack)
+    with pytest.raises(RuntimeError, match="killed"):
+        _invoke(*RUN, "--run-dir", out, "--save-every", "20")
+    monkeypatch.setattr(train, "pack", real_pack)
+    assert read_manifest(out)["status"] == "failed"
+    assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
+    result = _invoke(*RUN, "--run-dir", out, "--save-every", "20", "--resume")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(out)["status"] == "done" and not (out / "resume").exists()
+    for table in ("final.csv", "relations.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / "tables" / table), pd.read_csv(finished / "tables" / table)
+        )
+    for table in ("dynamics", "train"):
+        a = pd.read_parquet(out / "tables" / f"{table}.parquet")
+        b = pd.read_parquet(finished / "tables" / f"{table}.parquet")
+        pd.testing.assert_frame_equal(
+            a.drop(columns="tokens_per_s", errors="ignore"),
+            b.drop(columns="tokens_per_s", errors="ignore"),
+        )
+    result = _invoke(*RUN, "--run-dir", out, "--resume", "--steps", "61")
+    assert result.exit_code == 2 and "different settings" in result.output
+
+
+def test_seeds_report_mean_and_ci(tmp_path):
+    out = tmp_path / "seeds"
+    args = [*RUN, "--steps", "10", "--eval-every", "0", "--seeds", "0,1", "--run-dir", out]
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    finals = [pd.read_csv(out / f"seed{s}" / "tables" / "final.csv") for s in (0, 1)]
+    assert read_manifest(out / "seed1")["seed"] == 1
+    summary = pd.read_csv(out / "tables" / "seeds.csv")
+    t = 12.706204736174696  # t(0.975, 1 degree of freedom)
+    for row in summary.itertuples():
+        values = np.array(
+            [f[(f.split == row.split) & (f.layer == row.layer)]["accuracy"].iloc[0] for f in finals]
+        )
+        assert row.seeds == 2 and row.accuracy == pytest.approx(values.mean())
+        assert row.accuracy_ci == pytest.approx(t * values.std(ddof=1) / np.sqrt(2))
+    for name in ("seeds_accuracy", "pretrain_compare"):
+        assert (out / "figures" / f"{name}.png").is_file()
 
 
 # -- errors ---------------------------------------------------------------------------------
@@ -324,6 +459,11 @@ def test_unwritable_run_dir_exits_2(cli, tmp_path):
         ("--layers", "5"),
         ("--dtype", "fp8"),
         ("--metrics", "nope"),
+        ("--negatives", "popular"),
+        ("--max-per-relation", "-1"),
+        ("--save-every", "-2"),
+        ("--seeds", "0,x"),
+        ("--rank-eval", "-1"),
     ],
 )
 def test_bad_options_exit_2(cli, tmp_path, option, value):

@@ -16,7 +16,7 @@ from entrainment_cli.data import registry
 from entrainment_cli.engines import generate
 from entrainment_cli.engines.generate import Generation
 from entrainment_cli.errors import UserError
-from entrainment_cli.runs.rundir import read_manifest
+from entrainment_cli.runs.rundir import RunDir, read_manifest
 from entrainment_cli.science import stats
 from entrainment_cli.science.answers import parse_choice
 from entrainment_cli.science.stats import compare_groups
@@ -361,7 +361,7 @@ def scripted(monkeypatch, tiny_llama):
         engine.generate = gen
         return engine
 
-    monkeypatch.setattr("entrainment_cli.study.make_engine", make)
+    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
     return order
 
 
@@ -401,8 +401,18 @@ def test_accuracy_grades_and_associates(cli, tiny_llama, scripted, tmp_path):
     m = read_manifest(out)
     assert m["counts"]["correct"] == sum(expected) and m["engine"] == "hf"
     assert _figures(out) == {
-        f"accuracy_levels_layer{x}_last-prompt.{e}" for x in (2, -1) for e in ("png", "pdf")
-    }
+        f"{stem}.{e}"
+        for stem in [*(f"accuracy_levels_layer{x}_last-prompt" for x in (2, -1)),
+                     "signals_rank", "risk_coverage"]
+        for e in ("png", "pdf")
+    }  # fmt: skip
+    table = pd.read_csv(out / "tables" / "signals.csv").set_index("signal")
+    sparsity = table.loc["prompt_h-1_top5_energy"]  # more energy in the top 5% is sparser
+    assert (sparsity.direction, sparsity.n) == ("higher", len(ids))
+    assert sparsity.n_errors == len(ids) - sum(expected)
+    assert sparsity.roc_auc == pytest.approx(1 - a["auroc"])  # errors positive: the mirror
+    flat = table.loc["answer_mean_logprob"]  # the scripted engine's log-probs are all 0
+    assert flat.roc_auc == 0.5 and flat.prr == 0 and "constant" in flat.note
     _replot(cli, out, "accuracy")
 
 
@@ -427,7 +437,7 @@ def test_accuracy_resumes_without_regenerating(cli, tiny_llama, scripted, tmp_pa
     assert read_manifest(part)["status"] == "failed"
     monkeypatch.setattr(HiddenProbe, "measure", real)
     monkeypatch.setattr(
-        "entrainment_cli.study.make_engine",
+        "entrainment_cli.pipeline.make_engine",
         lambda *a, **k: pytest.fail("a resumed run must not generate again"),
     )
     _ok(cli(*args, "--run-dir", part, "--resume"))
@@ -447,6 +457,15 @@ def test_accuracy_real_generation(cli, tiny_llama, tmp_path):
     assert len(answers) == 5 and (answers.n_generated <= 4).all()
     assert not answers.correct.any()  # a random model does not box the right answer
     assert read_manifest(out)["counts"]["no_boxed_answer"] == answers.prediction.isna().sum()
+    gens = RunDir(out, read_manifest(out)).read_in_order("generations", ["id"], answers.id.tolist())
+    values = pd.read_parquet(out / "tables" / "signal_values.parquet")
+    assert values.generation_sequence_logprob.tolist() == pytest.approx(
+        [sum(lp) for lp in gens.logprobs]
+    )  # the engine's log-probs, saved beside the tokens
+    table = pd.read_csv(out / "tables" / "signals.csv")
+    scored = table[table.n > 0]  # answer-scope signals need a boxed answer: none here
+    assert scored.note.str.startswith("all 5 answers wrong").all() and table.prr.isna().all()
+    assert "prompt_h-1_l1" in set(scored.signal)
 
 
 def test_accuracy_on_vllm_and_the_embedded_model(cli, vllm_engine, tmp_path):

@@ -26,7 +26,8 @@ def plot(
     """Rebuild every figure of each run from its tables; compare several runs of one command.
 
     Runs of different commands may be mixed: `entrain plot runs/*/* --out report` rebuilds
-    everything and writes one report directory.
+    everything and writes one report directory. Several graded runs (correlate --grade, qa
+    accuracy, cot) also get signals_prr: each signal's PRR with its CI, one marker per run.
     """
     from ..plots import plot_runs
     from ..ui import console

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from .. import signals
 from ..errors import UserError
 from ..runs.rundir import atomic_write_files, atomic_write_text, read_manifest, run_label
 from ..science import stats
@@ -74,9 +75,12 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
         tables / "bins.csv": binned.to_csv(index=False),
         tables / "fit.json": json.dumps(fit_doc, indent=2) + "\n",
     }
-    if "correct" in pq.read_schema(tables / "prompts.parquet").names:
+    graded = "correct" in pq.read_schema(tables / "prompts.parquet").names
+    if graded:
         files |= grading.analyze(run_dir, seed)
     atomic_write_files(files)
+    if graded:
+        signals.analyze_run(run_dir, seed, n_boot)
     from ..plots.correlate import plot_run
 
     plot_run(run_dir)

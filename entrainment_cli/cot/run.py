@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import pipeline
+from .. import pipeline, signals
 from ..data import registry
 from ..engines import embed
 from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
@@ -235,11 +235,13 @@ def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -
             torch.cuda.empty_cache()
 
         def columns(part: list[int], gens: list[Generation]) -> dict:
-            """A shard of generations: the answer text beside its token count."""
+            """A shard of generations: the answer text beside its tokens."""
             return {
                 "id": [ids[i] for i in part],
                 "output": [tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in gens],
                 "tokens": [len(g.token_ids) for g in gens],
+                "token_ids": [g.token_ids for g in gens],  # with their log-probs: signals
+                "logprobs": [g.logprobs for g in gens],
                 "finish_reason": [g.finish_reason for g in gens],
             }
 
@@ -261,6 +263,7 @@ def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -
         rd.write_table("generations", table)
         summary = summarize(table, strategy, cfg.n_levels, metric, edges, len(tokens.skipped))
         rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
+        signals.analyze_run(rd.path, cfg.seed, tokenizer=tokenizer)
     rd.update(
         counts={
             **rd.manifest["counts"],

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..runs.rundir import lock_holder, read_manifest, slug
 from ..studies import BY_NAME
+from . import signals
 
 
 @contextlib.contextmanager
@@ -42,7 +43,8 @@ def readable_tables(*run_dirs: Path) -> Iterator[None]:
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
-    """Rebuild every figure of each run; runs of one command are also compared.
+    """Rebuild every figure of each run; runs of one command are also compared, graded runs
+    also by their signals' PRR side by side.
 
     With ``out_dir`` this is a report: each run's figures are copied to
     ``out_dir/<command>/<run>/`` and each comparison goes to ``out_dir/<command>/`` (straight
@@ -60,15 +62,22 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
         raise UserError("comparing several runs needs --out DIR for the comparison figures")
     written: list[Path] = []
     for command, rds in groups.items():
+        graded = [rd for rd in rds if signals.has_signals(rd)]  # graded runs: tables/signals.csv
         for rd in rds:
             with readable_tables(rd):
                 written += BY_NAME[command].plot_run(rd)
+        for rd in graded:
+            with readable_tables(rd):
+                written += signals.plot_run(rd)
         if out_dir is None:
             continue
         dest = out_dir if len(groups) == 1 else out_dir / slug(command)
         if len(rds) > 1:
             with readable_tables(*rds):
                 written += BY_NAME[command].plot_compare(rds, dest)
+        if len(graded) > 1:
+            with readable_tables(*graded):
+                written += signals.plot_compare(graded, dest)
         for rd in rds:
             for figure in sorted((rd / "figures").glob("*")):
                 target = dest / rd.name / figure.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import UserError
@@ -29,9 +30,29 @@ def _columns(name: str) -> tuple[str, str]:
     )
 
 
+# The model-free answerers of the accuracy panels: dashed (relation prior), dash-dot (popularity).
+BASELINES = {
+    "prior_accuracy": ("relation prior", "--"),
+    "popularity_accuracy": ("popularity", "-."),
+}
+
+
+def _baselines(ax, part: pd.DataFrame) -> None:
+    """The baselines of each split against step, in the split's colour; labelled once."""
+    for column, (title, style) in BASELINES.items():
+        if column not in part:
+            continue
+        for k, (split, (_, color)) in enumerate(SPLITS.items()):
+            s = part[part.split == split].sort_values("step")
+            ax.plot(s.step, s[column], ls=style, lw=1, color=color, label=title if k == 0 else None)
+
+
 def plot_run(run_dir: Path) -> list[Path]:
-    """Per probed layer: metrics and accuracy against step (one line per split, SEM bands),
-    and the per-split comparison at the last step; plus the training loss curve."""
+    """Per probed layer: metrics and accuracy against step (one line per split, SEM bands,
+    the baselines dashed), and the per-split comparison at the last step; plus the training
+    loss curve. A run of several seeds: :func:`plot_seeds`."""
+    if (run_dir / "tables" / "seeds.csv").is_file():
+        return plot_seeds(run_dir)
     dyn = pd.read_parquet(run_dir / "tables" / "dynamics.parquet")
     label = _label(run_dir)
     metrics = [c[: -len("_mean")] for c in dyn.columns if c.endswith("_mean")]
@@ -62,7 +83,9 @@ def plot_run(run_dir: Path) -> list[Path]:
                     alpha=0.2,
                 )
             if name == "accuracy":
+                _baselines(ax, part)
                 ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+                ax.legend(fontsize=6)
             ax.set_title(name, fontsize=10)
             ax.set_xlabel("training step")
         axes[0].legend(fontsize=7)
@@ -84,6 +107,23 @@ def plot_run(run_dir: Path) -> list[Path]:
             )
             floor = 0 if name in ("accuracy", "loss") else None
             bar_ylim(ax, means, errs, f"{name} at {layer_name(layer)}", pad=0.3, floor=floor)
+            if name == "accuracy":
+                for column, (title, style) in BASELINES.items():
+                    if column in last:
+                        for x, split in enumerate(present):
+                            ax.hlines(
+                                last.loc[split, column],
+                                x - 0.4,
+                                x + 0.4,
+                                colors="black",
+                                linestyles=style,
+                                lw=1,
+                                label=title if x == 0 else None,
+                            )
+                drawn = last.loc[present, [c for c in BASELINES if c in last]].to_numpy(float)
+                if np.isfinite(drawn).any():  # keep the dashed lines inside the panel
+                    ax.set_ylim(top=max(ax.get_ylim()[1], np.nanmax(drawn) * 1.1))
+                ax.legend(fontsize=6)
             ax.set_title(name, fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
         fig.suptitle(
@@ -126,3 +166,38 @@ def plot_compare(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     axes[0].legend(fontsize=7)
     fig.suptitle("Learning dynamics across runs (mean ± SEM)")
     return save(fig, out_dir / "pretrain_compare")
+
+
+def plot_seeds(run_dir: Path) -> list[Path]:
+    """A run of several seeds: each seed's accuracy against step (the spread), and the
+    across-seed mean with its 95% CI beside the baselines, per split."""
+    seeds = read_manifest(run_dir).get("seed_runs", [])
+    written = plot_compare([run_dir / s for s in seeds], run_dir / "figures")
+    summary = pd.read_csv(run_dir / "tables" / "seeds.csv")
+    summary = summary[summary.layer == summary.layer.iloc[0]].set_index("split")
+    present = [s for s in SPLITS if s in summary.index]
+    fig, axes = panel_grid(1, 1, (4.5, 3.2))
+    ax = axes[0]
+    ax.bar(
+        [SPLITS[s][0] for s in present],
+        summary.loc[present, "accuracy"],
+        yerr=summary.loc[present, "accuracy_ci"].fillna(0),
+        color=[SPLITS[s][1] for s in present],
+        capsize=3,
+    )
+    for column, (title, style) in BASELINES.items():
+        for x, split in enumerate(present):
+            ax.hlines(
+                summary.loc[split, column],
+                x - 0.4,
+                x + 0.4,
+                colors="black",
+                linestyles=style,
+                lw=1,
+                label=title if x == 0 else None,
+            )
+    ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title(f"Final accuracy across {len(seeds)} seeds (mean, 95% CI)", fontsize=10)
+    return written + save(fig, run_dir / "figures" / "seeds_accuracy")

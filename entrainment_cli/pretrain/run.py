@@ -5,8 +5,11 @@ Run directory: ``kg/`` (rules, every fact, the training set, the test queries wi
 options, ``stats.json``), ``checkpoint/`` (an HF model + tokenizer directory that every
 other command accepts as ``--model``), ``tables/train.parquet`` (loss, learning rate,
 tokens/s), ``tables/eval.parquet`` (one row per query, split, step and layer),
-``tables/dynamics.parquet`` (per step, split and layer: accuracy, gold loss, every metric's
-mean and SEM), ``tables/final.csv`` (the last step of dynamics) and ``figures/``.
+``tables/dynamics.parquet`` (per step, split and layer: accuracy, the baselines, gold loss,
+every metric's mean and SEM), ``tables/final.csv`` (the last step of dynamics),
+``tables/relations.csv`` (the last step per split and relation), ``tables/rank.csv``
+(``--rank-eval``) and ``figures/``; ``resume/state.pt`` while a ``--save-every`` run is
+unfinished. A ``--seeds`` run holds one such run per seed and ``tables/seeds.csv``.
 """
 
 from __future__ import annotations
@@ -14,17 +17,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import pandas as pd
+import torch
+from scipy import stats as scipy_stats
 
-from .. import options, pipeline
+from .. import options, pipeline, studies
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
 from ..pipeline import Prepared
-from ..runs.rundir import RunDir, atomic_write_parquet
+from ..runs.rundir import MANIFEST, RunDir, atomic_write_parquet, temp_beside
 from ..science import kg
 from ..studies import PretrainConfig
 from ..ui import progress
@@ -44,6 +52,8 @@ KG_FIELDS = {
     "attach": "attach",
     "n_atomic": "n_atomic",
     "n_derived": "n_derived",
+    "negatives": "negatives",
+    "max_per_relation": "max_per_relation",
 }
 
 
@@ -75,6 +85,16 @@ def _validate(cfg: PretrainConfig) -> None:
         raise UserError(
             f"--eval-every must be 0 (only at the end) or positive (got {cfg.eval_every})"
         )
+
+
+def _seeds(cfg: PretrainConfig) -> list[int]:
+    """``--seeds`` as distinct integers, in the order given."""
+    try:
+        return list(dict.fromkeys(int(s) for s in cfg.seeds or ()))
+    except ValueError:
+        raise UserError(
+            f"--seeds must be a comma list of integers, e.g. 0,1,2 (got {','.join(cfg.seeds)})"
+        ) from None
 
 
 def generate_graph(cfg: PretrainConfig) -> kg.KnowledgeGraph:
@@ -134,21 +154,29 @@ def write_graph(rd: RunDir, graph: kg.KnowledgeGraph) -> str:
 def prepare(cfg: PretrainConfig, setup: None) -> Prepared:
     # Every input check, and the graph itself, come before the run directory exists.
     _validate(cfg)
+    seeds = _seeds(cfg)
     size = train.parse_size(cfg.llm_size)
     layers = parse_layers(cfg.layers, size.layers)
     metric_names = pipeline.metric_names(cfg.metrics, "--metrics")
     device = models.pick_device(cfg.device)
     amp = train.autocast_dtype(cfg.dtype, device)
     compile_model = cfg.compile == "on" or (cfg.compile == "auto" and device.startswith("cuda"))
-    graph = generate_graph(cfg)
-    if cfg.resume:
-        log.warning("pretrain --resume trains again from step 0 (seeded: the same numbers)")
-    name_parts = [cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"]
     resolved = {"layers": layers, "metrics": metric_names}
+    if seeds:  # each seed's run checks its own graph
+        resolved["seeds"] = seeds
+        name_parts = [cfg.llm_size, "seeds-" + "-".join(map(str, seeds))]
+        return Prepared(None, name_parts, resolved, seeds)
+    graph = generate_graph(cfg)
+    name_parts = [cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"]
     return Prepared(None, name_parts, resolved, (size, graph, device, amp, compile_model))
 
 
 def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> None:
+    if isinstance(prep.state, list):
+        return run_seeds(rd, cfg, prep.state)
+    if (rd.path / "tables" / "final.csv").is_file():
+        log.info("%s is finished; nothing to resume", rd.path)
+        return None
     size, graph, device, amp, compile_model = prep.state
     layers, metric_names = prep.resolved["layers"], prep.resolved["metrics"]
     models.quiet_transformers()  # our bar says what happens
@@ -159,6 +187,8 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
     max_len = max(len(s) for s in seqs)
     fingerprint = write_graph(rd, graph)
     model = train.build_model(size, tokenizer, cfg.seed)
+    state_path = rd.path / "resume" / "state.pt"
+    state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
     n_params = sum(p.numel() for p in model.parameters())
     rd.record_setup(
         cfg,
@@ -197,8 +227,15 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
     eval_steps = {cfg.steps} | (
         set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
     )
-    train_log: list[dict] = []
-    clock = {"eval": 0.0, "last": time.perf_counter()}
+    train_log: list[dict] = state["train_log"] if state else []
+    clock = {"eval": state["eval_seconds"] if state else 0.0, "last": time.perf_counter()}
+    if state:
+        log.info("resuming %s after step %d", rd.path, state["step"])
+
+    def save(snapshot: dict) -> None:
+        with temp_beside(state_path) as tmp:
+            torch.save({**snapshot, "train_log": train_log, "eval_seconds": clock["eval"]}, tmp)
+            os.replace(tmp, state_path)
 
     with rd.stage("train") as timing, progress(cfg.quiet) as bar:
         task = bar.add_task("train", total=cfg.steps, unit="steps")
@@ -247,6 +284,9 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
             compile_model=compile_model,
             on_step=on_step,
             evaluate_at=evaluate_at,
+            save_every=cfg.save_every,
+            save=save,
+            state=state,
         )
         train_seconds = time.perf_counter() - t_start - clock["eval"]
         tokens = sum(r["tokens"] for r in train_log)
@@ -270,15 +310,115 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         dyn = evaluate.dynamics(evals, metric_names)
         rd.write_table("dynamics", dyn)
         rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
+        rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
+        if cfg.rank_eval:
+            _rank_eval(rd, evaluator, graph, cfg.rank_eval)
+        shutil.rmtree(state_path.parent, ignore_errors=True)
     resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
     rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
     final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
     for row in final.itertuples():
         log.info(
-            "final %s: accuracy %.3f, gold loss %.3f (n=%d)",
+            "final %s: accuracy %.3f (relation prior %.3f, popularity %.3f; %.3f where the "
+            "prior is wrong), gold loss %.3f (n=%d)",
             row.split,
             row.accuracy,
+            row.prior_accuracy,
+            row.popularity_accuracy,
+            row.accuracy_prior_wrong,
             row.loss,
             row.n,
         )
     rd.update(final_accuracy={r.split: round(float(r.accuracy), 4) for r in final.itertuples()})
+
+
+def _rank_eval(rd: RunDir, evaluator: evaluate.Evaluator, graph: kg.KnowledgeGraph, n: int):
+    """``tables/rank.parquet`` (per query) and ``tables/rank.csv`` (per split): the gold's
+    filtered rank among all entities, the model's and the relation prior's."""
+    known: dict[tuple[int, int], set[int]] = {}
+    for h, r, t in graph.facts:
+        known.setdefault((h, r), set()).add(t)
+    by_relation, _ = kg.tail_counts(graph.train)
+    trues, priors = [], []
+    for q in graph.queries:
+        trues.append(known.get((q.h, q.r), set()) | set(q.alt_tails))
+        counts = dict(by_relation.get(q.r, {}))
+        if q.split == "id":  # its own fact left out, as for the multiple-choice baselines
+            counts[q.t] -= 1
+        priors.append(counts)
+    ranks = evaluator.rank(n, graph.stats["entities"], trues, priors)
+    rd.write_table("rank", ranks)
+    summary = evaluate.rank_summary(ranks)
+    rd.write_text("tables/rank.csv", summary.to_csv(index=False))
+    for row in summary.itertuples():
+        log.info(
+            "rank %s (n=%d): filtered MRR %.3f, Hits@10 %.3f (relation prior %.3f, %.3f)",
+            row.split,
+            row.n,
+            row.mrr,
+            row.hits10,
+            row.prior_mrr,
+            row.prior_hits10,
+        )
+
+
+SEED_COLUMNS = ["accuracy", "prior_accuracy", "popularity_accuracy", "accuracy_prior_wrong", "loss"]
+
+
+def seed_summary(finals: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per split and layer, across seeds (one final row per seed): the mean and the half-width
+    of the t confidence interval of accuracy, the baselines, gold loss and every metric."""
+    columns = SEED_COLUMNS + [c for c in finals.columns if c.endswith("_mean")]
+    rows = []
+    for (split, layer), part in finals.groupby(["split", "layer"], sort=False):
+        row = {"split": split, "layer": layer, "seeds": len(part), "n": int(part["n"].sum())}
+        for c in columns:
+            values = part[c].dropna().to_numpy(float)
+            row[c] = values.mean() if len(values) else np.nan
+            row[f"{c}_ci"] = (
+                scipy_stats.t.ppf((1 + level) / 2, len(values) - 1)
+                * values.std(ddof=1)
+                / np.sqrt(len(values))
+                if len(values) > 1
+                else np.nan
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_seeds(rd: RunDir, cfg: PretrainConfig, seeds: list[int]) -> None:
+    """One run per seed (its own graph, data order and initialisation) under ``seed<S>/``,
+    and ``tables/seeds.csv``: each split's across-seed mean and 95% CI."""
+    entry = next(s for s in studies.STUDIES if s.name == "pretrain")
+    runs = []
+    for seed in seeds:
+        sub = rd.path / f"seed{seed}"
+        child = replace(
+            cfg,
+            seed=seed,
+            seeds=None,
+            run_dir=sub,
+            resume=cfg.resume and (sub / MANIFEST).is_file(),
+        )
+        runs.append(pipeline.run_study(entry, child))
+    finals = pd.concat(
+        [
+            pd.read_csv(r / "tables" / "final.csv").assign(seed=s)
+            for s, r in zip(seeds, runs, strict=True)
+        ],
+        ignore_index=True,
+    )
+    rd.write_table("seed_finals", finals)
+    summary = seed_summary(finals)
+    rd.write_text("tables/seeds.csv", summary.to_csv(index=False))
+    rd.update(seed_runs=[r.name for r in runs])
+    for row in summary[summary.layer == summary.layer.iloc[0]].itertuples():
+        log.info(
+            "across %d seeds, %s: accuracy %.3f ± %.3f (relation prior %.3f, popularity %.3f)",
+            row.seeds,
+            row.split,
+            row.accuracy,
+            row.accuracy_ci,
+            row.prior_accuracy,
+            row.popularity_accuracy,
+        )

@@ -167,20 +167,41 @@ def train(
     on_step: Callable[[int, float, float, int], None],
     evaluate_at: Callable[[int], None],
     log_every: int = 10,
+    save_every: int = 0,
+    save: Callable[[dict], None] | None = None,
+    state: dict | None = None,
 ) -> None:
     """Run ``steps`` optimizer steps. ``on_step(step, loss, lr, tokens)`` gets every
     ``log_every``-th step's loss (one device sync per ``log_every`` steps); ``evaluate_at(step)``
-    is called after every step (and once before the first, with 0) and decides itself."""
+    is called after every step (and once before the first, with 0) and decides itself.
+
+    Every ``save_every`` steps (after that step's evaluation) ``save`` gets the training state
+    (model, optimizer, schedule, RNG, step, the partial loss sum); ``state`` (such a dict)
+    continues from it: the batches of the steps done are skipped, so the continued run sees
+    the same data and computes the same numbers as one never stopped.
+    """
     model.to(device)
-    model.train()
-    forward = torch.compile(model) if compile_model else model
     optimizer = make_optimizer(model, lr)
     warmup = math.ceil(warmup_ratio * steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
-    evaluate_at(0)
     loss_sum = torch.zeros((), device=device)
-    tokens = 0
-    for step in range(1, steps + 1):
+    tokens, start = 0, 1
+    if state is None:
+        evaluate_at(0)
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        loss_sum += state["loss_sum"]
+        tokens, start = state["tokens"], state["step"] + 1
+        for _ in range(state["step"]):
+            next(batches)
+    model.train()
+    forward = torch.compile(model) if compile_model else model
+    for step in range(start, steps + 1):
         batch = pack(next(batches), max_len, pad_id)
         with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
             out = forward(
@@ -203,4 +224,19 @@ def train(
             loss_sum.zero_()
             tokens = 0
         evaluate_at(step)
+        if save is not None and save_every and step % save_every == 0 and step < steps:
+            save(
+                {
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all()
+                    if torch.cuda.is_available()
+                    else None,
+                    "loss_sum": float(loss_sum),
+                    "tokens": tokens,
+                }
+            )
     model.eval()

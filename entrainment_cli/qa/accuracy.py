@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import pipeline
+from .. import pipeline, signals
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
@@ -107,6 +107,7 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepar
         samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
         rd.write_table("samples", samples)
         write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
+        signals.analyze_run(rd.path, cfg.seed, cfg.n_boot, tokenizer)
     finish_counts(
         rd,
         probed=int(samples["id"].nunique()),

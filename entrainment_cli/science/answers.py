@@ -158,6 +158,37 @@ def answer_tokens(offsets: list[tuple[int, int]], start: int, end: int) -> list[
     return [i for i, (lo, hi) in enumerate(offsets) if lo < end and hi > start and hi > lo]
 
 
+def span_tokens(tokenizer, token_ids, start: int, end: int) -> list[int]:
+    """:func:`answer_tokens` of ``[start, end)`` in the decode of ``token_ids``, without
+    decoding every prefix: the prefix whose decode first reaches ``start`` is found by
+    bisection (about log2(n) decodes), then spans are measured as in :func:`token_offsets`
+    from a few tokens before it. For a short span near the end of a long chain of thought
+    this is what keeps grading cheap (``token_offsets`` is quadratic in the length)."""
+    ids = [int(t) for t in token_ids]
+    text = tokenizer.decode(ids)
+
+    def reach(i: int) -> int:  # characters of ``text`` that the first i tokens render
+        return len(text) if i >= len(ids) else _common_prefix(tokenizer.decode(ids[:i]), text)
+
+    lo, hi = 0, len(ids)
+    while lo < hi:  # the fewest tokens whose decode reaches past ``start``
+        mid = (lo + hi) // 2
+        if reach(mid) > start:
+            hi = mid
+        else:
+            lo = mid + 1
+    first = max(0, lo - 4)  # a multi-byte character may hold back a few earlier tokens
+    out, begin = [], reach(first)
+    for i in range(first, len(ids)):
+        stop = max(begin, reach(i + 1))
+        if begin < end and stop > start and stop > begin:
+            out.append(i)
+        if begin >= end:
+            break
+        begin = stop
+    return out
+
+
 # -- multiple choice ---------------------------------------------------------------------------
 
 # A letter standing alone: no letter, digit, apostrophe or hyphen touching it ("I'm", "B-52").
@@ -217,6 +248,12 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*")
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (nested braces kept), or of a
     braceless ``\\boxed 5``; None when there is none, it is unbalanced, or it is empty."""
+    span = boxed_span(text)
+    return None if span is None else text[span[0] : span[1]]
+
+
+def boxed_span(text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of what :func:`extract_boxed` returns, as a slice of ``text``."""
     for match in reversed(list(_BOX.finditer(text))):
         start = match.end()
         if start < len(text) and text[start] == "{":
@@ -224,12 +261,14 @@ def extract_boxed(text: str) -> str | None:
             for i in range(start, len(text)):
                 depth += {"{": 1, "}": -1}.get(text[i], 0)
                 if depth == 0:
-                    content = text[start + 1 : i].strip()
-                    return content or None
+                    inner = text[start + 1 : i]
+                    lo = start + 1 + (len(inner) - len(inner.lstrip()))
+                    hi = start + 1 + len(inner.rstrip())
+                    return (lo, hi) if hi > lo else None
             return None  # unbalanced: the output was cut off inside the box
         if match.group().endswith((" ", "\t")):  # "\boxed 5": up to the next space or "$"
             content = re.match(r"[^\s$]+", text[start:])
-            return content.group() if content else None
+            return (start, start + content.end()) if content else None
     return None
 
 

@@ -13,7 +13,14 @@ Upstream bugs fixed here (spec 7.2): a rejected cyclic rule is discarded whole i
 undoing edges another rule may share (item 3); each new node samples its first edge too
 (item 2); multiple-choice negatives exclude every true answer of the query, for ID queries
 too (item 5), and are distinct. The closure is one pass per check as upstream, plus a
-final pass on the whole graph.
+final pass on the whole graph; as upstream, the facts it derives feed preferential attachment.
+
+Negatives (DESIGN.md, "Knowledge-graph test design"): gold tails are popular entities, so
+upstream's uniform negatives let a model-free answerer that knows only which entities are
+frequent tails of the relation win most queries. By default a split asks each (relation,
+answer) once and a query's negatives are other answers of its relation in the split, each
+about as often a negative as 9 times its being the answer, so that answerer (and the
+global-popularity one) is near chance; both are recorded per query.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 
 Triple = tuple[int, int, int]  # (head entity, relation, tail entity)
 SPLITS = ("id", "ood_medium", "ood_hard")
+NEGATIVES = ("relation", "uniform")
 
 
 class GraphTooSmall(ValueError):
@@ -58,6 +66,8 @@ class KGParams:
     n_derived: int = 5000  # training derived facts
     num_test: int = 1000  # cap of each test pool
     n_options: int = 10  # multiple-choice options per query (gold + negatives)
+    negatives: str = "relation"  # relation: other answers of the relation; uniform: upstream
+    max_per_relation: int = 0  # cap of queries of one relation in each split; 0: none
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,11 @@ class Query:
     alt_tails: tuple[int, ...]  # every tail rule-derivable from (h, r) on the training graph
     options: tuple[int, ...]
     gold: int
+    # Model-free answerers on these options (1 / ties when the gold is among the best, else 0),
+    # counting training facts with the query's own fact left out: the option most often a
+    # tail of the query's relation (prior), the option most often a tail at all (popularity).
+    prior_credit: float
+    popularity_credit: float
 
 
 @dataclass
@@ -175,7 +190,8 @@ class _Graph:
 
     def closure_pass(self, rules: list[tuple[int, Rule]], rng: random.Random) -> None:
         """Every deductible rule from every entity, adding derived facts at once (so one can
-        feed a later derivation in the same pass), recording which rules derive each."""
+        feed a later derivation in the same pass) and, as upstream, to the attachment lists,
+        recording which rules derive each."""
         order = list(range(len(self.out)))
         rng.shuffle(order)
         for h in order:
@@ -187,7 +203,7 @@ class _Graph:
                         continue
                     self.derivations.setdefault((h, rule.head, t), set()).add(index)
                     if not self.has(h, rule.head, t):
-                        self.add(h, rule.head, t, attach=False)
+                        self.add(h, rule.head, t)
 
     def triples(self) -> list[Triple]:
         return sorted(
@@ -286,18 +302,98 @@ def _shortest_rule(g: _Graph, rules: list[Rule], fact: Triple) -> tuple[int, set
     return best, tails
 
 
-def _options(
-    rng: random.Random, gold: int, n_entities: int, true_tails: set[int], n: int
-) -> tuple[tuple[int, ...], int]:
-    """Gold plus ``n - 1`` distinct negatives that are no true answer, shuffled."""
+def _uniform_negatives(
+    rng: random.Random, gold: int, n_entities: int, excluded: set[int], n: int
+) -> list[int]:
+    """Upstream's design: ``n - 1`` distinct entities drawn uniformly, no true answer."""
     negatives: set[int] = set()
     while len(negatives) < n - 1:
         c = rng.randrange(n_entities)
-        if c != gold and c not in true_tails:
+        if c != gold and c not in excluded:
             negatives.add(c)
-    options = [gold, *sorted(negatives)]
-    rng.shuffle(options)
-    return tuple(options), options.index(gold)
+    return sorted(negatives)
+
+
+def _balanced_negatives(
+    rng: random.Random, golds: list[int], trues: list[set[int]], n: int
+) -> dict[int, list[int]]:
+    """Negatives for the queries of one relation in one split, each gold of which is distinct:
+    query index -> ``n - 1`` other golds that are no true answer of it.
+
+    Each gold should be a negative ``n - 1`` times, so that it is the answer in 1 of the about
+    ``n`` queries it appears in. Negatives go query by query, the golds with the least slack
+    (uses still wanted over queries left where they are eligible) first, ties at random. A
+    query is dropped (and the rest redone) when it has fewer than ``n - 1`` eligible golds or
+    its gold ends up a negative fewer than ``2 (n - 1) / 3`` times: a gold that is a true
+    answer of most heads (a hub) would otherwise be told apart by how rarely it is wrong.
+    """
+    need = n - 1
+    alive = set(range(len(golds)))
+    while alive:
+        answers = sorted(golds[i] for i in alive)
+        eligible = {i: [a for a in answers if a != golds[i] and a not in trues[i]] for i in alive}
+        slots = Counter(a for i in alive for a in eligible[i])
+        short = {i for i in alive if len(eligible[i]) < need or slots[golds[i]] < need}
+        if short:
+            alive -= short
+            continue
+        remaining, used, chosen = slots, Counter(), {}
+        for i in sorted(alive):
+            ranked = sorted(
+                eligible[i], key=lambda a: ((used[a] - need) / remaining[a], rng.random())
+            )
+            chosen[i] = ranked[:need]
+            used.update(chosen[i])
+            remaining.subtract(eligible[i])
+        rare = {i for i in alive if used[golds[i]] < 2 * need // 3}
+        if not rare:
+            return chosen
+        alive -= rare
+    return {}
+
+
+def _one_per_answer(pool: list) -> list:
+    """The first query of each (relation, answer) of a shuffled pool.
+
+    Why (with :func:`_balanced_negatives`): every gold of a relation in a split is then one
+    option of about ``n_options`` queries, once as the gold, so no answerer that scores an
+    (entity, relation) without the head (relation prior, popularity) can beat chance. With
+    upstream's uniform negatives the relation's frequent tails win 0.7-0.9 of queries; drawing
+    negatives by the relation's training tail counts still left 0.15-0.52 on the demo graph,
+    because a split's golds concentrate on a few hubs more than distinct negatives can.
+    """
+    seen: set[tuple[int, int]] = set()
+    unique = []
+    for item in pool:
+        _, r, t = item[0]
+        if (r, t) not in seen:
+            seen.add((r, t))
+            unique.append(item)
+    return unique
+
+
+def _credit(scores: list[int], gold: int) -> float:
+    """An answerer that picks the highest score, ties broken at random: P(it picks the gold)."""
+    best = max(scores)
+    winners = sum(s == best for s in scores)
+    return 1.0 / winners if scores[gold] == best else 0.0
+
+
+def _capped(pool: list, p: KGParams) -> list:
+    """The first ``num_test`` items of a shuffled pool, at most ``max_per_relation`` of each
+    relation (0: no cap), so that one frequent relation cannot make up a split. An item is a
+    ((fact, rule length, alt tails), negatives) pair."""
+    taken: Counter = Counter()
+    kept = []
+    for item in pool:
+        fact = item[0][0]
+        if p.max_per_relation and taken[fact[1]] >= p.max_per_relation:
+            continue
+        taken[fact[1]] += 1
+        kept.append(item)
+        if len(kept) == p.num_test:
+            break
+    return kept
 
 
 def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
@@ -305,6 +401,8 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
     p = params or KGParams()
     if p.n_deductible > p.n_rules:
         raise GraphTooSmall("rules", p.n_rules, p.n_deductible, "n_rules", "n_deductible")
+    if p.negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, not {p.negatives!r}")
     rng = random.Random(seed)
     rules = generate_rules(p, rng)
     g = _grow(rules, p, rng)
@@ -352,19 +450,66 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
                 "n_derived",  # more training facts: more held-out facts derivable from them
             )
         rng.shuffle(pool)
-        del pool[p.num_test :]
-    id_facts = rng.sample(train, min(p.num_test, len(train)))
-    pools["id"] = [(f, 0, set()) for f in id_facts]
+    pools["id"] = [(f, 0, set()) for f in rng.sample(train, len(train))]
+
+    by_relation, popularity = tail_counts(train)
+
+    def true_tails(name: str, fact: Triple, alt: set[int]) -> set[int]:
+        h, r, t = fact
+        true = set(g.out[h].get(r, ())) | alt  # the training facts are among g's
+        if name == "id":
+            true |= _shortest_rule(pruned, rules, fact)[1]
+        return true - {t}
 
     queries = []
     for name in SPLITS:
-        for (h, r, t), length, alt in pools[name]:
-            true = set(g.out[h].get(r, ())) | alt  # the training facts are among g's
-            if name == "id":
-                true |= _shortest_rule(pruned, rules, (h, r, t))[1]
-            options, gold = _options(rng, t, len(g.out), true - {t}, p.n_options)
+        pool = pools[name]
+        if p.negatives == "relation":
+            # Balanced on the whole pool, then a random subset: each gold stays a negative
+            # about n_options - 1 times as often as it is the answer.
+            pool = _one_per_answer(pool)
+            negatives: dict[int, list[int]] = {}
+            for r in sorted({fact[1] for fact, *_ in pool}):
+                index = [i for i, (fact, *_) in enumerate(pool) if fact[1] == r]
+                picked = _balanced_negatives(
+                    rng,
+                    [pool[i][0][2] for i in index],
+                    [true_tails(name, pool[i][0], pool[i][2]) for i in index],
+                    p.n_options,
+                )
+                negatives |= {index[k]: v for k, v in picked.items()}
+            pairs = [(item, negatives[i]) for i, item in enumerate(pool) if i in negatives]
+            # the first fact of each answer comes early for a frequent answer: reshuffle
+            rng.shuffle(pairs)
+        else:
+            pairs = [(item, None) for item in pool]
+        chosen = _capped(pairs, p)
+        if not chosen:
+            raise GraphTooSmall(f"queries of {name}", 0, 1, "n_entities")
+        for ((h, r, t), length, alt), negs in chosen:
+            if negs is None:
+                true = true_tails(name, (h, r, t), alt)
+                negs = _uniform_negatives(rng, t, len(g.out), true, p.n_options)
+            options = [t, *negs]
+            rng.shuffle(options)
+            gold = options.index(t)
+            own = int(name == "id")  # an ID query's own fact is left out of the counts
+            prior = [by_relation.get(r, Counter())[o] - own * (o == t) for o in options]
+            popular = [popularity[o] - own * (o == t) for o in options]
             queries.append(
-                Query(name, h, r, t, length, facts[(h, r, t)], tuple(sorted(alt)), options, gold)
+                Query(
+                    name,
+                    h,
+                    r,
+                    t,
+                    length,
+                    facts[(h, r, t)],
+                    tuple(sorted(alt)),
+                    tuple(options),
+                    gold,
+                    _credit(prior, gold),
+                    _credit(popular, gold),
+                )
             )
     kg = KnowledgeGraph(
         params=p,
@@ -401,10 +546,25 @@ def _stats(kg: KnowledgeGraph, n_entities: int, available: dict[str, int]) -> di
         "held_out_derived": kinds["derived"] - train_kinds["derived"],
         "pool_available": available,
         "pool_sizes": {s: len(kg.split(s)) for s in SPLITS},
+        "negatives": kg.params.negatives,
+        "max_per_relation": kg.params.max_per_relation,
+        "relation_mix": {
+            s: {relation(r): n for r, n in Counter(q.r for q in kg.split(s)).most_common()}
+            for s in SPLITS
+        },
         "query_rule_length_histogram": {
             s: dict(sorted(Counter(q.rule_length for q in kg.split(s)).items())) for s in SPLITS
         },
     }
+
+
+def tail_counts(train: list[Triple]) -> tuple[dict[int, Counter], Counter]:
+    """How often each entity is a tail in the training facts: per relation (what the relation
+    prior answers by) and overall (popularity)."""
+    by_relation: dict[int, Counter] = {}
+    for _, r, t in train:
+        by_relation.setdefault(r, Counter())[t] += 1
+    return by_relation, Counter(t for _, _, t in train)
 
 
 def entity(i: int) -> str:

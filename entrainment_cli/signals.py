@@ -1,0 +1,121 @@
+"""Every confidence signal of a graded run scored against correctness, from its saved tables.
+
+One call at the end of a graded study's analysis (``correlate --grade``, ``qa accuracy``,
+``cot``) writes ``tables/signal_values.parquet`` (one row per example: correct, every signal),
+``tables/signals.csv`` (one row per signal: ROC-AUC, PR-AUC, PRR, AURC, ECE, Brier with
+bootstrap CIs, best PRR first) and ``tables/risk_coverage.csv``, then the figures.
+
+What each study has saved, and so what "answer" and "generation" mean there:
+
+- ``correlate --grade``: the probe's per-token table (log-prob, entropy, nucleus, STOPS,
+  LogTokU, optional hidden-state metrics at generated positions); answer tokens are those
+  spelling the parsed number (``answer_steps``), the generation is every generated token.
+- ``qa accuracy`` and ``cot``: the engine's log-prob of each generated token (no probe of the
+  generation, so no entropy or nucleus); answer tokens are those spelling the content of the
+  last ``\\boxed{}``; plus the hidden-state sparsity of the prompt's last token (``prompt_``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .runs.rundir import RunDir, atomic_write_files, atomic_write_parquet, read_manifest
+from .science import answers
+from .science import signals as science
+from .science.sparsity import SPARSER
+
+log = logging.getLogger("entrain")
+
+
+def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) -> list[Path]:
+    """Score every signal of a finished graded run; returns the tables and figures written.
+    ``tokenizer`` (the run's) locates the answer tokens of ``qa accuracy`` and ``cot`` runs;
+    ``correlate`` saved them."""
+    manifest = read_manifest(run_dir)
+    command = manifest.get("command")
+    tables = run_dir / "tables"
+    if command == "correlate":
+        values = _correlate(tables)
+    else:
+        rd = RunDir(run_dir, manifest)
+        if command == "qa accuracy":
+            graded = pd.read_parquet(tables / "answers.parquet", columns=["id", "correct"])
+            prompt = _prompt_signals(pd.read_parquet(tables / "samples.parquet"))
+        elif command == "cot":
+            graded = pd.read_parquet(tables / "generations.parquet", columns=["id", "correct"])
+            ranking = pd.read_parquet(tables / "ranking.parquet")
+            test = ranking[ranking["role"] == "test"]  # ranked at the final norm, last prompt token
+            (metric,) = test["metric"].unique()
+            ranked = {
+                "id": test["id"],
+                "layer": -1,
+                "position": "last-prompt",
+                metric: test["score"],
+            }
+            prompt = _prompt_signals(pd.DataFrame(ranked))
+        else:
+            raise ValueError(f"no signals are defined for '{command}' runs")
+        gens = rd.read_in_order("generations", ["id"], graded["id"].tolist())
+        values = graded.merge(_generation_signals(gens, tokenizer), on="id", how="left")
+        values = values.merge(prompt, on="id", how="left")
+    names = [c for c in values.columns if c not in {"id", "correct"}]
+    table, curves = science.score_signals(values, names, n_boot=n_boot, seed=seed)
+    atomic_write_parquet(tables / "signal_values.parquet", values)
+    atomic_write_files(  # together: the figures read both
+        {
+            tables / "signals.csv": table.to_csv(index=False),
+            tables / "risk_coverage.csv": curves.to_csv(index=False),
+        }
+    )
+    from .plots.signals import plot_run
+
+    return [
+        tables / "signal_values.parquet",
+        tables / "signals.csv",
+        tables / "risk_coverage.csv",
+        *plot_run(run_dir),
+    ]
+
+
+def _correlate(tables: Path) -> pd.DataFrame:
+    prompts = pd.read_parquet(tables / "prompts.parquet")
+    tokens = pd.read_parquet(tables / "tokens.parquet")
+    steps = dict(zip(prompts["id"], prompts["answer_steps"], strict=True))
+    per = science.per_example(tokens, "id", {"answer": steps, "generation": None})
+    return prompts[["id", "correct"]].merge(per, on="id", how="left")
+
+
+def _generation_signals(gens: pd.DataFrame, tokenizer) -> pd.DataFrame:
+    """Log-prob baselines per generation over its answer (the last ``\\boxed{}``'s content)
+    and over all of it, from the engine's log-prob of each generated token. A generation
+    written before shards kept log-probs gets NaN baselines, counted as such."""
+    if not {"token_ids", "logprobs"} <= set(gens.columns):
+        log.warning("the generations kept no per-token log-probs: no log-prob baselines")
+        return gens[["id"]]
+    records, answer = [], {}
+    for row in gens.itertuples():
+        ids, lps = list(row.token_ids), row.logprobs
+        if np.ndim(lps) != 1 or len(lps) != len(ids):  # a shard written before log-probs were
+            continue
+        records += [(row.id, step, float(lp)) for step, lp in enumerate(lps)]
+        span = answers.boxed_span(tokenizer.decode(ids)) if ids else None
+        answer[row.id] = [] if span is None else answers.span_tokens(tokenizer, ids, *span)
+    tokens = pd.DataFrame.from_records(records, columns=["id", "step", "logprob"])
+    per = science.per_example(tokens, "id", {"answer": answer, "generation": None})
+    return pd.DataFrame({"id": gens["id"]}).merge(per, on="id", how="left")
+
+
+def _prompt_signals(samples: pd.DataFrame) -> pd.DataFrame:
+    """Hidden-state metrics of the prompt, one column per (layer, metric):
+    ``prompt_h<layer>_<metric>`` (last-prompt position; ``prompt-mean_...`` for mean-prompt)."""
+    metrics = [c for c in samples.columns if c in SPARSER]
+    wide = samples.pivot_table(
+        index="id", columns=["position", "layer"], values=metrics, dropna=False
+    )
+    scope = {"last-prompt": "prompt", "mean-prompt": "prompt-mean"}
+    wide.columns = [f"{scope.get(p, p)}_h{layer}_{m}" for m, p, layer in wide.columns]
+    return wide.reset_index().astype({"id": samples["id"].dtype})
