@@ -398,3 +398,80 @@ def generate_into(
             n_tokens += sum(len(g.token_ids) for g in gens)
         timing[unit] = len(todo)
         timing["tokens"] = n_tokens
+
+
+# -- the per-token probe of generated text (correlate, probe) ----------------------------------
+
+TOKEN_STATS = [
+    "entropy",
+    "logprob",
+    "nucleus_size",
+    "topp_entropy",
+    "topp_entropy_norm",
+    "stops",
+    "logtoku_au",
+    "logtoku_eu",
+]
+
+
+def token_probe_stage(rd, cfg, probe, tokenizer, ids, device) -> None:
+    """The per-token probe stage (resumable): one teacher-forced :class:`TokenProbe` pass over
+    each ``generations`` row not yet ``probed``, its tokens appended to ``tokens``."""
+    gens = rd.read_shards("generations")
+    done = rd.done_ids("probed", "id")
+    gens = gens[~gens["id"].isin(done)].reset_index(drop=True)
+    with rd.stage("probe") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task("probe", total=len(gens), unit="prompts")
+        order = np.argsort(
+            [
+                -(len(p) + len(t))
+                for p, t in zip(gens["prompt_token_ids"], gens["token_ids"], strict=True)
+            ]
+        )
+        for lo in range(0, len(order), cfg.batch_size):
+            part = gens.iloc[order[lo : lo + cfg.batch_size]].reset_index(drop=True)
+            out = probe.measure(
+                [list(p) for p in part["prompt_token_ids"]],
+                [list(t) for t in part["token_ids"]],
+                tokenizer.pad_token_id,
+                device,
+            )
+            if out:
+                example = out.pop("example").numpy()
+                frame = pd.DataFrame({k: v.numpy() for k, v in out.items()})
+                frame.insert(0, "id", part["id"].to_numpy()[example])
+                engine_lp = [lp for lps in part["engine_logprobs"] for lp in lps]
+                frame["engine_logprob"] = np.asarray(engine_lp, dtype=np.float64)
+                rd.append_shard("tokens", frame)
+            rd.append_shard("probed", part[["id"]])
+            bar.advance(task, len(part))
+        timing["prompts"] = len(gens)
+        timing["tokens"] = int(sum(len(t) for t in gens["token_ids"]))
+
+
+def token_tables(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """tables/prompts.parquet (the generations) and tables/tokens.parquet (the per-token
+    metrics) in dataset order, whatever the batch order."""
+    gens = rd.read_in_order("generations", ["id"], ids)
+    table = pd.DataFrame(
+        {
+            "id": gens["id"],
+            "prompt": gens["prompt"],
+            "prompt_token_ids": gens["prompt_token_ids"],
+            "generated_text": [
+                tokenizer.decode(list(t), skip_special_tokens=False) for t in gens["token_ids"]
+            ],
+            "n_tokens": [len(t) for t in gens["token_ids"]],
+            "finish_reason": gens["finish_reason"],
+            "token_ids": gens["token_ids"],
+        }
+    )
+    tokens = rd.read_in_order("tokens", ["id", "step"], ids)
+    if tokens is None:
+        raise UserError("no tokens were generated (every generation was empty); see run.log")
+    tokens["token"] = tokenizer.batch_decode([[t] for t in tokens["token_id"]])
+    first = ["id", "step", "token_id", "token", *TOKEN_STATS, "engine_logprob"]
+    tokens = tokens[first + [c for c in tokens.columns if c not in first]]
+    rd.write_table("prompts", table)
+    rd.write_table("tokens", tokens)
+    return table, tokens

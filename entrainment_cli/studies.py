@@ -31,7 +31,7 @@ def model_option() -> Any:
 def data_file_option() -> Any:
     return option(
         None,
-        "Local .jsonl/.json/.parquet with the dataset's fields; skips the hub.",
+        "Local .jsonl/.json/.csv/.parquet with the dataset's fields; skips the hub.",
         show_default=False,
     )
 
@@ -507,6 +507,97 @@ class PretrainConfig(RunOptions):
     seed: int = seed_option(identity=True)
 
 
+@dataclass
+class ProbeConfig(RunOptions):
+    model: str | None = model_option()
+    data_file: Path | None = data_file_option()
+    dataset: str | None = option(
+        None,
+        "hub:OWNER/NAME (with --split, --subset), or a registered dataset. Default, with no "
+        "--data-file either: the bundled arithmetic sample.",
+        show_default=False,
+    )
+    split: str | None = option(
+        None,
+        "Hub split (default train); in a file, the rows whose 'split' field matches.",
+        show_default=False,
+    )
+    subset: str | None = option(None, "Hub dataset configuration (subset).", show_default=False)
+    text_field: str | None = option(
+        None, "Field holding each example's text.", identity=True, show_default=False
+    )
+    messages_field: str | None = option(
+        None,
+        'Field holding chat messages: [{"role": ..., "content": ...}, ...].',
+        identity=True,
+        show_default=False,
+    )
+    template: str | None = option(
+        None,
+        "Text built from each row's fields, e.g. 'Q: {question} ({topic})'.",
+        identity=True,
+        show_default=False,
+    )
+    system: str | None = option(
+        None, "System prompt before every text.", identity=True, show_default=False
+    )
+    chat: bool = option(
+        True,
+        "Use the model's chat template when it has one (--no-chat: the plain text).",
+        flags=("--chat/--no-chat",),
+        identity=True,
+    )
+    id_field: str | None = option(
+        None,
+        "Field with each row's unique id (default: the row number).",
+        identity=True,
+        show_default=False,
+    )
+    label: str | None = option(
+        None,
+        "Numeric or ordinal column (Pearson, Spearman, binned means) or two-valued one (AUROC "
+        "with direction, Mann-Whitney, violins).",
+        identity=True,
+        show_default=False,
+    )
+    group: str | None = option(
+        None,
+        "Categorical column: per-group summary, Kruskal-Wallis with epsilon^2, bars with SEM.",
+        identity=True,
+        show_default=False,
+    )
+    pair_id: str | None = option(
+        None,
+        "Column naming each pair (with --condition): paired Wilcoxon with rank-biserial r.",
+        identity=True,
+        show_default=False,
+    )
+    condition: str | None = option(
+        None, "Column with each row's condition within its pair.", identity=True, show_default=False
+    )
+    limit: int | None = limit_option("Use only the first N rows.")
+    layers: str = layers_option()
+    positions: list[str] = listed(
+        "last-prompt", "Comma list of last-prompt, mean-prompt.", identity=True
+    )
+    metrics: list[str] | None = metrics_option()
+    max_tokens: int = option(
+        0,
+        "Generate up to N tokens per example and add the per-token metrics (entropy, nucleus, "
+        "STOPS, LogTokU; mean and max per example). 0: no generation.",
+        identity=True,
+        minimum=0,
+    )
+    top_p: float = option(0.9, "Nucleus mass for sampling and STOPS, in (0, 1].", identity=True)
+    temperature: float = option(1.0, "Sampling temperature (0 = greedy).", identity=True, minimum=0)
+    engine: str = engine_option()
+    batch_size: int = batch_size_option(8)
+    device: str = device_option()
+    dtype: str = dtype_option()
+    seed: int = seed_option(identity=True)  # the sampling and the bootstrap
+    n_boot: int = n_boot_option()
+
+
 # -- the registry --------------------------------------------------------------------------
 
 
@@ -696,6 +787,42 @@ sizes; tables/summary.csv the per-condition statistics; figures/ box plots. With
         "entrainment_cli.qa.conflict",
         ("entrainment_cli.plots.qa", "plot_conflict", "compare_conflict"),
         demo=(("--limit", "8"),),
+    ),
+    Study(
+        "probe",
+        ProbeConfig,
+        """Every measurement of the tool on your own texts, against your own labels.
+The text of each row: --text-field, --messages-field or --template, with --system and the
+model's chat template when it has one (--no-chat: plain text). Hidden-state sparsity metrics
+at --layers and --positions; with --max-tokens N, a generation stage (vLLM or transformers)
+and the per-token metrics of `correlate` (tables/tokens.parquet), with their mean and max per
+example (tables/token_summary.parquet). The question follows from the columns given, each
+with N, an effect size, p and a bootstrap CI: --label numeric (Pearson and Spearman,
+tables/label_correlations.csv, binned means) or two-valued (AUROC with direction and
+Mann-Whitney, label_auroc.csv, violins); --group (per-group summary and Kruskal-Wallis with
+epsilon^2, group_summary.csv and group_kruskal.csv, bars with SEM); --pair-id with
+--condition (paired Wilcoxon with rank-biserial r, paired.csv, paired differences). Always:
+tables/samples.parquet (id, the exact prompt, your columns, each metric per layer and
+position), summary.csv and per-metric distributions. With no data: the bundled arithmetic
+sample (text, difficulty, multi_step, operation, pair, phrasing).""",
+        "entrainment_cli.probe.run",
+        ("entrainment_cli.plots.probe", "plot_run", "plot_compare"),
+        demo=(
+            (
+                "--label",
+                "difficulty",
+                "--group",
+                "operation",
+                "--pair-id",
+                "pair",
+                "--condition",
+                "phrasing",
+                "--max-tokens",
+                "32",
+                "--engine",
+                "hf",
+            ),  # fmt: skip
+        ),
     ),
     Study(
         "pretrain",

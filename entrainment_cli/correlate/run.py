@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
-import pandas as pd
-
 from .. import pipeline
 from ..data import prompts, registry
 from ..engines.generate import Generation, Sampling, resolve_kind
@@ -23,22 +20,10 @@ from ..pipeline import Prepared
 from ..runs.rundir import RunDir
 from ..science.answers import gold_answer
 from ..studies import CorrelateConfig
-from ..ui import progress
 from . import analysis
 from . import grading as grading_run
 
 log = logging.getLogger("entrain")
-
-TOKEN_STATS = [
-    "entropy",
-    "logprob",
-    "nucleus_size",
-    "topp_entropy",
-    "topp_entropy_norm",
-    "stops",
-    "logtoku_au",
-    "logtoku_eu",
-]
 
 
 def build_prompt(cfg: CorrelateConfig, text: str, tokenizer) -> tuple[str, list[int]]:
@@ -163,8 +148,8 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["metrics"])
-    _probe(rd, cfg, probe, tokenizer, ids, setup.device)
-    table, tokens = _finalize(rd, tokenizer, ids)
+    pipeline.token_probe_stage(rd, cfg, probe, tokenizer, ids, setup.device)
+    table, tokens = pipeline.token_tables(rd, tokenizer, ids)
     if cfg.grade:
         by_id = dict(zip(ids, golds, strict=True))
         golds_in_order = [by_id[p] for p in table["id"]]
@@ -182,63 +167,3 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
     )
     with rd.stage("analysis"):
         analysis.analyze_run(rd.path, cfg.min_nucleus, cfg.bins, cfg.n_boot, cfg.seed)
-
-
-def _probe(rd, cfg, probe, tokenizer, ids, device):
-    gens = rd.read_shards("generations")
-    done = rd.done_ids("probed", "id")
-    gens = gens[~gens["id"].isin(done)].reset_index(drop=True)
-    with rd.stage("probe") as timing, progress(cfg.quiet) as bar:
-        task = bar.add_task("probe", total=len(gens), unit="prompts")
-        order = np.argsort(
-            [
-                -(len(p) + len(t))
-                for p, t in zip(gens["prompt_token_ids"], gens["token_ids"], strict=True)
-            ]
-        )
-        for lo in range(0, len(order), cfg.batch_size):
-            part = gens.iloc[order[lo : lo + cfg.batch_size]].reset_index(drop=True)
-            out = probe.measure(
-                [list(p) for p in part["prompt_token_ids"]],
-                [list(t) for t in part["token_ids"]],
-                tokenizer.pad_token_id,
-                device,
-            )
-            if out:
-                example = out.pop("example").numpy()
-                frame = pd.DataFrame({k: v.numpy() for k, v in out.items()})
-                frame.insert(0, "id", part["id"].to_numpy()[example])
-                engine_lp = [lp for lps in part["engine_logprobs"] for lp in lps]
-                frame["engine_logprob"] = np.asarray(engine_lp, dtype=np.float64)
-                rd.append_shard("tokens", frame)
-            rd.append_shard("probed", part[["id"]])
-            bar.advance(task, len(part))
-        timing["prompts"] = len(gens)
-        timing["tokens"] = int(sum(len(t) for t in gens["token_ids"]))
-
-
-def _finalize(rd, tokenizer, ids) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """prompts.parquet and tokens.parquet in dataset order, whatever the batch order."""
-    gens = rd.read_in_order("generations", ["id"], ids)
-    table = pd.DataFrame(
-        {
-            "id": gens["id"],
-            "prompt": gens["prompt"],
-            "prompt_token_ids": gens["prompt_token_ids"],
-            "generated_text": [
-                tokenizer.decode(list(t), skip_special_tokens=False) for t in gens["token_ids"]
-            ],
-            "n_tokens": [len(t) for t in gens["token_ids"]],
-            "finish_reason": gens["finish_reason"],
-            "token_ids": gens["token_ids"],
-        }
-    )
-    tokens = rd.read_in_order("tokens", ["id", "step"], ids)
-    if tokens is None:
-        raise UserError("no tokens were generated (every generation was empty); see run.log")
-    tokens["token"] = tokenizer.batch_decode([[t] for t in tokens["token_id"]])
-    first = ["id", "step", "token_id", "token", *TOKEN_STATS, "engine_logprob"]
-    tokens = tokens[first + [c for c in tokens.columns if c not in first]]
-    rd.write_table("prompts", table)
-    rd.write_table("tokens", tokens)
-    return table, tokens

@@ -16,6 +16,7 @@ import yaml
 
 from .. import assets_dir
 from ..errors import UserError
+from .texts import chat_text
 
 TECHNIQUES = ("baseline", "cot", "cod")
 
@@ -42,23 +43,7 @@ def _chat(tokenizer, instruction: str, shots: list[dict[str, str]], question: st
             {"role": "assistant", "content": shot["answer"].strip()},
         ]
     turns.append({"role": "user", "content": question.strip()})
-    try:
-        return tokenizer.apply_chat_template(
-            [{"role": "system", "content": instruction}, *turns],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-    except Exception:  # some templates (Gemma) refuse a system turn: fold it into the first
-        first = {"role": "user", "content": f"{instruction}\n\n{turns[0]['content']}"}
-        try:
-            return tokenizer.apply_chat_template(
-                [first, *turns[1:]], tokenize=False, add_generation_prompt=True
-            )
-        except Exception as e:
-            raise UserError(
-                f"the model's chat template rejected the prompt ({type(e).__name__}: {e}); "
-                "use --no-chat for a plain-text prompt"
-            ) from None
+    return chat_text(tokenizer, [{"role": "system", "content": instruction}, *turns])
 
 
 def build_prompt(

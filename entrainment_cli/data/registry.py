@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,23 @@ REGISTRY: dict[str, DatasetSpec] = {
             ),
             about="knowledge-conflict pairs (Wang et al., COLM 2024): --data-file or the sample",
         ),
+        DatasetSpec(
+            name="probe",
+            hub_id=None,
+            split="all",
+            fields=(
+                "id",
+                "text",
+                "answer",
+                "difficulty",
+                "operation",
+                "pair",
+                "phrasing",
+            ),
+            id_field="id",
+            # multi_step (true/false) is checked where --label names it: not a text field
+            about="arithmetic questions of graded difficulty in two phrasings (`probe`'s sample)",
+        ),
     ]
 }
 
@@ -239,7 +256,7 @@ def _check_fields(rows: list, spec: DatasetSpec, where: str, line_of=None) -> No
         if missing:
             raise UserError(
                 f"{where}, {at}: missing field(s) {', '.join(missing)}; "
-                f"every {spec.name} row needs {', '.join(spec.fields)}"
+                f"every {spec.name} row needs {', '.join(spec.fields)} (it has: {', '.join(row)})"
             )
         for name in spec.fields:
             value, wanted = row[name], list if name in spec.list_fields else (str, int, float)
@@ -274,11 +291,22 @@ def _flatten_groups(groups: dict[str, list[dict]]) -> list[dict[str, Any]]:
 def read_data_file(
     path: Path, spec: DatasetSpec, option: str = "--data-file"
 ) -> list[dict[str, Any]]:
-    """Rows of a local JSONL (or JSON list) or Parquet file, validated against ``spec``;
+    """Rows of a local JSONL (or JSON list), CSV or Parquet file, validated against ``spec``;
     ``option`` names the command-line option that gave the file, for error messages."""
     if not path.is_file():
         raise UserError(f"{option} {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix == ".csv":
+        import pandas as pd
+
+        try:
+            frame = pd.read_csv(path)
+        except Exception as e:
+            raise UserError(f"{option} {path} is not a readable CSV file ({e})") from None
+        # numbers stay numbers, an empty cell is None (as a JSON null)
+        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        _check_fields(rows, spec, str(path))
+        return rows
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -289,7 +317,9 @@ def read_data_file(
         _check_fields(rows, spec, str(path))
         return rows
     if suffix not in {".jsonl", ".json"}:
-        raise UserError(f"{option} {path}: unsupported type '{suffix}'; use .jsonl or .parquet")
+        raise UserError(
+            f"{option} {path}: unsupported type '{suffix}'; use .jsonl, .json, .csv or .parquet"
+        )
     text = path.read_text(encoding="utf-8", errors="replace")
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
@@ -333,6 +363,18 @@ def _of_split(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _hub_rows(spec: DatasetSpec, split: str) -> list[dict[str, Any]]:
+    """Rows of ``spec``'s hub dataset (or its local cache), validated; library errors pass up."""
+    hub.offline_if_unreachable()
+    import datasets
+
+    kwargs = {"columns": list(spec.columns)} if spec.columns else {}
+    ds = datasets.load_dataset(spec.hub_id, spec.config, split=split, **kwargs)
+    rows = [dict(r) for r in ds]
+    _check_fields(rows, spec, spec.hub_id)
+    return rows
+
+
 def load(
     spec: DatasetSpec,
     data_file: Path | None = None,
@@ -357,13 +399,7 @@ def load(
         )
     else:
         try:
-            hub.offline_if_unreachable()
-            import datasets
-
-            kwargs = {"columns": list(spec.columns)} if spec.columns else {}
-            ds = datasets.load_dataset(spec.hub_id, spec.config, split=split, **kwargs)
-            rows = [dict(r) for r in ds]
-            _check_fields(rows, spec, spec.hub_id)
+            rows = _hub_rows(spec, split)
             return LoadedData(spec, rows, "hub", f"{spec.hub_id}:{split}", split)
         except UserError:
             raise
@@ -380,3 +416,77 @@ def load(
             return LoadedData(spec, _of_split(all_rows, split), "sample", str(path), split)
     rows = _of_split(read_data_file(path, spec), split)
     return LoadedData(spec, rows, "sample", str(path), split)
+
+
+HUB_PREFIX = "hub:"
+
+
+def require_fields(rows: list[dict[str, Any]], location: str, wanted: dict[str, str]) -> None:
+    """Each ``wanted`` field (keyed by the option that named it) must be in every row; the
+    error names the fields the data has."""
+    present = list(dict.fromkeys(k for row in rows for k in row))
+    for option, name in wanted.items():
+        lacking = [i for i, row in enumerate(rows) if name not in row]
+        if len(lacking) == len(rows):
+            raise UserError(
+                f"{option} '{name}' is not a field of {location}; its fields: {', '.join(present)}"
+            )
+        if lacking:
+            raise UserError(
+                f"{option} '{name}' is missing from row {lacking[0]} of {location} "
+                f"({len(lacking)} row(s) lack it); give every row that field"
+            )
+
+
+def load_user(
+    dataset: str | None,
+    data_file: Path | None,
+    *,
+    split: str | None,
+    subset: str | None,
+    id_field: str | None,
+    fields: dict[str, str],
+    default: str,
+) -> LoadedData:
+    """Rows of the user's own data: ``--data-file`` (JSONL, JSON list, CSV, Parquet; rows
+    carrying a ``split`` field are filtered by ``--split`` when given), else ``--dataset``
+    (``hub:OWNER/NAME`` with ``--split``/``--subset``, or a registered name), else the
+    registered ``default`` (its bundled sample, loudly). ``fields`` maps each option to the
+    field it names; every one, and ``--id-field``, must be in every row, and some row must be
+    left. The id is ``--id-field``'s value, else ``<name>-<row number>``."""
+    wanted = {**fields, **({"--id-field": id_field} if id_field else {})}
+    if data_file is not None:
+        spec = DatasetSpec(data_file.stem, None, split or "all", (), id_field)
+        rows = read_data_file(data_file, spec)
+        if split is not None:
+            if rows and not all("split" in r for r in rows):
+                raise UserError(f"--split {split}: {data_file} has no 'split' field to select by")
+            rows = _of_split(rows, split)
+        source, location = "file", str(data_file.resolve())
+    elif dataset is not None and dataset.startswith(HUB_PREFIX):
+        hub_id = dataset.removeprefix(HUB_PREFIX)
+        if hub_id.count("/") != 1 or not all(hub_id.split("/")):
+            raise UserError(f"--dataset {dataset}: write a hub dataset as hub:OWNER/NAME")
+        spec = DatasetSpec(hub_id.split("/")[1], hub_id, split or "train", (), id_field, subset)
+        try:
+            rows = _hub_rows(spec, spec.split)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(
+                f"could not load {hub_id} (subset {subset}, split {spec.split}) from the hub or "
+                f"its cache ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                "check --subset/--split, or pass the rows with --data-file"
+            ) from None
+        source, location = "hub", f"{hub_id}:{spec.split}"
+    else:
+        if subset is not None:
+            raise UserError("--subset is for a hub dataset: --dataset hub:OWNER/NAME")
+        data = load(get_spec(dataset or default), None, split)
+        spec, rows, source, location = data.spec, data.rows, data.source, data.location
+        if id_field is not None:
+            spec = replace(spec, id_field=id_field)
+    if not rows:
+        raise UserError(f"{location} has no rows (split {spec.split}); check the data and --split")
+    require_fields(rows, location, wanted)
+    return LoadedData(spec, rows, source, location, spec.split)

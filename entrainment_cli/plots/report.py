@@ -217,6 +217,55 @@ def pretrain_stats(tables: Path) -> list[dict]:
     ]
 
 
+def probe_stats(tables: Path) -> list[dict]:
+    """The effect size of each question the run asked, at the final layer; a run with no
+    question reports each metric's mean."""
+    rows = []
+    questions = {  # table -> the effect's name, its column, CI columns, p column
+        "label_correlations.csv": (
+            "Spearman rho({label}, {metric})",
+            "spearman_rho",
+            "spearman_lo",
+            "spearman_hi",
+            "spearman_p",
+        ),
+        "label_auroc.csv": (
+            "AUROC({metric} -> {label}={positive})",
+            "auroc",
+            "auroc_lo",
+            "auroc_hi",
+            "p",
+        ),
+        "group_kruskal.csv": (
+            "epsilon^2({metric} across {group})",
+            "epsilon_sq",
+            "epsilon_sq_lo",
+            "epsilon_sq_hi",
+            "p",
+        ),
+        "paired.csv": (
+            "rank-biserial r({metric}: {a} - {b})",
+            "rank_biserial",
+            "rank_biserial_lo",
+            "rank_biserial_hi",
+            "wilcoxon_p",
+        ),
+    }
+    for name, (label, value, lo, hi, p) in questions.items():
+        if (tables / name).is_file():
+            df, where = _final_slice(pd.read_csv(tables / name))
+            for r in _headline_first(df).to_dict("records"):
+                title = f"{label.format(**r)} [{where}]"
+                rows.append(stat(title, r[value], r[lo], r[hi], r["n"], r[p]))
+    if not rows:
+        df, where = _final_slice(pd.read_csv(tables / "summary.csv"))
+        rows = [
+            stat(f"mean {r.metric} [{where}]", r.mean, n=r.n)
+            for r in _headline_first(df).itertuples()
+        ]
+    return rows
+
+
 # command -> (tables its extractor reads, the extractor)
 KEY_STATISTICS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
     "qa rankmath": (("correlations.csv",), rankmath_stats),
@@ -228,6 +277,7 @@ KEY_STATISTICS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] 
     "cot": (("summary.json",), cot_stats),
     "correlate": (("stats.csv",), correlate_stats),
     "pretrain": (("final.csv",), pretrain_stats),
+    "probe": (("summary.csv",), probe_stats),
 }
 
 

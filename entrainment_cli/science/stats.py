@@ -231,8 +231,7 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
         out["cohens_dz"] = float(d.mean()) / sd if sd > 0 else nan
     nonzero = d[d != 0]
     if nonzero.size:
-        ranks = stats.rankdata(np.abs(nonzero))
-        w_plus, w_minus = float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+        w_plus, w_minus = signed_rank_sums(nonzero)
         res = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided")
         out |= {
             "w_plus": w_plus,
@@ -241,6 +240,21 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
             "rank_biserial": (w_plus - w_minus) / (w_plus + w_minus),
         }
     return out
+
+
+def signed_rank_sums(d: np.ndarray) -> tuple[float, float]:
+    """(W+, W-): the sums of the ranks of |d| over the positive and the negative differences
+    (zeros left out, ties at midranks)."""
+    nonzero = d[d != 0]
+    ranks = stats.rankdata(np.abs(nonzero))
+    return float(ranks[nonzero > 0].sum()), float(ranks[nonzero < 0].sum())
+
+
+def rank_biserial(d: np.ndarray) -> float:
+    """The matched-pairs rank-biserial correlation (W+ - W-) / (W+ + W-); NaN if all d = 0."""
+    w_plus, w_minus = signed_rank_sums(d)
+    total = w_plus + w_minus
+    return (w_plus - w_minus) / total if total else float("nan")
 
 
 def linear_fit_band(
@@ -322,6 +336,7 @@ def correlation_table(
 # are judged by AUROC and balanced accuracy next to the majority-class baseline, because
 # upstream's 96% "accuracy" was the majority rate of a 3.5%-correct set (spec 6, 8.4).
 
+nan = float("nan")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile, for the Wilson interval
 
 _LABELS = {"yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0}
@@ -350,7 +365,6 @@ def compare_groups(df: pd.DataFrame, metrics: list[str], correct: str = "correct
     """
     y = _labels(df[correct])
     labelled = ~np.isnan(y)
-    nan = float("nan")
     records = []
     for metric in metrics:
         values = df[metric].to_numpy(dtype=np.float64)
@@ -367,24 +381,34 @@ def compare_groups(df: pd.DataFrame, metrics: list[str], correct: str = "correct
             "mean_incorrect": float(neg.mean()) if neg.size else nan,
             "median_correct": float(np.median(pos)) if pos.size else nan,
             "median_incorrect": float(np.median(neg)) if neg.size else nan,
-            "u": nan,
-            "p": nan,
-            "auroc": nan,
-            "auroc_best": nan,
-            "direction": None,
+            **rank_test(pos, neg),
         }
-        if pos.size and neg.size:
-            mw = stats.mannwhitneyu(pos, neg, alternative="two-sided")
-            auroc = float(mw.statistic) / (pos.size * neg.size)
-            rec |= {
-                "u": float(mw.statistic),
-                "p": float(mw.pvalue),
-                "auroc": auroc,
-                "auroc_best": max(auroc, 1 - auroc),
-                "direction": "higher" if auroc >= 0.5 else "lower",
-            }
         records.append(rec)
     return pd.DataFrame.from_records(records)
+
+
+def rank_test(pos: np.ndarray, neg: np.ndarray) -> dict:
+    """Mann-Whitney U (two-sided) of ``pos`` against ``neg``, and AUROC = U / (n_pos n_neg):
+    P(a random ``pos`` value > a random ``neg`` value), ties 1/2; ``auroc_best`` and
+    ``direction`` say which way separates better. NaN (direction None) if a side is empty."""
+    if not (pos.size and neg.size):
+        return {"u": nan, "p": nan, "auroc": nan, "auroc_best": nan, "direction": None}
+    mw = stats.mannwhitneyu(pos, neg, alternative="two-sided")
+    auroc = float(mw.statistic) / (pos.size * neg.size)
+    return {
+        "u": float(mw.statistic),
+        "p": float(mw.pvalue),
+        "auroc": auroc,
+        "auroc_best": max(auroc, 1 - auroc),
+        "direction": "higher" if auroc >= 0.5 else "lower",
+    }
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """U / (n_pos n_neg) from midranks, without the test (for bootstrap resamples)."""
+    ranks = stats.rankdata(np.concatenate([pos, neg]))
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
+    return float(u / (pos.size * neg.size))
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -556,3 +580,118 @@ def au_eu_quadrant(au: Sequence[float], eu: Sequence[float]) -> np.ndarray:
         for ha, he in zip(high_a, high_e, strict=True)
     ]
     return out
+
+
+def bootstrap_ci(
+    statistic, samples: Sequence[np.ndarray], n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*samples)``, each sample resampled with
+    replacement on its own (strata keep their sizes); NaN resamples are left out."""
+    if n_boot < 1 or any(s.size == 0 for s in samples):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    values = np.array(
+        [statistic(*(s[rng.integers(0, s.size, s.size)] for s in samples)) for _ in range(n_boot)]
+    )
+    if not np.isfinite(values).any():
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def kruskal_h(*groups: np.ndarray) -> float:
+    """Kruskal-Wallis H with the tie correction (scipy's), NaN when every value is tied."""
+    values = np.concatenate(groups)
+    n = values.size
+    ranks = stats.rankdata(values)
+    _, counts = np.unique(values, return_counts=True)
+    ties = 1 - float((counts**3 - counts).sum()) / (n**3 - n) if n > 1 else 0.0
+    if ties <= 0:
+        return float("nan")
+    bounds = np.cumsum([0, *(g.size for g in groups)])
+    sums = np.array([ranks[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    sizes = np.array([g.size for g in groups], dtype=np.float64)
+    h = 12 / (n * (n + 1)) * float((sums**2 / sizes).sum()) - 3 * (n + 1)
+    return h / ties
+
+
+def kruskal_test(
+    groups: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, float | int]:
+    """Kruskal-Wallis test across ``groups`` (non-finite values dropped, empty groups left
+    out) with the effect size epsilon^2 = H / (n - 1), in [0, 1], and its bootstrap CI
+    (resampling within each group)."""
+    groups = [g[np.isfinite(g)] for g in (np.asarray(g, dtype=np.float64) for g in groups)]
+    groups = [g for g in groups if g.size]
+    n = int(sum(g.size for g in groups))
+    nan = float("nan")
+    out: dict[str, float | int] = {"n": n, "n_groups": len(groups), "h": nan, "p": nan}
+    out |= {"epsilon_sq": nan, "epsilon_sq_lo": nan, "epsilon_sq_hi": nan}
+    if len(groups) < 2 or n < 3:
+        return out
+    h = kruskal_h(*groups)
+    if not np.isfinite(h):
+        return out
+
+    def epsilon_sq(*gs: np.ndarray) -> float:
+        return kruskal_h(*gs) / (n - 1)
+
+    lo, hi = bootstrap_ci(epsilon_sq, groups, n_boot, seed, level)
+    return out | {
+        "h": h,
+        "p": float(stats.chi2.sf(h, len(groups) - 1)),
+        "epsilon_sq": h / (n - 1),
+        "epsilon_sq_lo": lo,
+        "epsilon_sq_hi": hi,
+    }
+
+
+def binned_means(
+    x: Sequence[float], y: Sequence[float], bins: int = 5, max_levels: int = 10
+) -> pd.DataFrame:
+    """Mean and SEM of y per bin of x: one bin per value when x has at most ``max_levels``
+    values (an ordinal label), else ``bins`` equal-count (quantile) bins, right-closed, the
+    first closed on both sides. Non-finite pairs are left out; empty bins are not listed."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    columns = ["lo", "hi", "x_mean", "n", "mean", "sem"]
+    values = np.unique(x)
+    if values.size <= max_levels:
+        idx, edges = np.searchsorted(values, x), np.repeat(values, 2).reshape(-1, 2)
+    else:
+        q = np.quantile(x, np.linspace(0, 1, bins + 1))
+        idx = np.clip(np.searchsorted(q, x, side="left") - 1, 0, bins - 1)
+        edges = np.column_stack([q[:-1], q[1:]])
+    records = []
+    for b in np.unique(idx):
+        part = y[idx == b]
+        sem = float(part.std(ddof=1) / np.sqrt(part.size)) if part.size > 1 else float("nan")
+        records.append(
+            {
+                "lo": float(edges[b, 0]),
+                "hi": float(edges[b, 1]),
+                "x_mean": float(x[idx == b].mean()),
+                "n": int(part.size),
+                "mean": float(part.mean()),
+                "sem": sem,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def per_example(
+    tokens: pd.DataFrame, key: str, columns: Sequence[str], how: Sequence[str] = ("mean", "max")
+) -> pd.DataFrame:
+    """One row per ``key`` value (in order of first appearance): ``n_tokens`` and, per column,
+    ``{column}_{how}`` over its tokens. NaN tokens (e.g. STOPS of a one-token nucleus) are
+    left out, never read as 0; a column with no finite token gives NaN."""
+    finite = tokens[[key]].join(tokens[list(columns)].where(np.isfinite(tokens[list(columns)])))
+    grouped = finite.groupby(key, sort=False)
+    out = grouped[list(columns)].agg(list(how))
+    out.columns = [f"{c}_{h}" for c, h in out.columns]
+    return out.reset_index().assign(n_tokens=grouped.size().to_numpy())[
+        [key, "n_tokens", *out.columns]
+    ]

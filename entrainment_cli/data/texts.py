@@ -1,0 +1,128 @@
+"""The prompt text of each row of the user's own data: one field, chat messages, or a template
+filled from the row; then, with an optional system prompt, the exact text the model reads
+(through its chat template when it has one and chat is on).
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+
+Messages = list[dict[str, str]]
+
+
+def template_fields(template: str) -> list[str]:
+    """The row fields a ``str.format`` template names, in order; positional or malformed
+    placeholders are a UserError (a row has names, not positions)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise UserError(
+            f"--template is not a valid template ({e}); write fields as {{name}}"
+        ) from None
+    names = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        base = name.split(".")[0].split("[")[0]
+        if not base or base.isdigit():
+            raise UserError(
+                f"--template has a positional placeholder '{{{name}}}'; name a field: {{question}}"
+            )
+        names.append(base)
+    if not names:
+        raise UserError("--template names no field; write the row's fields as {name}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where a row's text comes from: exactly one of a field, a messages field or a template."""
+
+    text_field: str | None = None
+    messages_field: str | None = None
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [o for o, v in self.options().items() if v is not None]
+        if len(given) != 1:
+            raise UserError(
+                "give exactly one of --text-field, --messages-field, --template"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+
+    def options(self) -> dict[str, str | None]:
+        return {
+            "--text-field": self.text_field,
+            "--messages-field": self.messages_field,
+            "--template": self.template,
+        }
+
+    def fields(self) -> dict[str, str]:
+        """Each row field this source reads, keyed by the option that names it."""
+        if self.template is not None:
+            return {f"--template {{{name}}}": name for name in template_fields(self.template)}
+        option, name = next((o, v) for o, v in self.options().items() if v is not None)
+        return {option: name}
+
+    def content(self, row: dict[str, Any], where: str) -> str | Messages:
+        """The row's text, or its chat messages (checked: a list of role/content objects)."""
+        if self.template is not None:
+            return self.template.format(**row)
+        if self.text_field is not None:
+            return str(row[self.text_field])
+        messages = row[self.messages_field]
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m
+                for m in messages
+            )
+        ):
+            raise UserError(
+                f"{where}: --messages-field '{self.messages_field}' must hold a non-empty list of "
+                '{"role": ..., "content": ...} objects'
+            )
+        return [{"role": m["role"], "content": str(m["content"])} for m in messages]
+
+
+def chat_text(tokenizer, messages: Messages, add_generation_prompt: bool = True) -> str:
+    """``messages`` through the tokenizer's chat template; a template that refuses a system
+    turn (Gemma) gets it folded into the first user turn. A refusal is a UserError."""
+    attempts = [messages]
+    if messages[0]["role"] == "system" and len(messages) > 1:
+        system, first, *rest = messages
+        content = f"{system['content']}\n\n{first['content']}"
+        attempts.append([{"role": first["role"], "content": content}, *rest])
+    for attempt in attempts:
+        try:
+            return tokenizer.apply_chat_template(
+                attempt, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as e:
+            error = e
+    raise UserError(
+        f"the model's chat template rejected the prompt ({type(error).__name__}: {error}); "
+        "use --no-chat for a plain-text prompt"
+    )
+
+
+def render(tokenizer, content: str | Messages, system: str | None, chat: bool) -> tuple[str, str]:
+    """(exact text given to the tokenizer, 'chat' or 'plain'). Chat, when asked for and the
+    model has a template: the system turn (if any), then the text as the user's turn or the
+    messages, with a generation prompt unless the messages end with the assistant's turn.
+    Plain: the system prompt and a blank line, then the text (messages as ``role: content``
+    lines)."""
+    messages = content if isinstance(content, list) else [{"role": "user", "content": content}]
+    if system:
+        messages = [{"role": "system", "content": system}, *messages]
+    if chat and getattr(tokenizer, "chat_template", None):
+        return chat_text(tokenizer, messages, messages[-1]["role"] != "assistant"), "chat"
+    head = f"{system}\n\n" if system else ""
+    if isinstance(content, str):
+        return head + content, "plain"
+    return head + "\n".join(f"{m['role']}: {m['content']}" for m in content), "plain"
