@@ -447,7 +447,10 @@ def table_file(path: Path) -> str:
     size = path.stat().st_size
     line = f"<code>{esc(path.resolve())}</code> ({size:,} bytes)"
     if path.suffix == ".csv":
-        df = pd.read_csv(path)
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:  # a table with no rows and no columns
+            return f"<div>{line}: empty</div>"
         shown = "" if len(df) <= MAX_ROWS else f" (first {MAX_ROWS} of {len(df)} rows)"
         body = table(df.head(MAX_ROWS))
         return f"<details><summary>{line}{shown}</summary>{body}</details>"
