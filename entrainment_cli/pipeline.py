@@ -340,7 +340,7 @@ def engine_for(
         model=model,
         tokenizer=tokenizer,
     )
-    rd.update(engine=engine.name)
+    rd.update(engine=engine.name, engine_options=engine.record())
     try:
         yield engine
     finally:  # also when generation fails, so the memory is not left held

@@ -1,0 +1,288 @@
+"""Beyond one GPU: vLLM's parallel options, the probe pass over a split model, shards and
+their merge (the pieces; whole studies sharded and merged are in test_merge.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from entrainment_cli.engines import generate as gen
+from entrainment_cli.engines import models
+from entrainment_cli.engines.generate import Parallel
+from entrainment_cli.engines.probe import HiddenProbe, batches
+from entrainment_cli.engines.token_probe import TokenProbe
+from entrainment_cli.errors import UserError
+from entrainment_cli.runs import merge
+from entrainment_cli.runs.rundir import RunDir
+from entrainment_cli.runs.sharding import Shard, parse_shard, shard_of
+
+# --------------------------------------------------------------------------------------------
+# vLLM parallel options
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tensor_parallel_size": 0}, "--tensor-parallel-size must be at least 1"),
+        ({"pipeline_parallel_size": -1}, "--pipeline-parallel-size must be at least 1"),
+        ({"data_parallel_size": 2}, "--shard I/N"),
+        ({"distributed_executor_backend": "slurm"}, "use mp (one machine) or ray"),
+        ({"gpu_memory_utilization": 0.0}, "--gpu-memory-utilization must be in (0, 1]"),
+        ({"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization must be in (0, 1]"),
+    ],
+)
+def test_parallel_validation(kwargs, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Parallel(**kwargs)
+
+
+def test_parallel_kwargs_and_device_check(monkeypatch):
+    one = Parallel()
+    assert one.world_size == 1
+    # One device: no executor named, as without the options (vLLM's own default).
+    assert "distributed_executor_backend" not in one.llm_kwargs()
+    two = Parallel(tensor_parallel_size=2, pipeline_parallel_size=3, gpu_memory_utilization=0.5)
+    assert two.world_size == 6
+    assert two.llm_kwargs() == {
+        "tensor_parallel_size": 2,
+        "pipeline_parallel_size": 3,
+        "gpu_memory_utilization": 0.5,
+        "distributed_executor_backend": "mp",
+    }
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(UserError, match=r"size is 6, but only 4 GPU\(s\) are visible"):
+        two.check_devices("cuda")
+    Parallel(tensor_parallel_size=4).check_devices("cuda")
+    # ray: the workers may be on other machines; vLLM checks the cluster.
+    Parallel(tensor_parallel_size=8, distributed_executor_backend="ray").check_devices("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cores = len(__import__("os").sched_getaffinity(0))
+    with pytest.raises(UserError, match=rf"only {cores} CPU core\(s\) are usable"):
+        Parallel(tensor_parallel_size=cores + 1).check_devices("cpu")
+
+
+def test_cpu_thread_binding_gives_each_worker_its_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4})
+    assert gen._cpu_thread_binding(2) == "0,1|2,3"
+    assert gen._cpu_thread_binding(5) == "0|1|2|3|4"
+
+
+def test_too_many_workers_refused_before_vllm_starts(embedded, monkeypatch):
+    """The device check runs before vLLM is imported or started: no engine is left behind."""
+    if not gen.vllm_available():
+        pytest.skip("vLLM is not installed")
+    cores = len(__import__("os").sched_getaffinity(0))
+    with pytest.raises(UserError, match="CPU core"):
+        gen.make_engine(
+            "vllm",
+            embedded.path,
+            batch_size=2,
+            device="cpu",
+            dtype=torch.float32,
+            parallel=Parallel(tensor_parallel_size=cores + 1),
+        )
+    assert not [k for k in gen._LLMS if k[3].world_size > 1]
+
+
+def test_live_engine_reports_its_parallel_configuration(vllm_engine):
+    """The session engine (default options) as vLLM itself configured it."""
+    config = vllm_engine.llm.llm_engine.vllm_config.parallel_config
+    assert config.tensor_parallel_size == 1
+    assert config.pipeline_parallel_size == 1
+    assert config.data_parallel_size == 1
+    assert config.world_size == 1
+    assert vllm_engine.parallel == Parallel()
+    assert vllm_engine.record()["tensor_parallel_size"] == 1
+    assert vllm_engine.record()["max_model_len"] == vllm_engine.max_model_len
+
+
+# --------------------------------------------------------------------------------------------
+# The probe pass with the model's layers split over devices
+# --------------------------------------------------------------------------------------------
+
+
+def test_placement_options():
+    assert models.placement("cpu") == {}
+    assert models.placement("cuda", "balanced", "0=20GiB,1=20GiB,cpu=64GiB") == {
+        "device_map": "balanced",
+        "max_memory": {0: "20GiB", 1: "20GiB", "cpu": "64GiB"},
+    }
+    with pytest.raises(UserError, match="unknown --device-map 'sequential'"):
+        models.placement("cuda", "sequential")
+    with pytest.raises(UserError, match="--max-memory needs --device-map"):
+        models.placement("cuda", None, "0=1GiB")
+    with pytest.raises(UserError, match="--max-memory: cannot read 'gpu0=1GiB'"):
+        models.placement("cuda", "auto", "gpu0=1GiB")
+    with pytest.raises(UserError, match="--max-memory: cannot read '0'"):
+        models.placement("cuda", "auto", "0")
+
+
+def _split_map(n_blocks: int) -> dict[str, str]:
+    """The first half of the blocks in memory, the rest offloaded to disk: accelerate then
+    places hooks that bring each offloaded block's weights in for its forward, as it moves
+    activations between GPUs for a multi-GPU map."""
+    out = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu"}
+    out |= {f"model.layers.{i}": "cpu" if i < n_blocks // 2 else "disk" for i in range(n_blocks)}
+    return out | {"lm_head": "cpu"}
+
+
+def test_probes_on_a_split_model_equal_the_whole_model(tiny_llama):
+    resolved = models.ResolvedModel("tiny", tiny_llama, "local")
+    whole, tok = models.load_model(resolved, "cpu", torch.float32)
+    split, _ = models.load_model(resolved, "cpu", torch.float32, device_map=_split_map(3))
+    assert set(split.hf_device_map.values()) == {"cpu", "disk"}
+    assert split.model.layers[2].mlp.up_proj.weight.device.type == "meta"  # really offloaded
+
+    prompts = [tok(t)["input_ids"] for t in ("The sky is", "Two plus two is four, and then")]
+    layers, positions = [0, 1, 2, 3, -1], ["last-prompt", "mean-prompt"]
+    results = []
+    for model in (whole, split):
+        probe = HiddenProbe(model, layers, positions, logit_ids=[10, 20, 30])
+        batch = next(batches(prompts, 2, tok.pad_token_id, "cpu"))
+        measured = probe.measure(batch.input_ids, batch.attention_mask, ["l1", "gini"])
+        token = TokenProbe(model, 0.9, hidden_layers=[1, 3], hidden_metrics=["hoyer"])
+        gens = [[5, 6, 7], [8, 9]]
+        results.append(
+            (measured, probe.logits, token.measure(prompts, gens, tok.pad_token_id, "cpu"))
+        )
+    (m_whole, logits_whole, t_whole), (m_split, logits_split, t_split) = results
+    assert m_whole.keys() == m_split.keys() and len(m_whole) == len(layers) * len(positions)
+    for key in m_whole:
+        for name in ("l1", "gini"):
+            torch.testing.assert_close(m_split[key][name], m_whole[key][name])
+    torch.testing.assert_close(logits_split, logits_whole)
+    assert t_whole.keys() == t_split.keys() and {"h1_hoyer", "h3_hoyer", "stops"} <= t_whole.keys()
+    for key in t_whole:
+        torch.testing.assert_close(t_split[key], t_whole[key], equal_nan=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Shards
+# --------------------------------------------------------------------------------------------
+
+
+def test_shard_of_is_sha256_of_the_id():
+    for example_id in ("a", "test/algebra/1.json", 17):
+        digest = hashlib.sha256(str(example_id).encode()).digest()
+        assert shard_of(example_id, 7) == int.from_bytes(digest[:8], "big") % 7
+    assert shard_of("x", 1) == 0
+
+
+def test_shard_split_is_the_same_in_another_process():
+    ids = [f"q{i}" for i in range(50)]
+    here = [shard_of(i, 4) for i in ids]
+    code = (
+        "from entrainment_cli.runs.sharding import shard_of;"
+        f"print([shard_of(i, 4) for i in {ids!r}])"
+    )
+    there = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PYTHONPATH": str(Path(__file__).parents[1])},
+    ).stdout
+    assert eval(there) == here
+    shards = [Shard(i, 4).select(ids) for i in range(4)]
+    assert sorted(sum(shards, [])) == list(range(50))  # every example once
+    assert all(shards)  # 50 ids over 4 shards: none empty
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("1", "is not I/N"),
+        ("a/b", "is not I/N"),
+        ("-1/4", "is not I/N"),
+        ("4/4", "0 <= I < N"),
+        ("0/0", "0 <= I < N"),
+    ],
+)
+def test_parse_shard_errors(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_shard(spec)
+
+
+def test_parse_shard():
+    assert parse_shard(None) is None
+    assert parse_shard(" 2 / 5") == Shard(2, 5)
+    assert str(Shard(2, 5)) == "2/5"
+
+
+# --------------------------------------------------------------------------------------------
+# Merge (on hand-made shard runs; real studies in test_merge.py)
+# --------------------------------------------------------------------------------------------
+
+IDS = [f"ex{i}" for i in range(12)]
+
+
+def _shard_run(root: Path, index: int, count: int, identity=None, ids=IDS, done=True) -> Path:
+    path = root / f"shard{index}of{count}"
+    identity = identity or {"model": "m", "dataset": "fp", "layers": [-1]}
+    rd = RunDir.open(
+        command="qa rankmath",
+        identity={**identity, "shard": f"{index}/{count}"},
+        run_dir=path,
+        runs_dir=None,
+        name_parts=[],
+        resume=False,
+    )
+    with rd:
+        rd.update(seed=0, model={"weights_sha256": "w"}, dataset={"fingerprint": "fp"})
+        keep = merge.record_selection(rd, Shard(index, count), ids)
+        rows = [(ids[i], layer) for i in keep for layer in (0, -1)]
+        rd.write_table(
+            "samples",
+            pd.DataFrame({"id": [r[0] for r in rows], "layer": [r[1] for r in rows]}).assign(
+                l1=lambda f: f["id"].str[2:].astype(float) + f["layer"]
+            ),
+        )
+    if not done:
+        rd.update(status="failed")
+    return path
+
+
+def test_merge_orders_examples_as_the_unsharded_run(tmp_path):
+    runs = [_shard_run(tmp_path, i, 3) for i in (2, 0, 1)]
+    shards = merge.check_shards(runs)
+    assert shards.count == 3 and shards.order == IDS
+    assert [r.name for r in shards.runs] == ["shard0of3", "shard1of3", "shard2of3"]
+    merged = merge.merge_table(shards, "samples")
+    want = pd.DataFrame({"id": [i for i in IDS for _ in (0, -1)], "layer": [0, -1] * len(IDS)})
+    want["l1"] = want["id"].str[2:].astype(float) + want["layer"]
+    pd.testing.assert_frame_equal(merged, want)
+    assert merge.merge_table(shards, "no_such_table") is None
+    manifest = shards.manifests[1]
+    assert manifest["shard"]["index"] == 1 and manifest["shard"]["count"] == 3
+    assert manifest["shard"]["selected"] == len(IDS)
+
+
+def test_merge_refusals(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    runs = [_shard_run(a, i, 3) for i in range(3)]
+    with pytest.raises(UserError, match=r"shard\(s\) 2/3 missing"):
+        merge.check_shards(runs[:2])
+    with pytest.raises(UserError, match="shard 1/3 is given twice"):
+        merge.check_shards([runs[0], runs[1], runs[1]])
+    other = _shard_run(b, 2, 3, identity={"model": "m", "dataset": "fp", "layers": [0]})
+    with pytest.raises(UserError, match=r"settings differ \(layers: \[0\] vs \[-1\]\)"):
+        merge.check_shards([*runs[:2], other])
+    four = _shard_run(b, 2, 4)
+    with pytest.raises(UserError, match="numbers of shards differ"):
+        merge.check_shards([*runs[:2], four])
+    fewer = _shard_run(tmp_path / "c", 2, 3, ids=IDS[:-1])
+    with pytest.raises(UserError, match="selected different examples"):
+        merge.check_shards([*runs[:2], fewer])
+    failed = _shard_run(tmp_path / "d", 2, 3, done=False)
+    with pytest.raises(UserError, match="not finished"):
+        merge.check_shards([*runs[:2], failed])
+    with pytest.raises(UserError, match="not a run directory"):
+        merge.check_shards([tmp_path])
