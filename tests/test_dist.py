@@ -104,6 +104,72 @@ def test_live_engine_reports_its_parallel_configuration(vllm_engine):
     assert vllm_engine.record()["max_model_len"] == vllm_engine.max_model_len
 
 
+@pytest.fixture(scope="module")
+def tp_llama(embedded, tmp_path_factory) -> Path:
+    """A random Llama vLLM can split in two on the CPU: 4 heads and 2 KV heads (the embedded
+    SmolLM2 has 9 heads, which vLLM refuses to divide by 2), head size 64 (vLLM's CPU
+    attention has no kernel for the 16 of the tiny fixtures)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(embedded.path)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tp-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_vllm_tensor_parallel_2_equals_1(tp_llama):
+    """vLLM's CPU build runs tensor parallel size 2 (two worker processes, one core each):
+    seeded samples and greedy tokens equal size 1's, log-probs within float tolerance."""
+    if not gen.vllm_available():
+        pytest.skip("vLLM is not installed")
+    if len(__import__("os").sched_getaffinity(0)) < 2:
+        pytest.skip("tensor parallel size 2 needs 2 CPU cores")
+    prompts = [[1, 504, 3458, 282, 4649, 314], [1, 22, 23, 24], [1, 9000, 9001, 9002, 9003]]
+    keys = ["a", "b", "c"]
+    out = {}
+    try:
+        for size in (1, 2):
+            engine = gen.make_engine(
+                "vllm",
+                tp_llama,
+                batch_size=4,
+                device="cpu",
+                dtype=torch.float32,
+                max_model_len=64,
+                parallel=Parallel(tensor_parallel_size=size),
+            )
+            config = engine.llm.llm_engine.vllm_config.parallel_config
+            assert (config.tensor_parallel_size, config.world_size) == (size, size)
+            assert engine.record()["tensor_parallel_size"] == size
+            out[size] = [
+                engine.generate(prompts, keys, gen.Sampling(temperature=t, max_tokens=8, seed=3))
+                for t in (1.0, 0.0)
+            ]
+            gen.close_engines(tp_llama)
+    finally:
+        gen.close_engines(tp_llama)
+    for sampled_1, sampled_2 in zip(out[1], out[2], strict=True):
+        for one, two in zip(sampled_1, sampled_2, strict=True):
+            assert one.token_ids == two.token_ids and len(one.token_ids) > 0
+            torch.testing.assert_close(
+                torch.tensor(two.logprobs), torch.tensor(one.logprobs), rtol=0, atol=1e-4
+            )
+
+
 # --------------------------------------------------------------------------------------------
 # The probe pass with the model's layers split over devices
 # --------------------------------------------------------------------------------------------
@@ -286,3 +352,36 @@ def test_merge_refusals(tmp_path):
         merge.check_shards([*runs[:2], failed])
     with pytest.raises(UserError, match="not a run directory"):
         merge.check_shards([tmp_path])
+
+
+# --------------------------------------------------------------------------------------------
+# bench/gpu.sh, in its tiny CPU mode
+# --------------------------------------------------------------------------------------------
+
+
+def test_gpu_bench_script_runs_every_row_in_tiny_mode(tmp_path):
+    root = Path(__file__).parents[1]
+    out = tmp_path / "bench"
+    env = {
+        **__import__("os").environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(root),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        ["bash", str(root / "bench" / "gpu.sh"), "--tiny", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split()[0] for line in (out / "times.txt").read_text().splitlines()]
+    benches = ("probe", "correlate", "robustness", "cot", "longreason", "scaling")
+    assert rows == ["model-tiny", *(f"{b}-tiny" for b in benches), "pretrain"]
+    written = {p.name.split("-")[0] for p in (out / "tiny").glob("*.json")}
+    assert set(benches) <= written
+    assert list((out / "pretrain").glob("pretrain-*.json"))
+    scaling = __import__("json").loads((out / "tiny" / "scaling-cpu.json").read_text())
+    assert scaling["shards"] == 2 and scaling["problems"] == 8
+    assert scaling["speedup"] == pytest.approx(scaling["one_process_s"] / scaling["sharded_s"])
+    assert not (out / "models" / "tiny").exists()  # the random model is removed after its rows
