@@ -26,7 +26,15 @@ import torch
 
 from . import options
 from .engines import models
-from .engines.generate import Engine, Generation, Sampling, close_engines, make_engine
+from .engines.generate import (
+    ONE_DEVICE,
+    Engine,
+    Generation,
+    Parallel,
+    Sampling,
+    close_engines,
+    make_engine,
+)
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs.rundir import RunDir
@@ -149,17 +157,42 @@ def finish_counts(rd, **counts: Any) -> None:
 
 @dataclass(frozen=True)
 class Setup:
-    """The model a run uses, the device and the dtype: resolved before the run exists."""
+    """The model a run uses, the device and the dtype, and how it is spread over devices:
+    resolved and checked before the run exists."""
 
     resolved: models.ResolvedModel
     device: str
     dtype: torch.dtype
+    device_map: str | None = None  # the transformers model (probe, hf): --device-map
+    max_memory: str | None = None  # --max-memory, with device_map
+    parallel: Parallel = ONE_DEVICE  # vLLM's tensor / pipeline parallelism
+    max_model_len: int | None = None  # vLLM and hf: prompt + generation at most
 
 
-def model_setup(model: str | None, device: str, dtype: str) -> Setup:
-    """``--device``, ``--dtype`` and ``--model`` checked and resolved (in that order)."""
+def model_setup(
+    model: str | None,
+    device: str,
+    dtype: str,
+    *,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    parallel: Parallel = ONE_DEVICE,
+    max_model_len: int | None = None,
+) -> Setup:
+    """``--device``, ``--dtype``, the placement options and ``--model`` checked and resolved
+    (in that order); a parallel size larger than the visible devices is refused here."""
     picked = models.pick_device(device)
-    return Setup(models.resolve_model(model), picked, models.pick_dtype(dtype, picked))
+    models.placement(picked, device_map, max_memory)
+    parallel.check_devices(picked)
+    return Setup(
+        models.resolve_model(model),
+        picked,
+        models.pick_dtype(dtype, picked),
+        device_map,
+        max_memory,
+        parallel,
+        max_model_len,
+    )
 
 
 def model_slug(resolved: models.ResolvedModel) -> str:
@@ -170,7 +203,9 @@ def model_slug(resolved: models.ResolvedModel) -> str:
 def load_model(rd: RunDir, setup: Setup):
     """(model, tokenizer), the load timed as the run's ``load_model`` stage."""
     with rd.stage("load_model"):
-        return models.load_model(setup.resolved, setup.device, setup.dtype)
+        return models.load_model(
+            setup.resolved, setup.device, setup.dtype, setup.device_map, setup.max_memory
+        )
 
 
 def check_positive(*options: tuple[str, int | None]) -> None:
@@ -337,6 +372,8 @@ def engine_for(
         device=setup.device,
         dtype=setup.dtype,
         batch_size=batch_size,
+        max_model_len=setup.max_model_len,
+        parallel=setup.parallel,
         model=model,
         tokenizer=tokenizer,
     )

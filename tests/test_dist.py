@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from entrainment_cli import study
 from entrainment_cli.engines import generate as gen
 from entrainment_cli.engines import models
 from entrainment_cli.engines.generate import Parallel
@@ -69,6 +70,21 @@ def test_parallel_kwargs_and_device_check(monkeypatch):
         Parallel(tensor_parallel_size=cores + 1).check_devices("cpu")
 
 
+def test_model_setup_checks_placement_before_the_run(tmp_path):
+    """Every study resolves its model through ``study.model_setup`` before its run directory
+    exists: a parallel size beyond the devices or a bad placement stops there."""
+    cores = len(__import__("os").sched_getaffinity(0))
+    with pytest.raises(UserError, match="CPU core"):
+        study.model_setup(None, "cpu", "auto", parallel=Parallel(tensor_parallel_size=cores + 1))
+    with pytest.raises(UserError, match="unknown --device-map"):
+        study.model_setup(None, "cpu", "auto", device_map="everywhere")
+    setup = study.model_setup(
+        None, "cpu", "auto", device_map="auto", max_memory="cpu=8GiB", max_model_len=256
+    )
+    assert (setup.device_map, setup.max_memory, setup.max_model_len) == ("auto", "cpu=8GiB", 256)
+    assert setup.parallel == Parallel()
+
+
 def test_cpu_thread_binding_gives_each_worker_its_cores(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4})
     assert gen._cpu_thread_binding(2) == "0,1|2,3"
@@ -99,7 +115,7 @@ def test_live_engine_reports_its_parallel_configuration(vllm_engine):
     assert config.pipeline_parallel_size == 1
     assert config.data_parallel_size == 1
     assert config.world_size == 1
-    assert vllm_engine.parallel == Parallel()
+    assert vllm_engine.parallel == gen.ONE_DEVICE == Parallel()
     assert vllm_engine.record()["tensor_parallel_size"] == 1
     assert vllm_engine.record()["max_model_len"] == vllm_engine.max_model_len
 

@@ -131,6 +131,9 @@ class Parallel:
         return kwargs
 
 
+ONE_DEVICE = Parallel()  # the default: no parallelism
+
+
 @dataclasses.dataclass
 class Generation:
     token_ids: list[int]  # generated tokens; a final EOS/stop token is not included
@@ -189,7 +192,7 @@ def make_engine(
     dtype: torch.dtype,
     batch_size: int,
     max_model_len: int | None = None,
-    parallel: Parallel = Parallel(),
+    parallel: Parallel = ONE_DEVICE,
     model=None,
     tokenizer=None,
 ) -> Engine:
@@ -541,7 +544,7 @@ class VLLMEngine:
         device: str,
         dtype: torch.dtype,
         max_model_len=None,
-        parallel: Parallel = Parallel(),
+        parallel: Parallel = ONE_DEVICE,
     ):
         self.llm = _vllm_llm(path, device, dtype, max_model_len, parallel)
         self.parallel = parallel
