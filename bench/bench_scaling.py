@@ -37,13 +37,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled math500 sample, with
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import RANDOM_CONFIGS, RESULTS  # noqa: E402  (bench/ is on sys.path)
+from bench_probe import token_lists  # noqa: E402  (bench/ is on sys.path)
+from common import RANDOM_CONFIGS, RESULTS  # noqa: E402
 
 from entrainment_cli import study  # noqa: E402
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import generate, models  # noqa: E402
 from entrainment_cli.engines.probe import HiddenProbe  # noqa: E402
-from entrainment_cli.qa.rankmath import build_prompt  # noqa: E402
 from entrainment_cli.runs import merge  # noqa: E402
 from entrainment_cli.runs.rundir import RunDir  # noqa: E402
 from entrainment_cli.runs.sharding import parse_shard  # noqa: E402
@@ -90,18 +90,11 @@ def model_dir(args: argparse.Namespace, work: Path, device: str, dtype: torch.dt
 
 
 def prompts(tokenizer, n_problems: int, vocab_size: int) -> tuple[list[str], list[list[int]]]:
-    """(ids, token lists) of the math500 sample as qa rankmath builds them, cycled to
-    ``n_problems`` with an id of their own each (``<id>#<round>``)."""
-    data = registry.load(registry.get_spec("math500"))
-    ids, lists = [], []
-    for i in range(n_problems):
-        row = data.rows[i % len(data.rows)]
-        text, _ = build_prompt(tokenizer, str(row["problem"]))
-        ids.append(f"{data.ids[i % len(data.rows)]}#{i // len(data.rows)}")
-        lists.append(
-            [min(t, vocab_size - 1) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
-        )
-    return ids, lists
+    """(ids, token lists): bench_probe's prompts (the math500 sample as qa rankmath builds
+    them, cycled to ``n_problems``), each with an id of its own (``<id>#<round>``)."""
+    ids = registry.load(registry.get_spec("math500")).ids
+    own = [f"{ids[i % len(ids)]}#{i // len(ids)}" for i in range(n_problems)]
+    return own, token_lists(tokenizer, n_problems, vocab_size)
 
 
 def shard_worker(args: argparse.Namespace) -> None:

@@ -347,6 +347,22 @@ def test_merge_orders_examples_as_the_unsharded_run(tmp_path):
     assert manifest["shard"]["selected"] == len(IDS)
 
 
+def test_shared_table_is_one_copy_of_equal_tables(tmp_path):
+    runs = [_shard_run(tmp_path, i, 2) for i in range(2)]
+    pool = pd.DataFrame({"id": ["p1", "p2"], "score": [0.5, 0.25]})
+    for run in runs:
+        pool.to_parquet(run / "tables" / "pool.parquet")
+    shards = merge.check_shards(runs)
+    pd.testing.assert_frame_equal(merge.shared_table(shards, "pool"), pool)
+    assert merge.shared_table(shards, "absent") is None
+    pool.assign(score=[0.5, 0.3]).to_parquet(runs[1] / "tables" / "pool.parquet")
+    with pytest.raises(UserError, match="pool.parquet differs between"):
+        merge.shared_table(shards, "pool")
+    (runs[1] / "tables" / "pool.parquet").unlink()
+    with pytest.raises(UserError, match="only some shards have tables/pool.parquet"):
+        merge.shared_table(shards, "pool")
+
+
 def test_merge_refusals(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     runs = [_shard_run(a, i, 3) for i in range(3)]

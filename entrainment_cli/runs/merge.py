@@ -162,3 +162,27 @@ def merge_table(shards: ShardSet, table: str, key: str = "id") -> pd.DataFrame |
         return None
     merged = pd.concat(frames, ignore_index=True).sort_values("_order", kind="stable")
     return merged.drop(columns="_order").reset_index(drop=True)
+
+
+def shared_table(shards: ShardSet, table: str) -> pd.DataFrame | None:
+    """A table every shard computes whole, not per example of its own (a study's demonstration
+    pool, say): the shards' copies must be equal; one of them is the merged run's."""
+    frames = [
+        (run, pd.read_parquet(path))
+        for run in shards.runs
+        if (path := run / "tables" / f"{table}.parquet").is_file()
+    ]
+    if not frames:
+        return None
+    if len(frames) != shards.count:
+        raise UserError(f"only some shards have tables/{table}.parquet; run the others again")
+    first_run, first = frames[0]
+    for run, frame in frames[1:]:
+        try:
+            pd.testing.assert_frame_equal(frame, first, check_exact=False, rtol=1e-5, atol=1e-6)
+        except AssertionError:
+            raise UserError(
+                f"tables/{table}.parquet differs between {run} and {first_run}, though every "
+                "shard computes it whole; the shards did not run the same study"
+            ) from None
+    return first
