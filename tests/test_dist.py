@@ -363,6 +363,23 @@ def test_shared_table_is_one_copy_of_equal_tables(tmp_path):
         merge.shared_table(shards, "pool")
 
 
+def test_open_merged_records_the_run_without_its_shard(tmp_path):
+    runs = [_shard_run(tmp_path, i, 2) for i in range(2)]
+    shards = merge.check_shards(runs)
+    out = tmp_path / "merged"
+    with merge.open_merged(shards, out) as rd:
+        rd.write_table("samples", merge.merge_table(shards, "samples"))
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "qa rankmath" and manifest["status"] == "done"
+    assert manifest["identity"] == {"model": "m", "dataset": "fp", "layers": [-1]}
+    assert "shard" not in manifest
+    assert [m["shard"]["index"] for m in manifest["merged_from"]] == [0, 1]
+    assert manifest["model"] == {"weights_sha256": "w"} and manifest["seed"] == 0
+    assert len(pd.read_parquet(out / "tables" / "samples.parquet")) == 2 * len(IDS)
+    with pytest.raises(UserError, match="is not empty"):
+        merge.open_merged(shards, out)
+
+
 def test_merge_refusals(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     runs = [_shard_run(a, i, 3) for i in range(3)]

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
-from .rundir import RunDir, read_manifest
+from .rundir import RunDir, environment, read_manifest
 from .sharding import Shard, shard_of
 
 SELECTION = "selection"  # tables/selection.parquet of a shard run: id, shard
@@ -130,6 +130,35 @@ def check_shards(run_dirs: Sequence[Path]) -> ShardSet:
                 "one run's command line, on the same data"
             )
     return ShardSet(runs, [found[i][1] for i in range(count)], selections[0]["id"].tolist())
+
+
+def open_merged(shards: ShardSet, out: Path) -> RunDir:
+    """The merged run, new at ``out`` (entered by the caller): the shards' command, identity
+    and setup without the shard, the shard runs it came from, and the environment of the
+    merge; the caller writes the merged tables and redoes the analysis into it."""
+    first = shards.manifests[0]
+    identity = {k: v for k, v in first.get("identity", {}).items() if k != "shard"}
+    rd = RunDir.open(
+        command=first["command"],
+        identity=identity,
+        run_dir=out,
+        runs_dir=None,
+        name_parts=[],
+        resume=False,
+    )
+    setup = ("options", "seed", "model", "dataset", "device", "engine", "engine_options")
+    rd.manifest.update({k: first[k] for k in setup if k in first})
+    if "options" in rd.manifest:
+        rd.manifest["options"] = {
+            **{k: v for k, v in rd.manifest["options"].items() if k != "shard"},
+            "run_dir": str(out),
+        }
+    rd.manifest["merged_from"] = [
+        {"run": str(run), "shard": m["shard"]}
+        for run, m in zip(shards.runs, shards.manifests, strict=True)
+    ]
+    rd.manifest.update(environment())
+    return rd
 
 
 def _selection(run: Path) -> pd.DataFrame:
