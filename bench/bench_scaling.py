@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from bench_probe import token_lists  # noqa: E402  (bench/ is on sys.path)
 from common import RANDOM_CONFIGS, RESULTS  # noqa: E402
 
-from entrainment_cli import study  # noqa: E402
+from entrainment_cli import pipeline  # noqa: E402
 from entrainment_cli.data import registry  # noqa: E402
 from entrainment_cli.engines import generate, models  # noqa: E402
 from entrainment_cli.engines.probe import HiddenProbe  # noqa: E402
@@ -117,7 +117,7 @@ def shard_worker(args: argparse.Namespace) -> None:
         keep = merge.record_selection(rd, shard, ids)
         examples = pd.DataFrame({"id": [ids[i] for i in keep]})
         probe = HiddenProbe(model, [-1], ["last-prompt"])
-        study.probe_into(
+        pipeline.probe_into(
             rd,
             "samples",
             examples,

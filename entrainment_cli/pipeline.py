@@ -14,6 +14,7 @@ builds the run's identity from the config's identity fields (with the resolved f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ from .engines.generate import (
 )
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
+from .runs import merge
 from .runs.rundir import RunDir
+from .runs.sharding import parse_shard
 from .science import sparsity
 from .studies import Study
 from .ui import progress
@@ -56,6 +59,43 @@ class Prepared:
     resolved: dict[str, Any] = field(default_factory=dict)
     state: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    selection: list[str] | None = None  # with --shard: every selected id, before the shard
+
+
+def take_shard(cfg: Any, ids: Sequence[Any]) -> tuple[list[int], list[str]]:
+    """``--shard I/N`` on a study's selected examples ``ids``: (the positions of this shard's
+    examples, every selected id in order, for :class:`Prepared`'s ``selection``). Without
+    ``--shard``: every position."""
+    selection = [str(i) for i in ids]
+    shard = parse_shard(getattr(cfg, "shard", None))
+    if shard is None:
+        return list(range(len(selection))), selection
+    keep = shard.select(selection)
+    if not keep:
+        raise UserError(
+            f"--shard {shard}: none of the {len(selection)} selected examples falls in this "
+            "shard; use fewer shards"
+        )
+    return keep, selection
+
+
+def distributed_setup(cfg: Any) -> Setup:
+    """``model_setup`` with the placement and vLLM options the study's config declares."""
+    names = [f.name for f in dataclasses.fields(Parallel)]
+    parallel = (
+        Parallel(**{n: getattr(cfg, n) for n in names})
+        if hasattr(cfg, "tensor_parallel_size")
+        else ONE_DEVICE
+    )
+    return model_setup(
+        cfg.model,
+        cfg.device,
+        cfg.dtype,
+        device_map=getattr(cfg, "device_map", None),
+        max_memory=getattr(cfg, "max_memory", None),
+        parallel=parallel,
+        max_model_len=getattr(cfg, "max_model_len", None),
+    )
 
 
 def save_config(rd, cfg: Any) -> None:
@@ -69,9 +109,12 @@ def save_config(rd, cfg: Any) -> None:
 def run_study(entry: Study, cfg: Any) -> Path:
     """Run one study end to end; returns its run directory."""
     impl = entry.implementation()
-    setup = model_setup(cfg.model, cfg.device, cfg.dtype) if hasattr(cfg, "model") else None
+    shard = parse_shard(getattr(cfg, "shard", None))
+    setup = distributed_setup(cfg) if hasattr(cfg, "model") else None
     prepared: Prepared = impl.prepare(cfg, setup)
     data, resolved, name_parts = prepared.data, {}, list(prepared.name_parts)
+    if shard is not None:
+        name_parts.append(f"shard{shard.index}of{shard.count}")
     if data is not None:
         many = isinstance(data, list)
         resolved["data"] = [d.fingerprint for d in data] if many else data.fingerprint
@@ -92,9 +135,30 @@ def run_study(entry: Study, cfg: Any) -> Path:
         if setup is not None:
             rd.record_setup(cfg, setup.resolved, data, setup.device, **prepared.extra)
         save_config(rd, cfg)
+        if shard is not None:
+            merge.record_selection(rd, shard, prepared.selection)
         impl.execute(rd, cfg, setup, prepared)
         entry.plot_run(rd.path)
     return rd.path
+
+
+def merge_study(run_dirs: Sequence[Path], out: Path, quiet: bool = False) -> Path:
+    """`entrain merge`: the shard runs checked to belong together, their finished work put in
+    a new run at ``out``, and the study resumed there without ``--shard``: every example is
+    found done, so only the analysis and figures run, over all examples, by the same code as
+    an unsharded run (whose tables the merged ones therefore equal)."""
+    from .studies import STUDIES
+
+    shards = merge.check_shards(run_dirs)
+    command = shards.manifests[0]["command"]
+    entry = next((s for s in STUDIES if s.name == command), None)
+    if entry is None:
+        raise UserError(f"'{command}' runs have no shards to merge")
+    given = {"shard": None, "run_dir": out, "resume": True, "quiet": quiet}
+    cfg = options.build(entry.config, given, set(given), shards.runs[0] / "config.yaml")
+    with merge.open_merged(shards, out) as rd:
+        merge.copy_work(shards, rd)
+    return run_study(entry, cfg)
 
 
 def probe_stage(

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from entrainment_cli import study
+from entrainment_cli import pipeline as study
 from entrainment_cli.engines import generate as gen
 from entrainment_cli.engines import models
 from entrainment_cli.engines.generate import Parallel
@@ -371,7 +371,7 @@ def test_open_merged_records_the_run_without_its_shard(tmp_path):
         rd.write_table("samples", merge.merge_table(shards, "samples"))
     manifest = __import__("json").loads((out / "manifest.json").read_text())
     assert manifest["command"] == "qa rankmath" and manifest["status"] == "done"
-    assert manifest["identity"] == {"model": "m", "dataset": "fp", "layers": [-1]}
+    assert manifest["identity"] == {"model": "m", "dataset": "fp", "layers": [-1], "shard": None}
     assert "shard" not in manifest
     assert [m["shard"]["index"] for m in manifest["merged_from"]] == [0, 1]
     assert manifest["model"] == {"weights_sha256": "w"} and manifest["seed"] == 0

@@ -134,10 +134,10 @@ def check_shards(run_dirs: Sequence[Path]) -> ShardSet:
 
 def open_merged(shards: ShardSet, out: Path) -> RunDir:
     """The merged run, new at ``out`` (entered by the caller): the shards' command, identity
-    and setup without the shard, the shard runs it came from, and the environment of the
+    and setup with no shard, the shard runs it came from, and the environment of the
     merge; the caller writes the merged tables and redoes the analysis into it."""
     first = shards.manifests[0]
-    identity = {k: v for k, v in first.get("identity", {}).items() if k != "shard"}
+    identity = {**first.get("identity", {}), "shard": None}  # as the study run unsharded
     rd = RunDir.open(
         command=first["command"],
         identity=identity,
@@ -159,6 +159,17 @@ def open_merged(shards: ShardSet, out: Path) -> RunDir:
     ]
     rd.manifest.update(environment())
     return rd
+
+
+def copy_work(shards: ShardSet, rd: RunDir) -> None:
+    """Every shard's finished pieces of work (``tables/shards/<table>``, what ``--resume``
+    reads) into ``rd``: the study, resumed there, finds every example done and only redoes
+    its analysis and figures over all of them."""
+    for run in shards.runs:
+        source = RunDir(run, {})
+        for table_dir in sorted((run / "tables" / "shards").glob("*")):
+            if table_dir.is_dir() and (work := source.read_shards(table_dir.name)) is not None:
+                rd.append_shard(table_dir.name, work)
 
 
 def _selection(run: Path) -> pd.DataFrame:
