@@ -155,6 +155,9 @@ def merge_study(run_dirs: Sequence[Path], out: Path, quiet: bool = False) -> Pat
     if entry is None:
         raise UserError(f"'{command}' runs have no shards to merge")
     given = {"shard": None, "run_dir": out, "resume": True, "quiet": quiet}
+    # nothing is generated again: no vLLM engine, so no GPUs for its parallelism either
+    names = {f.name for f in dataclasses.fields(entry.config)}
+    given |= {n: 1 for n in ("tensor_parallel_size", "pipeline_parallel_size") if n in names}
     cfg = options.build(entry.config, given, set(given), shards.runs[0] / "config.yaml")
     with merge.open_merged(shards, out) as rd:
         merge.copy_work(shards, rd)

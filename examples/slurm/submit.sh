@@ -18,5 +18,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 array=$(sbatch --parsable --array=0-$((n - 1)) --gres=gpu:"$gpus" \
     "$here/shard.sbatch" "$out" "$@")
-merge=$(sbatch --parsable --dependency=afterok:"$array" "$here/merge.sbatch" "$out")
+merge=$(sbatch --parsable --dependency=afterok:"$array" --gres=gpu:"$gpus" \
+    "$here/merge.sbatch" "$out")
 echo "shards: job $array (array 0-$((n - 1))), merge: job $merge -> $out/merged"
