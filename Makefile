@@ -51,6 +51,7 @@ REPORT        ?= runs/reproduce
 DEVICE        ?= cuda
 MODELS        ?=
 CONFLICT_DATA ?= data.json
+JOBS          ?= 1
 ENTRAIN       := $(BIN)/entrain
 RANKMATH_MODELS   := Qwen/Qwen2.5-7B-Instruct meta-llama/Llama-3.2-3B-Instruct \
 	meta-llama/Llama-3.1-8B-Instruct
@@ -72,47 +73,61 @@ define nl
 endef
 R := $(REPORT)
 
+# Every run of the papers' experiments, one command a line (RUNS_CMDS), then the report.
+RUNS_CMDS = $(foreach z,llama-16-16 llama-32-32,test -f $(R)/pretrain/$(z)/tables/final.csv || \
+	$(ENTRAIN) pretrain --llm-size $(z) --steps 5000 \
+	--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) --save-every 500 \
+	--run-dir $(R)/pretrain/$(z) $(call resume,$(R)/pretrain/$(z))$(nl))\
+$(foreach m,$(call pick,$(RANKMATH_MODELS)),$(ENTRAIN) qa rankmath --model $(m) \
+	--device $(DEVICE) --dtype float16 --layers -1 \
+	--run-dir $(R)/rankmath/$(call slug,$(m)) $(call resume,$(R)/rankmath/$(call slug,$(m)))$(nl))\
+$(foreach m,$(call pick,$(ACCURACY_MODELS)),$(ENTRAIN) qa accuracy --model $(m) \
+	--device $(DEVICE) --dtype float16 --engine vllm --max-tokens 1024 \
+	--run-dir $(R)/accuracy/$(call slug,$(m)) $(call resume,$(R)/accuracy/$(call slug,$(m)))$(nl))\
+$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa deepmath --model $(m) --sample 10000 \
+	--seed 42 --device $(DEVICE) --dtype float16 \
+	--run-dir $(R)/deepmath/$(call slug,$(m)) $(call resume,$(R)/deepmath/$(call slug,$(m)))$(nl))\
+$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa robustness --model $(m) \
+	--limit 20 --device $(DEVICE) --dtype bfloat16 \
+	--run-dir $(R)/robustness/$(call slug,$(m)) \
+	$(call resume,$(R)/robustness/$(call slug,$(m)))$(nl))\
+$(foreach m,$(call pick,$(LONGREASON_MODELS)),$(ENTRAIN) qa longreason --model $(m) \
+	--limit 30 --max-tokens 5 --seed 42 --device $(DEVICE) --dtype float16 \
+	--run-dir $(R)/longreason/$(call slug,$(m)) \
+	$(call resume,$(R)/longreason/$(call slug,$(m)))$(nl))\
+$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa conflict --model $(m) \
+	--data-file $(CONFLICT_DATA) --limit 100 --device $(DEVICE) --dtype bfloat16 \
+	--run-dir $(R)/conflict/$(call slug,$(m)) $(call resume,$(R)/conflict/$(call slug,$(m)))$(nl))\
+$(foreach m,$(call pick,$(COT_MODELS)),$(foreach s,cot few-shot auto-shot curriculum,\
+	$(ENTRAIN) cot --strategy $(s) --model $(m) --device $(DEVICE) --dtype float16 \
+	--engine vllm --rank-metric l0_norm --n-levels 5 --pool-size 500 --shots 2 \
+	--max-tokens 4096 --run-dir $(R)/cot/$(call slug,$(m))-$(s) \
+	$(call resume,$(R)/cot/$(call slug,$(m))-$(s))$(nl)))\
+$(foreach m,$(call pick,$(CORRELATE_MODELS)),$(foreach d,gsm8k writingprompts xsum,\
+	$(ENTRAIN) correlate --model $(m) --dataset $(d) --limit 100 --max-tokens 100 \
+	--top-p 0.9 --device $(DEVICE) --dtype float16 \
+	--run-dir $(R)/correlate/$(call slug,$(m))-$(d) \
+	$(call resume,$(R)/correlate/$(call slug,$(m))-$(d))$(nl)))\
+$(foreach m,$(call pick,$(GRADE_MODELS)),$(foreach t,baseline:30 cod:800 cot:1200,\
+	$(ENTRAIN) correlate --grade --model $(m) --dataset gsm8k \
+	--prompting $(word 1,$(subst :, ,$(t))) --max-tokens $(word 2,$(subst :, ,$(t))) \
+	--limit 1319 --top-p 0.95 --device $(DEVICE) --dtype float16 \
+	--run-dir $(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))) \
+	$(call resume,$(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))))$(nl)))
+
 reproduce: install
-	$(foreach z,llama-16-16 llama-32-32,test -f $(R)/pretrain/$(z)/tables/final.csv || \
-		$(ENTRAIN) pretrain --llm-size $(z) --steps 5000 \
-		--eval-every 200 --num-test 200 --seed 42 --device $(DEVICE) --save-every 500 \
-		--run-dir $(R)/pretrain/$(z) $(call resume,$(R)/pretrain/$(z))$(nl))
-	$(foreach m,$(call pick,$(RANKMATH_MODELS)),$(ENTRAIN) qa rankmath --model $(m) \
-		--device $(DEVICE) --dtype float16 --layers -1 \
-		--run-dir $(R)/rankmath/$(call slug,$(m)) $(call resume,$(R)/rankmath/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(ACCURACY_MODELS)),$(ENTRAIN) qa accuracy --model $(m) \
-		--device $(DEVICE) --dtype float16 --engine vllm --max-tokens 1024 \
-		--run-dir $(R)/accuracy/$(call slug,$(m)) $(call resume,$(R)/accuracy/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa deepmath --model $(m) --sample 10000 \
-		--seed 42 --device $(DEVICE) --dtype float16 \
-		--run-dir $(R)/deepmath/$(call slug,$(m)) $(call resume,$(R)/deepmath/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa robustness --model $(m) \
-		--limit 20 --device $(DEVICE) --dtype bfloat16 \
-		--run-dir $(R)/robustness/$(call slug,$(m)) \
-		$(call resume,$(R)/robustness/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(LONGREASON_MODELS)),$(ENTRAIN) qa longreason --model $(m) \
-		--limit 30 --max-tokens 5 --seed 42 --device $(DEVICE) --dtype float16 \
-		--run-dir $(R)/longreason/$(call slug,$(m)) \
-		$(call resume,$(R)/longreason/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(QA3B_MODELS)),$(ENTRAIN) qa conflict --model $(m) \
-		--data-file $(CONFLICT_DATA) --limit 100 --device $(DEVICE) --dtype bfloat16 \
-		--run-dir $(R)/conflict/$(call slug,$(m)) $(call resume,$(R)/conflict/$(call slug,$(m)))$(nl))
-	$(foreach m,$(call pick,$(COT_MODELS)),$(foreach s,cot few-shot auto-shot curriculum,\
-		$(ENTRAIN) cot --strategy $(s) --model $(m) --device $(DEVICE) --dtype float16 \
-		--engine vllm --rank-metric l0_norm --n-levels 5 --pool-size 500 --shots 2 \
-		--max-tokens 4096 --run-dir $(R)/cot/$(call slug,$(m))-$(s) \
-		$(call resume,$(R)/cot/$(call slug,$(m))-$(s))$(nl)))
-	$(foreach m,$(call pick,$(CORRELATE_MODELS)),$(foreach d,gsm8k writingprompts xsum,\
-		$(ENTRAIN) correlate --model $(m) --dataset $(d) --limit 100 --max-tokens 100 \
-		--top-p 0.9 --device $(DEVICE) --dtype float16 \
-		--run-dir $(R)/correlate/$(call slug,$(m))-$(d) \
-		$(call resume,$(R)/correlate/$(call slug,$(m))-$(d))$(nl)))
-	$(foreach m,$(call pick,$(GRADE_MODELS)),$(foreach t,baseline:30 cod:800 cot:1200,\
-		$(ENTRAIN) correlate --grade --model $(m) --dataset gsm8k \
-		--prompting $(word 1,$(subst :, ,$(t))) --max-tokens $(word 2,$(subst :, ,$(t))) \
-		--limit 1319 --top-p 0.95 --device $(DEVICE) --dtype float16 \
-		--run-dir $(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))) \
-		$(call resume,$(R)/grade/$(call slug,$(m))-$(word 1,$(subst :, ,$(t))))$(nl)))
+ifeq ($(JOBS),1)
+	$(RUNS_CMDS)
+else
+	# JOBS workers, worker i pinned to GPU i (CUDA_VISIBLE_DEVICES=i), take every JOBS-th run
+	# of $(R)/runs.sh in turn; the runs are independent, the report waits for all of them.
+	$(shell mkdir -p $(R))$(file >$(R)/runs.sh,$(RUNS_CMDS))
+	pids=; for i in $$(seq 0 $$(($(JOBS) - 1))); do \
+		awk -v n=$(JOBS) -v i=$$i 'NF && (NR - 1) % n == i' $(R)/runs.sh \
+			| CUDA_VISIBLE_DEVICES=$$i bash -ex > $(R)/worker$$i.log 2>&1 & pids="$$pids $$!"; \
+	done; failed=0; for p in $$pids; do wait $$p || failed=1; done; \
+	test $$failed = 0 || { echo "a run failed: see $(R)/worker*.log" >&2; exit 1; }
+endif
 	$(foreach s,pretrain rankmath accuracy deepmath robustness longreason conflict cot correlate grade,\
 		$(ENTRAIN) plot $(R)/$(s)/* --out $(R)/report/$(s)$(nl))
 	$(ENTRAIN) correlate-analyze $(R)/correlate/* --out $(R)/report/correlate

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def prompts(tokenizer, n_questions: int) -> tuple[list[list[int]], list[int], list[str]]:
     """(token ids, number of options, gold letter) per prompt, as qa robustness builds them."""
     data = registry.load(registry.get_spec("mmlu_pro"))
-    questions = robustness.select(data, None, None, n_questions)
+    questions = robustness.select(data, None, None).head(n_questions)
     variants = robustness.make_variants(questions, list(noise.LEVELS.values()), seed=0)
     texts = [robustness.build_prompt(tokenizer, t)[0] for t in variants["text"]]
     toks = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

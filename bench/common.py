@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Where every benchmark writes its results; bench/gpu.sh points it elsewhere.
+RESULTS = Path(os.environ.get("ENTRAIN_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 # Shapes of real models, for speed-only runs with random weights.
 RANDOM_CONFIGS = {

@@ -14,6 +14,7 @@ builds the run's identity from the config's identity fields (with the resolved f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,20 @@ import torch
 
 from . import options
 from .engines import models
-from .engines.generate import Engine, Generation, Sampling, close_engines, make_engine
+from .engines.generate import (
+    ONE_DEVICE,
+    Engine,
+    Generation,
+    Parallel,
+    Sampling,
+    close_engines,
+    make_engine,
+)
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
+from .runs import merge
 from .runs.rundir import RunDir
+from .runs.sharding import parse_shard
 from .science import sparsity
 from .studies import Study
 from .ui import progress
@@ -48,6 +59,43 @@ class Prepared:
     resolved: dict[str, Any] = field(default_factory=dict)
     state: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    selection: list[str] | None = None  # with --shard: every selected id, before the shard
+
+
+def take_shard(cfg: Any, ids: Sequence[Any]) -> tuple[list[int], list[str]]:
+    """``--shard I/N`` on a study's selected examples ``ids``: (the positions of this shard's
+    examples, every selected id in order, for :class:`Prepared`'s ``selection``). Without
+    ``--shard``: every position."""
+    selection = [str(i) for i in ids]
+    shard = parse_shard(getattr(cfg, "shard", None))
+    if shard is None:
+        return list(range(len(selection))), selection
+    keep = shard.select(selection)
+    if not keep:
+        raise UserError(
+            f"--shard {shard}: none of the {len(selection)} selected examples falls in this "
+            "shard; use fewer shards"
+        )
+    return keep, selection
+
+
+def distributed_setup(cfg: Any) -> Setup:
+    """``model_setup`` with the placement and vLLM options the study's config declares."""
+    names = [f.name for f in dataclasses.fields(Parallel)]
+    parallel = (
+        Parallel(**{n: getattr(cfg, n) for n in names})
+        if hasattr(cfg, "tensor_parallel_size")
+        else ONE_DEVICE
+    )
+    return model_setup(
+        cfg.model,
+        cfg.device,
+        cfg.dtype,
+        device_map=getattr(cfg, "device_map", None),
+        max_memory=getattr(cfg, "max_memory", None),
+        parallel=parallel,
+        max_model_len=getattr(cfg, "max_model_len", None),
+    )
 
 
 def save_config(rd, cfg: Any) -> None:
@@ -61,9 +109,12 @@ def save_config(rd, cfg: Any) -> None:
 def run_study(entry: Study, cfg: Any) -> Path:
     """Run one study end to end; returns its run directory."""
     impl = entry.implementation()
-    setup = model_setup(cfg.model, cfg.device, cfg.dtype) if hasattr(cfg, "model") else None
+    shard = parse_shard(getattr(cfg, "shard", None))
+    setup = distributed_setup(cfg) if hasattr(cfg, "model") else None
     prepared: Prepared = impl.prepare(cfg, setup)
     data, resolved, name_parts = prepared.data, {}, list(prepared.name_parts)
+    if shard is not None:
+        name_parts.append(f"shard{shard.index}of{shard.count}")
     if data is not None:
         many = isinstance(data, list)
         resolved["data"] = [d.fingerprint for d in data] if many else data.fingerprint
@@ -84,9 +135,33 @@ def run_study(entry: Study, cfg: Any) -> Path:
         if setup is not None:
             rd.record_setup(cfg, setup.resolved, data, setup.device, **prepared.extra)
         save_config(rd, cfg)
+        if shard is not None:
+            merge.record_selection(rd, shard, prepared.selection)
         impl.execute(rd, cfg, setup, prepared)
         entry.plot_run(rd.path)
     return rd.path
+
+
+def merge_study(run_dirs: Sequence[Path], out: Path, quiet: bool = False) -> Path:
+    """`entrain merge`: the shard runs checked to belong together, their finished work put in
+    a new run at ``out``, and the study resumed there without ``--shard``: every example is
+    found done, so only the analysis and figures run, over all examples, by the same code as
+    an unsharded run (whose tables the merged ones therefore equal)."""
+    from .studies import STUDIES
+
+    shards = merge.check_shards(run_dirs)
+    command = shards.manifests[0]["command"]
+    entry = next((s for s in STUDIES if s.name == command), None)
+    if entry is None:
+        raise UserError(f"'{command}' runs have no shards to merge")
+    given = {"shard": None, "run_dir": out, "resume": True, "quiet": quiet}
+    # nothing is generated again: no vLLM engine, so no GPUs for its parallelism either
+    names = {f.name for f in dataclasses.fields(entry.config)}
+    given |= {n: 1 for n in ("tensor_parallel_size", "pipeline_parallel_size") if n in names}
+    cfg = options.build(entry.config, given, set(given), shards.runs[0] / "config.yaml")
+    with merge.open_merged(shards, out) as rd:
+        merge.copy_work(shards, rd)
+    return run_study(entry, cfg)
 
 
 def probe_stage(
@@ -149,17 +224,42 @@ def finish_counts(rd, **counts: Any) -> None:
 
 @dataclass(frozen=True)
 class Setup:
-    """The model a run uses, the device and the dtype: resolved before the run exists."""
+    """The model a run uses, the device and the dtype, and how it is spread over devices:
+    resolved and checked before the run exists."""
 
     resolved: models.ResolvedModel
     device: str
     dtype: torch.dtype
+    device_map: str | None = None  # the transformers model (probe, hf): --device-map
+    max_memory: str | None = None  # --max-memory, with device_map
+    parallel: Parallel = ONE_DEVICE  # vLLM's tensor / pipeline parallelism
+    max_model_len: int | None = None  # vLLM and hf: prompt + generation at most
 
 
-def model_setup(model: str | None, device: str, dtype: str) -> Setup:
-    """``--device``, ``--dtype`` and ``--model`` checked and resolved (in that order)."""
+def model_setup(
+    model: str | None,
+    device: str,
+    dtype: str,
+    *,
+    device_map: str | None = None,
+    max_memory: str | None = None,
+    parallel: Parallel = ONE_DEVICE,
+    max_model_len: int | None = None,
+) -> Setup:
+    """``--device``, ``--dtype``, the placement options and ``--model`` checked and resolved
+    (in that order); a parallel size larger than the visible devices is refused here."""
     picked = models.pick_device(device)
-    return Setup(models.resolve_model(model), picked, models.pick_dtype(dtype, picked))
+    models.placement(picked, device_map, max_memory)
+    parallel.check_devices(picked)
+    return Setup(
+        models.resolve_model(model),
+        picked,
+        models.pick_dtype(dtype, picked),
+        device_map,
+        max_memory,
+        parallel,
+        max_model_len,
+    )
 
 
 def model_slug(resolved: models.ResolvedModel) -> str:
@@ -170,7 +270,9 @@ def model_slug(resolved: models.ResolvedModel) -> str:
 def load_model(rd: RunDir, setup: Setup):
     """(model, tokenizer), the load timed as the run's ``load_model`` stage."""
     with rd.stage("load_model"):
-        return models.load_model(setup.resolved, setup.device, setup.dtype)
+        return models.load_model(
+            setup.resolved, setup.device, setup.dtype, setup.device_map, setup.max_memory
+        )
 
 
 def check_positive(*options: tuple[str, int | None]) -> None:
@@ -337,10 +439,12 @@ def engine_for(
         device=setup.device,
         dtype=setup.dtype,
         batch_size=batch_size,
+        max_model_len=setup.max_model_len,
+        parallel=setup.parallel,
         model=model,
         tokenizer=tokenizer,
     )
-    rd.update(engine=engine.name)
+    rd.update(engine=engine.name, engine_options=engine.record())
     try:
         yield engine
     finally:  # also when generation fails, so the memory is not left held

@@ -147,11 +147,63 @@ class RunOptions:
     quiet: bool = quiet_option()
 
 
+@dataclass
+class Distributed:
+    """Where the transformers model sits and which share of the examples a run does: every
+    study with a model has these."""
+
+    device_map: str | None = option(
+        None,
+        "Spread the transformers model (probe pass, hf generation) over all visible GPUs: auto "
+        "(fill them in order) or balanced (even them out).",
+        choices=("auto", "balanced"),
+        show_default=False,
+    )
+    max_memory: str | None = option(
+        None,
+        "With --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB.",
+        show_default=False,
+    )
+    shard: str | None = option(
+        None,
+        "Run only shard I of N (I/N, from 0): the examples whose SHA-256 of the id modulo N is "
+        "I, the same split on every machine; `entrain merge` joins the N runs.",
+        identity=True,
+        show_default=False,
+    )
+
+
+@dataclass
+class VLLMParallel(Distributed):
+    """vLLM's own parallelism: every study that generates has these."""
+
+    tensor_parallel_size: int = option(1, "vLLM: GPUs that split every layer.", minimum=1)
+    pipeline_parallel_size: int = option(
+        1, "vLLM: GPUs (or nodes, with ray) that hold consecutive blocks.", minimum=1
+    )
+    data_parallel_size: int = option(
+        1,
+        "vLLM data-parallel copies: only 1 (vLLM's offline engine refuses more in one "
+        "process); run --shard I/N processes instead.",
+        minimum=1,
+    )
+    distributed_executor_backend: str = option(
+        "mp", "vLLM workers: mp (one machine) or ray (a Ray cluster).", choices=("mp", "ray")
+    )
+    gpu_memory_utilization: float = option(0.9, "vLLM: share of each GPU's memory it may take.")
+    max_model_len: int | None = option(
+        None,
+        "Prompt + generation in tokens at most (default: the model's context).",
+        minimum=2,
+        show_default=False,
+    )
+
+
 # -- the studies' configs ------------------------------------------------------------------
 
 
 @dataclass
-class RankmathConfig(RunOptions):
+class RankmathConfig(RunOptions, Distributed):
     model: str | None = model_option()
     dataset: str = option("math500", "Registered dataset with a level field.")
     data_file: Path | None = data_file_option()
@@ -169,7 +221,7 @@ class RankmathConfig(RunOptions):
 
 
 @dataclass
-class DeepmathConfig(RunOptions):
+class DeepmathConfig(RunOptions, Distributed):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
     sample: int = option(
@@ -186,7 +238,7 @@ class DeepmathConfig(RunOptions):
 
 
 @dataclass
-class ConflictConfig(RunOptions):
+class ConflictConfig(RunOptions, Distributed):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
     limit: int | None = limit_option()
@@ -199,7 +251,7 @@ class ConflictConfig(RunOptions):
 
 
 @dataclass
-class LongreasonConfig(RunOptions):
+class LongreasonConfig(RunOptions, VLLMParallel):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
     splits: list[str] = listed(
@@ -222,7 +274,7 @@ class LongreasonConfig(RunOptions):
 
 
 @dataclass
-class AccuracyConfig(RunOptions):
+class AccuracyConfig(RunOptions, VLLMParallel):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
     limit: int | None = limit_option("Keep the first N problems of each level.")
@@ -265,7 +317,7 @@ class RobustnessSelection:
 
 
 @dataclass
-class RobustnessConfig(RunOptions, RobustnessSelection):
+class RobustnessConfig(RunOptions, Distributed, RobustnessSelection):
     model: str | None = model_option()
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
@@ -286,7 +338,7 @@ class RobustnessExportConfig(RobustnessSelection):
 
 
 @dataclass
-class CotConfig(RunOptions):
+class CotConfig(RunOptions, VLLMParallel):
     strategy: str | None = option(
         None,
         "cot (zero-shot), few-shot (random pool examples), auto-shot (the most similar ones) "
@@ -354,7 +406,7 @@ class CorrelateAnalysis:
 
 
 @dataclass
-class CorrelateConfig(RunOptions, CorrelateAnalysis):
+class CorrelateConfig(RunOptions, VLLMParallel, CorrelateAnalysis):
     model: str | None = model_option()
     dataset: str = option("writingprompts", "gsm8k, writingprompts or xsum.")
     data_file: Path | None = data_file_option()

@@ -17,6 +17,7 @@ from ..studies import (
 )
 from .build import build_command
 from .common import print_done
+from .merge import merge
 from .plot import plot
 from .report import report
 
@@ -86,6 +87,7 @@ variants) to a .jsonl or .json file; no model is loaded.""",
 app.add_typer(qa, name="qa")
 app.command(name="plot")(plot)
 app.command(name="report")(build_command(ReportConfig, report, report.__doc__))
+app.command(name="merge")(merge)
 
 
 def _version(value: bool) -> None:

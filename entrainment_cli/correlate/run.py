@@ -80,6 +80,8 @@ def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
     ids = data.ids[: cfg.limit]
     if not rows:
         raise UserError(f"no prompts selected from {data.location}")
+    keep, selection = pipeline.take_shard(cfg, ids)
+    rows, ids = [rows[i] for i in keep], [ids[i] for i in keep]
     golds = gold_answers(spec, rows, data.location) if cfg.grade else []
     from transformers import AutoConfig, AutoTokenizer
 
@@ -108,6 +110,7 @@ def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
         resolved,
         (sampling, ids, golds, tokenizer, built, fits, context),
         extra={"counts": {"prompts": len(built), "skipped_too_long": fits.count(False)}},
+        selection=selection,
     )
 
 

@@ -171,6 +171,8 @@ def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
     test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
     pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, option="--pool-file")
     test = test_problems(test_data, cfg.sample, cfg.seed)
+    keep, selection = pipeline.take_shard(cfg, test["id"])
+    test = test.iloc[keep].reset_index(drop=True)
     pool = pool_problems(pool_data, test_data, cfg.pool_size)
     if cfg.n_levels > len(pool):
         raise UserError(
@@ -189,6 +191,7 @@ def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
         resolved,
         (test, pool),
         extra={"pool": pool_data.identity()},
+        selection=selection,
     )
 
 

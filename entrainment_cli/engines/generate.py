@@ -17,12 +17,13 @@ gives different (equally distributed) samples on vLLM and on hf.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,9 +35,10 @@ log = logging.getLogger("entrain")
 
 KINDS = ("auto", "vllm", "hf")
 FINISH_REASONS = ("stop", "length")
+EXECUTOR_BACKENDS = ("mp", "ray")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sampling:
     temperature: float = 1.0
     top_p: float = 0.9
@@ -52,7 +54,87 @@ class Sampling:
             raise UserError(f"max tokens must be at least 1; got {self.max_tokens}")
 
 
-@dataclass
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+    """How vLLM spreads one model over devices: its own tensor / pipeline parallelism, with
+    ``mp`` (one machine) or ``ray`` (a Ray cluster, several machines) as the executor.
+
+    Data parallelism is several copies of the model, each generating a part of the prompts;
+    vLLM's offline engine refuses it in one process (``LLM(data_parallel_size>1)``), so a
+    size above 1 is refused here with the way that works: ``--shard I/N``, one process each.
+    """
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str = "mp"
+    gpu_memory_utilization: float = 0.9
+
+    def __post_init__(self) -> None:
+        for option, value in (
+            ("--tensor-parallel-size", self.tensor_parallel_size),
+            ("--pipeline-parallel-size", self.pipeline_parallel_size),
+            ("--data-parallel-size", self.data_parallel_size),
+        ):
+            if value < 1:
+                raise UserError(f"{option} must be at least 1; got {value}")
+        if self.data_parallel_size > 1:
+            raise UserError(
+                f"--data-parallel-size {self.data_parallel_size}: vLLM's offline engine does not "
+                "run data parallelism in one process; run the study as that many shards "
+                "instead (--shard I/N, one process per GPU group), then `entrain merge`"
+            )
+        if self.distributed_executor_backend not in EXECUTOR_BACKENDS:
+            raise UserError(
+                f"unknown --distributed-executor-backend '{self.distributed_executor_backend}'; "
+                "use mp (one machine) or ray (a Ray cluster)"
+            )
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise UserError(
+                f"--gpu-memory-utilization must be in (0, 1]; got {self.gpu_memory_utilization}"
+            )
+
+    @property
+    def world_size(self) -> int:
+        """Devices (or CPU workers) the model runs on."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def check_devices(self, device: str) -> None:
+        """Refuse, before anything is written, a size larger than the devices this machine
+        shows: visible GPUs for ``cuda``/``auto``, usable cores on the CPU (one worker each).
+        With ``ray`` the workers may sit on other machines: vLLM checks the cluster."""
+        if self.world_size == 1 or self.distributed_executor_backend == "ray":
+            return
+        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if on_gpu:
+            visible, what = torch.cuda.device_count(), "GPU(s) are visible"
+            fix = "set CUDA_VISIBLE_DEVICES to more GPUs, lower the sizes, or use ray"
+        else:
+            visible, what = len(os.sched_getaffinity(0)), "CPU core(s) are usable"
+            fix = "lower the sizes (on the CPU each worker needs a core of its own)"
+        if self.world_size > visible:
+            raise UserError(
+                f"tensor x pipeline parallel size is {self.world_size}, but only "
+                f"{visible} {what}; {fix}"
+            )
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``vllm.LLM``. One device needs no executor: vLLM then runs
+        the model in its own engine process, as without these options."""
+        kwargs: dict[str, Any] = {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+        }
+        if self.world_size > 1:
+            kwargs["distributed_executor_backend"] = self.distributed_executor_backend
+        return kwargs
+
+
+ONE_DEVICE = Parallel()  # the default: no parallelism
+
+
+@dataclasses.dataclass
 class Generation:
     token_ids: list[int]  # generated tokens; a final EOS/stop token is not included
     logprobs: list[float]  # raw log-prob (temperature 1, before top-p) of each token
@@ -61,6 +143,10 @@ class Generation:
 
 class Engine(Protocol):
     name: str  # "vllm" or "hf"
+
+    def record(self) -> dict[str, Any]:
+        """The engine's settings, for the manifest."""
+        ...
 
     def generate(
         self,
@@ -106,6 +192,7 @@ def make_engine(
     dtype: torch.dtype,
     batch_size: int,
     max_model_len: int | None = None,
+    parallel: Parallel = ONE_DEVICE,
     model=None,
     tokenizer=None,
 ) -> Engine:
@@ -114,13 +201,18 @@ def make_engine(
     ``auto`` is vLLM when it is importable, else hf. ``batch_size`` is the number of prompts
     per ``generate`` call for hf; vLLM schedules its own batches (continuous batching).
     ``max_model_len`` caps prompt + generation (vLLM defaults to the model's context length).
+    ``parallel``: how vLLM spreads the model over devices (hf ignores it: one device).
     ``model``/``tokenizer``: an already loaded transformers model for hf (else it is loaded).
     """
     kind = resolve_kind(kind)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1; got {batch_size}")
+    if max_model_len is not None and max_model_len < 2:
+        raise UserError(f"--max-model-len must be at least 2; got {max_model_len}")
     if kind == "vllm":
-        return VLLMEngine(model_path, device=device, dtype=dtype, max_model_len=max_model_len)
+        return VLLMEngine(
+            model_path, device=device, dtype=dtype, max_model_len=max_model_len, parallel=parallel
+        )
     if model is None or tokenizer is None:
         from .models import ResolvedModel, load_model
 
@@ -241,6 +333,9 @@ class HFEngine:
             bos_token_id=getattr(tokenizer, "bos_token_id", None),
         )
 
+    def record(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "max_model_len": self.max_model_len}
+
     def generate(
         self,
         prompts: list[list[int]],
@@ -315,20 +410,34 @@ class HFEngine:
 # vLLM
 # --------------------------------------------------------------------------------------------
 
-# One vllm.LLM per (path, dtype, max_model_len) per process: starting one takes ~20 s on CPU.
-_LLMS: dict[tuple[str, str, int | None], Any] = {}
+# One vllm.LLM per (path, dtype, max_model_len, parallel) per process: starting one takes
+# ~20 s on CPU.
+_LLMS: dict[tuple[str, str, int | None, Parallel], Any] = {}
 _VLLM_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 # On CPU, KV cache size when VLLM_CPU_KVCACHE_SPACE (GiB) is not set: vLLM's default reserves
 # gpu_memory_utilization (0.92) of *all* RAM and refuses to start when that is not free.
 _CPU_KV_CACHE_BYTES = 2 << 30
 
 
-def _vllm_llm(path: Path, device: str, dtype: torch.dtype, max_model_len: int | None):
-    key = (str(path), str(dtype), max_model_len)
+def _cpu_thread_binding(workers: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each CPU worker its own share of the usable cores:
+    vLLM's automatic binding wants one NUMA node per worker and refuses to start otherwise."""
+    cores = sorted(os.sched_getaffinity(0))
+    share = len(cores) // workers
+    return "|".join(
+        ",".join(str(c) for c in cores[i * share : (i + 1) * share]) for i in range(workers)
+    )
+
+
+def _vllm_llm(
+    path: Path, device: str, dtype: torch.dtype, max_model_len: int | None, parallel: Parallel
+):
+    key = (str(path), str(dtype), max_model_len, parallel)
     if key in _LLMS:
         return _LLMS[key]
     if dtype not in _VLLM_DTYPES:
         raise UserError(f"vLLM cannot run dtype {dtype}; use float32, float16 or bfloat16")
+    parallel.check_devices(device)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU-build warnings are noise here
     from vllm import LLM
     from vllm.platforms import current_platform
@@ -352,17 +461,45 @@ def _vllm_llm(path: Path, device: str, dtype: torch.dtype, max_model_len: int | 
         kwargs["enforce_eager"] = True
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kwargs["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
-    log.info("starting vLLM on %s (%s, %s)", path, _VLLM_DTYPES[dtype], device)
-    _LLMS[key] = LLM(
-        model=str(path),
-        tokenizer=str(path),
-        dtype=_VLLM_DTYPES[dtype],
-        seed=0,  # every request carries its own seed; this one is never used for sampling
-        max_model_len=max_model_len,
-        logprobs_mode="raw_logprobs",  # the default, stated: before temperature and top-p
-        **kwargs,
+    log.info(
+        "starting vLLM on %s (%s, %s, tensor x pipeline parallel %d x %d, %s)",
+        path,
+        _VLLM_DTYPES[dtype],
+        device,
+        parallel.tensor_parallel_size,
+        parallel.pipeline_parallel_size,
+        parallel.distributed_executor_backend,
     )
+    binding = {}
+    if on_cpu and parallel.world_size > 1 and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        binding["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_thread_binding(parallel.world_size)
+    with _environ(binding):  # read when the workers start
+        _LLMS[key] = LLM(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=_VLLM_DTYPES[dtype],
+            seed=0,  # every request carries its own seed; this one is never used for sampling
+            max_model_len=max_model_len,
+            logprobs_mode="raw_logprobs",  # the default, stated: before temperature and top-p
+            **parallel.llm_kwargs(),
+            **kwargs,
+        )
     return _LLMS[key]
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for the duration of the block, then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def close_engines(path: Path | None = None) -> None:
@@ -400,11 +537,23 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, path: Path, *, device: str, dtype: torch.dtype, max_model_len=None):
-        self.llm = _vllm_llm(path, device, dtype, max_model_len)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str,
+        dtype: torch.dtype,
+        max_model_len=None,
+        parallel: Parallel = ONE_DEVICE,
+    ):
+        self.llm = _vllm_llm(path, device, dtype, max_model_len, parallel)
+        self.parallel = parallel
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         tokenizer = self.llm.get_tokenizer()
         self.stop_ids = _stop_ids(tokenizer, self._hf_generation_config(path))
+
+    def record(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.parallel), "max_model_len": self.max_model_len}
 
     @staticmethod
     def _hf_generation_config(path: Path):

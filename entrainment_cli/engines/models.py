@@ -212,17 +212,68 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(resolved: ResolvedModel, device: str, dtype: torch.dtype):
-    """Load (model, tokenizer) for inference. ``device='auto'`` on several GPUs shards it."""
+DEVICE_MAPS = ("auto", "balanced")
+
+
+def parse_max_memory(spec: str | None) -> dict[int | str, str] | None:
+    """``--max-memory 0=20GiB,1=20GiB,cpu=64GiB`` -> accelerate's ``max_memory`` (GPU index or
+    ``cpu`` -> size); None when not given."""
+    if spec is None:
+        return None
+    out: dict[int | str, str] = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        device, _, size = part.partition("=")
+        device, size = device.strip(), size.strip()
+        if not size or not (device.isdigit() or device == "cpu"):
+            raise UserError(
+                f"--max-memory: cannot read '{part}'; give DEVICE=SIZE pairs, the device a GPU "
+                "index or cpu, e.g. --max-memory 0=20GiB,1=20GiB,cpu=64GiB"
+            )
+        out[int(device) if device.isdigit() else device] = size
+    if not out:
+        raise UserError("--max-memory is empty; e.g. --max-memory 0=20GiB,1=20GiB")
+    return out
+
+
+def placement(
+    device: str, device_map: str | dict | None = None, max_memory: str | None = None
+) -> dict:
+    """``from_pretrained`` keyword arguments that place the model: on ``device`` (None), or
+    spread over the visible GPUs by accelerate's ``device_map`` (``auto`` fills the GPUs in
+    order, ``balanced`` evens them out; a dict names each module's device), within
+    ``max_memory`` per device. ``device='cuda'`` with several GPUs visible means ``auto``."""
+    if device_map is None:
+        if max_memory is not None:
+            raise UserError("--max-memory needs --device-map auto or balanced")
+        if device == "cuda" and torch.cuda.device_count() > 1:
+            return {"device_map": "auto"}
+        return {}
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown --device-map '{device_map}'; use {' or '.join(DEVICE_MAPS)}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"--device-map needs --device cuda (or cpu); got --device {device}")
+    kwargs: dict = {"device_map": device_map}
+    memory = parse_max_memory(max_memory)
+    if memory is not None:
+        kwargs["max_memory"] = memory
+    return kwargs
+
+
+def load_model(
+    resolved: ResolvedModel,
+    device: str,
+    dtype: torch.dtype,
+    device_map: str | dict | None = None,
+    max_memory: str | None = None,
+):
+    """Load (model, tokenizer) for inference, placed as :func:`placement` says."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs: dict = {"dtype": dtype}
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        kwargs["device_map"] = "auto"
+    kwargs: dict = {"dtype": dtype, **placement(device, device_map, max_memory)}
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     if "device_map" not in kwargs:
         model.to(device)

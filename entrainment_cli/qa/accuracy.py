@@ -43,6 +43,8 @@ def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
     spec = registry.get_spec("math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit)
+    keep, selection = pipeline.take_shard(cfg, problems["id"])
+    problems = problems.iloc[keep].reset_index(drop=True)
     gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
     problems["gold"] = problems["id"].map(gold)
     layers = pipeline.model_layers(setup.resolved, cfg.layers)
@@ -60,7 +62,8 @@ def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
             f"({config.max_position_embeddings} tokens); lower --max-tokens"
         )
     resolved = {"layers": layers, "metrics": metric_names, "engine": kind}
-    return Prepared(data, [spec.name], resolved, (problems, tokenizer, tokens, built[0][1]))
+    state = (problems, tokenizer, tokens, built[0][1])
+    return Prepared(data, [spec.name], resolved, state, selection=selection)
 
 
 def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepared) -> None:

@@ -69,8 +69,12 @@ def prepare(cfg: ConflictConfig, setup: pipeline.Setup) -> Prepared:
     spec = registry.get_spec("conflict")
     data = registry.load(spec, cfg.data_file)
     frame = examples(data, cfg.limit)
+    # by item: an item's conditions stay together in one shard (the paired tests)
+    keep, selection = pipeline.take_shard(cfg, frame["item"])
+    frame = frame.iloc[keep].reset_index(drop=True)
     layers = pipeline.model_layers(setup.resolved, cfg.layers)
-    return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, frame)
+    resolved = {"layers": layers, "metrics": metric_names}
+    return Prepared(data, [spec.name], resolved, frame, selection=selection)
 
 
 def execute(rd: RunDir, cfg: ConflictConfig, setup: pipeline.Setup, prep: Prepared) -> None:

@@ -68,8 +68,11 @@ def prepare(cfg: DeepmathConfig, setup: pipeline.Setup) -> Prepared:
     spec = registry.get_spec("deepmath")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.sample, cfg.limit, cfg.seed)
+    keep, selection = pipeline.take_shard(cfg, problems["id"])
+    problems = problems.iloc[keep].reset_index(drop=True)
     layers = pipeline.model_layers(setup.resolved, cfg.layers)
-    return Prepared(data, [spec.name], {"layers": layers, "metrics": metric_names}, problems)
+    resolved = {"layers": layers, "metrics": metric_names}
+    return Prepared(data, [spec.name], resolved, problems, selection=selection)
 
 
 def execute(rd: RunDir, cfg: DeepmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:

@@ -92,6 +92,9 @@ def prepare(cfg: LongreasonConfig, setup: pipeline.Setup) -> Prepared:
         spec.check_split(split)
     kind = resolve_kind(cfg.engine)
     frame, loaded = examples(spec, cfg.data_file, splits, cfg.limit)
+    # by question: its prompts at every context length stay together (the paired tests)
+    keep, selection = pipeline.take_shard(cfg, frame["id"].str.partition("/")[2])
+    frame = frame.iloc[keep].reset_index(drop=True)
     layers = pipeline.model_layers(setup.resolved, cfg.layers)
     resolved = {"splits": splits, "layers": layers, "metrics": metric_names, "engine": kind}
     return Prepared(
@@ -100,6 +103,7 @@ def prepare(cfg: LongreasonConfig, setup: pipeline.Setup) -> Prepared:
         resolved,
         frame,
         extra={"dataset_splits": {d.split: d.identity() for d in loaded}},
+        selection=selection,
     )
 
 

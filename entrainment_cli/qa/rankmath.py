@@ -60,12 +60,14 @@ def prepare(cfg: RankmathConfig, setup: pipeline.Setup) -> Prepared:
         raise UserError(f"dataset '{cfg.dataset}' has no difficulty level; use math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit)
+    keep, selection = pipeline.take_shard(cfg, problems["id"])
+    problems = problems.iloc[keep].reset_index(drop=True)
     resolved = {
         "layers": pipeline.model_layers(setup.resolved, cfg.layers),
         "positions": pipeline.check_positions(cfg.positions),
         "metrics": metric_names,
     }
-    return Prepared(data, [spec.name], resolved, problems)
+    return Prepared(data, [spec.name], resolved, problems, selection=selection)
 
 
 def execute(rd: RunDir, cfg: RankmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:

@@ -268,8 +268,15 @@ def prepare(cfg: RobustnessConfig, setup: pipeline.Setup) -> Prepared:
         "metrics": metric_names,
     }
     noise_record = {lv.name: asdict(lv) for lv in levels}
+    keep, selection = pipeline.take_shard(cfg, questions["id"])  # after the categories
+    questions = questions.iloc[keep].reset_index(drop=True)
     return Prepared(
-        data, [spec.name], resolved, (questions, levels), extra={"noise_levels": noise_record}
+        data,
+        [spec.name],
+        resolved,
+        (questions, levels),
+        extra={"noise_levels": noise_record},
+        selection=selection,
     )
 
 

@@ -1,0 +1,100 @@
+"""`--shard I/N` and `entrain merge` on whole studies: the merged run equals the unsharded
+one (a probe-only study, `correlate` and `cot`), and the refusals (test_dist.py has the
+pieces)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def _tables_equal(merged: Path, whole: Path) -> list[str]:
+    """Every table of the unsharded run equals the merged run's; floats within 1e-4: a shard
+    batches its examples with other ones, which moves float32 values in their last bits."""
+    compared = []
+    for path in sorted((whole / "tables").glob("*")):
+        if path.suffix not in (".parquet", ".csv") or not path.is_file():
+            continue
+        read = pd.read_parquet if path.suffix == ".parquet" else pd.read_csv
+        other = merged / "tables" / path.name
+        assert other.is_file(), f"the merged run has no {path.name}"
+        pd.testing.assert_frame_equal(
+            read(other), read(path), check_exact=False, rtol=1e-4, atol=1e-5
+        )
+        compared.append(path.name)
+    return compared
+
+
+def _shard_and_merge(cli, tmp_path: Path, args: list, count: int) -> tuple[Path, Path]:
+    whole = tmp_path / "whole"
+    assert cli(*args, "--run-dir", whole).exit_code == 0
+    shards = []
+    for i in range(count):
+        run = tmp_path / f"shard{i}"
+        result = cli(*args, "--shard", f"{i}/{count}", "--run-dir", run)
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["shard"]["index"] == i and manifest["shard"]["count"] == count
+        assert manifest["identity"]["shard"] == f"{i}/{count}"
+        shards.append(run)
+    merged = tmp_path / "merged"
+    result = cli("merge", *reversed(shards), "--out", merged, "--quiet")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((merged / "manifest.json").read_text())
+    assert manifest["status"] == "done" and len(manifest["merged_from"]) == count
+    assert manifest["identity"] == json.loads((whole / "manifest.json").read_text())["identity"]
+    return merged, whole
+
+
+def test_probe_study_merged_equals_unsharded(cli, tiny_llama, tmp_path):
+    args = ["qa", "rankmath", "--model", tiny_llama, "--limit", "2", "--layers", "0,-1"]
+    args += ["--metrics", "l1,gini", "--n-boot", "50", "--quiet"]
+    merged, whole = _shard_and_merge(cli, tmp_path, args, 2)
+    assert {"samples.parquet", "summary.csv", "correlations.csv"} <= set(
+        _tables_equal(merged, whole)
+    )
+    assert sorted(p.name for p in (merged / "figures").iterdir()) == sorted(
+        p.name for p in (whole / "figures").iterdir()
+    )
+
+
+def test_correlate_merged_equals_unsharded(cli, tiny_peaked, tmp_path):
+    """Sampled at temperature 1: each prompt's random stream is seeded by its id, so the
+    shards generate the very tokens of the unsharded run."""
+    args = ["correlate", "--model", tiny_peaked, "--engine", "hf", "--limit", "5"]
+    args += ["--max-tokens", "12", "--batch-size", "2", "--n-boot", "50", "--quiet"]
+    merged, whole = _shard_and_merge(cli, tmp_path, args, 2)
+    compared = _tables_equal(merged, whole)
+    assert {"prompts.parquet", "tokens.parquet", "stats.csv"} <= set(compared)
+    tokens = pd.read_parquet(merged / "tables" / "tokens.parquet")
+    assert (
+        tokens["token_id"].tolist()
+        == pd.read_parquet(whole / "tables" / "tokens.parquet")["token_id"].tolist()
+    )
+
+
+def test_cot_merged_equals_unsharded(cli, tiny_llama, tmp_path):
+    args = ["cot", "--model", tiny_llama, "--curriculum", "--sample", "4", "--pool-size", "12"]
+    args += ["--max-tokens", "8", "--engine", "hf", "--batch-size", "4", "--quiet"]
+    merged, whole = _shard_and_merge(cli, tmp_path, args, 2)
+    assert {"generations.parquet", "ranking.parquet"} <= set(_tables_equal(merged, whole))
+
+
+def test_merge_refuses_shards_of_different_runs(cli, tiny_llama, tmp_path):
+    args = ["qa", "rankmath", "--model", tiny_llama, "--limit", "1", "--metrics", "l1", "--quiet"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(*args, "--shard", "0/2", "--run-dir", a).exit_code == 0
+    assert cli(*args, "--layers", "0", "--shard", "1/2", "--run-dir", b).exit_code == 0
+    out = tmp_path / "merged"
+    result = cli("merge", a, b, "--out", out)
+    assert result.exit_code == 2
+    assert "not shards of one study: their settings differ (layers:" in result.output
+    assert not out.exists()
+    result = cli("merge", a, "--out", out)
+    assert result.exit_code == 2 and "shard(s) 1/2 missing" in result.output
+    assert not out.exists()
+    result = cli(*args, "--shard", "2/2", "--run-dir", tmp_path / "c")
+    assert result.exit_code == 2 and "0 <= I < N" in result.output
+    assert not (tmp_path / "c").exists()
