@@ -560,7 +560,7 @@ class PretrainConfig(RunOptions):
 
 
 @dataclass
-class ProbeConfig(RunOptions):
+class ProbeConfig(RunOptions, VLLMParallel):
     model: str | None = model_option()
     data_file: Path | None = data_file_option()
     dataset: str | None = option(

@@ -98,3 +98,16 @@ def test_merge_refuses_shards_of_different_runs(cli, tiny_llama, tmp_path):
     result = cli(*args, "--shard", "2/2", "--run-dir", tmp_path / "c")
     assert result.exit_code == 2 and "0 <= I < N" in result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_entrain_probe_merged_equals_unsharded(cli, tiny_llama, tmp_path):
+    """`entrain probe` with a pair label shards by pair, so each shard can run its paired
+    tests and the merged paired statistics equal the unsharded ones."""
+    args = ["probe", "--model", tiny_llama, "--text-field", "text", "--label", "difficulty"]
+    args += ["--pair-id", "pair", "--condition", "phrasing", "--layers", "-1"]
+    args += ["--metrics", "l1,gini", "--n-boot", "50", "--quiet"]
+    merged, whole = _shard_and_merge(cli, tmp_path, args, 2)
+    assert "samples.parquet" in _tables_equal(merged, whole)
+    for i in range(2):
+        samples = pd.read_parquet(tmp_path / f"shard{i}" / "tables" / "samples.parquet")
+        assert (samples.groupby("pair")["phrasing"].nunique() == 2).all()

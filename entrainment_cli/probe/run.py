@@ -98,7 +98,12 @@ def prepare(cfg: ProbeConfig, setup: pipeline.Setup) -> Prepared:
         resolved["engine"] = resolve_kind(cfg.engine)
     questions = question_columns(cfg)
     data, examples = select(cfg, text_source(cfg), questions)
-    return Prepared(data, [data.spec.name], resolved, (examples, questions, sampling))
+    # by pair: a pair's conditions stay together in one shard (the paired tests)
+    by = examples[cfg.pair_id] if cfg.pair_id is not None else examples["id"]
+    keep, selection = pipeline.take_shard(cfg, by)
+    examples = examples.iloc[keep].reset_index(drop=True)
+    state = (examples, questions, sampling)
+    return Prepared(data, [data.spec.name], resolved, state, selection=selection)
 
 
 def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared) -> None:
