@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -22,7 +23,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from entrainment_cli.cli.app import app
-from entrainment_cli.plots.report import load_run
+from entrainment_cli.plots.report import load_run, signal_stats
 from entrainment_cli.runs import tracking
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science.stats import wilson_interval
@@ -458,3 +459,30 @@ def test_tables_of_another_layout_are_one_line(runs, tmp_path):
     result = CliRunner().invoke(app, ["report", str(old), "--out", str(tmp_path / "r.html")])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and f"{old}: its tables lack" in text and "spearman_rho" in text
+
+
+def test_graded_runs_report_their_best_signals(tmp_path):
+    """signals.csv's best PRRs (NaN ones left out) join a graded run's key statistics."""
+
+    assert signal_stats(tmp_path) == []  # not a graded run
+    table = pd.DataFrame(
+        {
+            "signal": ["stops", "entropy", "constant"],
+            "kind": ["token", "baseline", "token"],
+            "direction": ["lower", "higher", "higher"],
+            "n": [16, 16, 0],
+            "prr": [0.41, 0.2, np.nan],
+            "prr_lo": [0.1, -0.3, np.nan],
+            "prr_hi": [0.7, 0.6, np.nan],
+        }
+    )
+    table.to_csv(tmp_path / "signals.csv", index=False)
+    rows = signal_stats(tmp_path)
+    assert [r["statistic"] for r in rows] == [
+        "PRR stops (token, lower = error)",
+        "PRR entropy (baseline, higher = error)",
+    ]
+    assert [(r["value"], r["ci_lo"], r["ci_hi"], r["n"]) for r in rows] == [
+        (0.41, 0.1, 0.7, 16),
+        (0.2, -0.3, 0.6, 16),
+    ]

@@ -266,6 +266,19 @@ def probe_stats(tables: Path) -> list[dict]:
     return rows
 
 
+def signal_stats(tables: Path, top: int = 5) -> list[dict]:
+    """A graded run's best signals against correctness (tables/signals.csv, best PRR first):
+    PRR with its CI, beside the study's own statistics; none for other runs."""
+    path = tables / "signals.csv"
+    if not path.is_file():
+        return []
+    ranked = pd.read_csv(path).dropna(subset=["prr"]).head(top)
+    return [
+        stat(f"PRR {r.signal} ({r.kind}, {r.direction} = error)", r.prr, r.prr_lo, r.prr_hi, r.n)
+        for r in ranked.itertuples()
+    ]
+
+
 # command -> (tables its extractor reads, the extractor)
 KEY_STATISTICS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
     "qa rankmath": (("correlations.csv",), rankmath_stats),
@@ -334,7 +347,7 @@ def load_run(path: Path) -> Run:
             "finish the run with --resume, or rerun it"
         )
     try:
-        rows = extract(tables)
+        rows = extract(tables) + signal_stats(tables)
     except pd.errors.EmptyDataError:  # a study that had nothing to test writes an empty CSV
         rows = []
     except (KeyError, AttributeError) as e:  # a column or key this version does not write

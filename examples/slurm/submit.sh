@@ -5,7 +5,7 @@
 #   examples/slurm/submit.sh 4 1 /scratch/rankmath qa rankmath --model Qwen/Qwen2.5-7B-Instruct
 # or a 70B model, tensor parallel over 4 GPUs in each of 2 shards:
 #   examples/slurm/submit.sh 2 4 /scratch/correlate correlate --model meta-llama/Llama-3.1-70B \
-#       --engine vllm --dtype bfloat16 --n-prompts 1000
+#       --engine vllm --dtype bfloat16 --limit 1000
 # The merge job starts when every shard succeeded (afterok); OUT/merged is the run.
 set -euo pipefail
 if [ $# -lt 4 ]; then
