@@ -420,6 +420,16 @@ def test_seeds_report_mean_and_ci(tmp_path):
         assert row.accuracy_ci == pytest.approx(t * values.std(ddof=1) / np.sqrt(2))
     for name in ("seeds_accuracy", "pretrain_compare"):
         assert (out / "figures" / f"{name}.png").is_file()
+    # its one-page report gives each split's across-seed mean with that CI
+    from entrainment_cli.plots.report import load_run
+
+    reported = load_run(out).stats.set_index("statistic")
+    assert (out / "report.html").is_file()
+    assert (summary.layer == -1).any()
+    for row in summary[summary.layer == -1].itertuples():
+        r = reported.loc[f"accuracy {row.split} (mean of 2 seeds) [layer -1]"]
+        assert r["value"] == pytest.approx(row.accuracy)
+        assert r["ci_hi"] - r["ci_lo"] == pytest.approx(2 * row.accuracy_ci, nan_ok=True)
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def _final_slice(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The rows of the final layer (-1, after the last norm, else the deepest one) and of the
     first position: the papers' place; also a label saying which."""
     where = []
-    if "layer" in df:
+    if "layer" in df and len(df):
         layers = set(df["layer"])
         layer = -1 if -1 in layers else max(layers)
         df = df[df["layer"] == layer]
@@ -210,6 +210,19 @@ def correlate_stats(tables: Path) -> list[dict]:
 
 
 def pretrain_stats(tables: Path) -> list[dict]:
+    """Each split's final accuracy; for a ``--seeds`` run, its across-seed mean and t CI."""
+    if not (tables / "final.csv").is_file():
+        seeds, where = _final_slice(pd.read_csv(tables / "seeds.csv"))
+        return [
+            stat(
+                f"accuracy {r.split} (mean of {r.seeds} seeds) [{where}]",
+                r.accuracy,
+                r.accuracy - r.accuracy_ci,
+                r.accuracy + r.accuracy_ci,
+                r.n,
+            )
+            for r in seeds.iloc[::-1].itertuples()
+        ]
     final, where = _final_slice(pd.read_csv(tables / "final.csv"))
     return [
         _accuracy(f"accuracy {r.split} (final step) [{where}]", round(r.accuracy * r.n), r.n)
@@ -279,7 +292,7 @@ def signal_stats(tables: Path, top: int = 5) -> list[dict]:
     ]
 
 
-# command -> (tables its extractor reads, the extractor)
+# command -> (tables its extractor reads, "a|b" meaning either; the extractor)
 KEY_STATISTICS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] = {
     "qa rankmath": (("correlations.csv",), rankmath_stats),
     "qa deepmath": (("correlations.csv",), deepmath_stats),
@@ -289,7 +302,7 @@ KEY_STATISTICS: dict[str, tuple[tuple[str, ...], Callable[[Path], list[dict]]]] 
     "qa conflict": (("paired.csv",), conflict_stats),
     "cot": (("summary.json",), cot_stats),
     "correlate": (("stats.csv",), correlate_stats),
-    "pretrain": (("final.csv",), pretrain_stats),
+    "pretrain": (("final.csv|seeds.csv",), pretrain_stats),
     "probe": (("summary.csv",), probe_stats),
 }
 
@@ -340,7 +353,11 @@ def load_run(path: Path) -> Run:
         raise UserError(f"{path}: no report is defined for '{command}' runs")
     tables = path / "tables"
     needed, extract = KEY_STATISTICS[command]
-    missing = [f"tables/{t}" for t in needed if not (tables / t).is_file()]
+    missing = [  # "a|b": either table
+        " or ".join(f"tables/{t}" for t in ts.split("|"))
+        for ts in needed
+        if not any((tables / t).is_file() for t in ts.split("|"))
+    ]
     if missing:
         raise UserError(
             f"{path} lacks {', '.join(missing)} (status: {manifest.get('status', '?')}); "
