@@ -518,6 +518,39 @@ TOKEN_STATS = [
 ]
 
 
+def token_generation_stage(
+    rd, cfg, setup, kind, sampling, ids, texts, token_lists, rows, tokenizer
+) -> tuple[Any, Any]:
+    """The generation stage the token probe reads: the ``rows`` (positions in ``ids``) not yet
+    in ``generations`` are generated, each prompt (``texts``, ``token_lists``) beside its
+    sampled tokens and the engine's log-probs. A resumed run with nothing left starts no engine.
+    Returns (model, tokenizer): the transformers model when hf generated with it (else None:
+    not loaded yet) and the tokenizer to go on with."""
+    done = rd.done_ids("generations", "id")
+    todo = [i for i in rows if ids[i] not in done]
+    if not todo:
+        return None, tokenizer
+    model = None
+    if kind == "hf":  # the probe's model generates too
+        model, tokenizer = load_model(rd, setup)
+
+    def columns(part: list[int], gens: list[Generation]) -> dict:
+        return {
+            "id": [ids[i] for i in part],
+            "prompt": [texts[i] for i in part],
+            "prompt_token_ids": [token_lists[i] for i in part],
+            "token_ids": [g.token_ids for g in gens],
+            "engine_logprobs": [g.logprobs for g in gens],
+            "finish_reason": [g.finish_reason for g in gens],
+        }
+
+    engine = (kind, model, tokenizer)
+    generate_into(
+        rd, cfg, setup, engine, "generations", sampling, ids, token_lists, todo, columns=columns
+    )
+    return model, tokenizer
+
+
 def token_probe_stage(rd, cfg, probe, tokenizer, ids, device) -> None:
     """The per-token probe stage (resumable): one teacher-forced :class:`TokenProbe` pass over
     each ``generations`` row not yet ``probed``, its tokens appended to ``tokens``."""

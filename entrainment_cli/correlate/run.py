@@ -12,7 +12,7 @@ import logging
 
 from .. import pipeline
 from ..data import prompts, registry
-from ..engines.generate import Generation, Sampling, resolve_kind
+from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import parse_layers
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
@@ -126,28 +126,10 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
             context,
             cfg.max_tokens,
         )
-    model = None
-    done = rd.done_ids("generations", "id")
-    todo = [i for i, ok in enumerate(fits) if ok and ids[i] not in done]
-    if todo:  # a resumed run may have nothing left to generate: no engine start then
-        if kind == "hf":  # the probe's model generates too
-            model, tokenizer = pipeline.load_model(rd, setup)
-
-        def columns(part: list[int], gens: list[Generation]) -> dict:
-            """A shard of generations: the prompt beside its sampled tokens."""
-            return {
-                "id": [ids[i] for i in part],
-                "prompt": [texts[i] for i in part],
-                "prompt_token_ids": [token_lists[i] for i in part],
-                "token_ids": [g.token_ids for g in gens],
-                "engine_logprobs": [g.logprobs for g in gens],
-                "finish_reason": [g.finish_reason for g in gens],
-            }
-
-        engine = (kind, model, tokenizer)
-        pipeline.generate_into(
-            rd, cfg, setup, engine, "generations", sampling, ids, token_lists, todo, columns=columns
-        )
+    model, tokenizer = pipeline.token_generation_stage(
+        rd, cfg, setup, kind, sampling, ids, texts, token_lists,
+        [i for i, ok in enumerate(fits) if ok], tokenizer,
+    )  # fmt: skip
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["metrics"])

@@ -47,6 +47,23 @@ def _baselines(ax, part: pd.DataFrame) -> None:
             ax.plot(s.step, s[column], ls=style, lw=1, color=color, label=title if k == 0 else None)
 
 
+def _split_baselines(ax, frame: pd.DataFrame, present: list[str]) -> None:
+    """The model-free answerers' accuracy (the ``BASELINES`` columns ``frame`` has, indexed by
+    split) as a dashed line across each split's bar."""
+    for column, (title, style) in BASELINES.items():
+        if column in frame:
+            for x, split in enumerate(present):
+                ax.hlines(
+                    frame.loc[split, column],
+                    x - 0.4,
+                    x + 0.4,
+                    colors="black",
+                    linestyles=style,
+                    lw=1,
+                    label=title if x == 0 else None,
+                )
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Per probed layer: metrics and accuracy against step (one line per split, SEM bands,
     the baselines dashed), and the per-split comparison at the last step; plus the training
@@ -108,18 +125,7 @@ def plot_run(run_dir: Path) -> list[Path]:
             floor = 0 if name in ("accuracy", "loss") else None
             bar_ylim(ax, means, errs, f"{name} at {layer_name(layer)}", pad=0.3, floor=floor)
             if name == "accuracy":
-                for column, (title, style) in BASELINES.items():
-                    if column in last:
-                        for x, split in enumerate(present):
-                            ax.hlines(
-                                last.loc[split, column],
-                                x - 0.4,
-                                x + 0.4,
-                                colors="black",
-                                linestyles=style,
-                                lw=1,
-                                label=title if x == 0 else None,
-                            )
+                _split_baselines(ax, last, present)
                 drawn = last.loc[present, [c for c in BASELINES if c in last]].to_numpy(float)
                 if np.isfinite(drawn).any():  # keep the dashed lines inside the panel
                     ax.set_ylim(top=max(ax.get_ylim()[1], np.nanmax(drawn) * 1.1))
@@ -185,17 +191,7 @@ def plot_seeds(run_dir: Path) -> list[Path]:
         color=[SPLITS[s][1] for s in present],
         capsize=3,
     )
-    for column, (title, style) in BASELINES.items():
-        for x, split in enumerate(present):
-            ax.hlines(
-                summary.loc[split, column],
-                x - 0.4,
-                x + 0.4,
-                colors="black",
-                linestyles=style,
-                lw=1,
-                label=title if x == 0 else None,
-            )
+    _split_baselines(ax, summary, present)
     ax.axhline(0.1, color="grey", ls=":", lw=1, label="chance")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=7)

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import pipeline
 from ..data import registry
 from ..data.texts import TextSource, render
-from ..engines.generate import Generation, Sampling, resolve_kind
+from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..engines.token_probe import TokenProbe
 from ..errors import UserError
@@ -119,7 +119,10 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
     columns = ["id", "prompt", *dict.fromkeys(questions.values()), "n_prompt_tokens"]
     model = None
     if sampling is not None:  # first, so that a GPU vLLM engine is gone before the probe
-        model = generate(rd, cfg, setup, r["engine"], sampling, examples, tokens, tokenizer)
+        model, _ = pipeline.token_generation_stage(
+            rd, cfg, setup, r["engine"], sampling, examples["id"].tolist(),
+            examples["prompt"].tolist(), tokens.token_lists, tokens.keep, tokenizer,
+        )  # fmt: skip
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     already_done = pipeline.probe_samples(
@@ -153,37 +156,6 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
         write_analysis(rd, cfg, samples, metrics, per_token)
     nonfinite = pipeline.count_nonfinite(samples, metrics)
     finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite)
-
-
-def generate(rd, cfg, setup, kind, sampling, examples, tokens, tokenizer):
-    """The generation stage (resumable) into ``generations``; returns the transformers model
-    when hf generated with it (else None: not loaded yet)."""
-    ids = examples["id"].tolist()
-    texts = examples["prompt"].tolist()
-    done = rd.done_ids("generations", "id")
-    todo = [i for i in tokens.keep if ids[i] not in done]
-    if not todo:  # a resumed run with nothing left: no engine start
-        return None
-    model = None
-    if kind == "hf":  # the probe's model generates too
-        model, tokenizer = pipeline.load_model(rd, setup)
-
-    def columns(part: list[int], gens: list[Generation]) -> dict:
-        return {
-            "id": [ids[i] for i in part],
-            "prompt": [texts[i] for i in part],
-            "prompt_token_ids": [tokens.token_lists[i] for i in part],
-            "token_ids": [g.token_ids for g in gens],
-            "engine_logprobs": [g.logprobs for g in gens],
-            "finish_reason": [g.finish_reason for g in gens],
-        }
-
-    engine = (kind, model, tokenizer)
-    pipeline.generate_into(
-        rd, cfg, setup, engine, "generations", sampling, ids, tokens.token_lists, todo,
-        columns=columns,
-    )  # fmt: skip
-    return model
 
 
 def token_summary(rd, cfg, setup, model, tokenizer, examples, ids) -> pd.DataFrame:
