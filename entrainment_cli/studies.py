@@ -10,10 +10,12 @@ here: ``entrain --help`` reads this module alone.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .data import registry
 from .options import listed, option
 
 # -- options several studies share (each declared once, here) --------------------------------
@@ -26,6 +28,12 @@ def model_option() -> Any:
         "Default: the embedded SmolLM2-135M-Instruct (offline).",
         show_default=False,
     )
+
+
+def dataset_option(default: str, kind: str, keep: Callable[[registry.DatasetSpec], bool]) -> Any:
+    """``--dataset``: the registered datasets the study can use, checked before the model."""
+    names = registry.dataset_names(keep)
+    return option(default, f"Registered dataset {kind}: {', '.join(names)}.", choices=names)
 
 
 def data_file_option() -> Any:
@@ -205,7 +213,7 @@ class VLLMParallel(Distributed):
 @dataclass
 class RankmathConfig(RunOptions, Distributed):
     model: str | None = model_option()
-    dataset: str = option("math500", "Registered dataset with a level field.")
+    dataset: str = dataset_option("math500", "with a level field", lambda s: "level" in s.fields)
     data_file: Path | None = data_file_option()
     limit: int | None = limit_option("Keep the first N problems of each level.")
     layers: str = layers_option()
@@ -293,7 +301,7 @@ class AccuracyConfig(RunOptions, VLLMParallel):
 class RobustnessSelection:
     """The questions and their noisy variants: shared by the study and its export."""
 
-    dataset: str = option("mmlu_pro", "Registered multiple-choice dataset.")
+    dataset: str = dataset_option("mmlu_pro", "of multiple choice", lambda s: "options" in s.fields)
     data_file: Path | None = data_file_option()
     categories: list[str] | None = listed(
         "all",
@@ -408,7 +416,9 @@ class CorrelateAnalysis:
 @dataclass
 class CorrelateConfig(RunOptions, VLLMParallel, CorrelateAnalysis):
     model: str | None = model_option()
-    dataset: str = option("writingprompts", "gsm8k, writingprompts or xsum.")
+    dataset: str = dataset_option(
+        "writingprompts", "with a prompt text", lambda s: s.text is not None
+    )
     data_file: Path | None = data_file_option()
     limit: int = option(100, "The first N prompts of the dataset.", identity=True, minimum=1)
     max_tokens: int = max_tokens_option(100)

@@ -46,7 +46,9 @@ def test_console_script_exit_code_on_bad_input(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: unknown dataset 'gsm9k'")
+    assert proc.stderr.strip().startswith(
+        "error: unknown --dataset 'gsm9k'; use one of math500, math_train"
+    )
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 

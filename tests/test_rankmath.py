@@ -205,8 +205,10 @@ def test_plot_rebuilds_figures_and_compares(cli, finished, tiny_llama, tmp_path)
     [
         (
             ["--dataset", "nope"],
-            "unknown dataset 'nope'; known datasets: " + ", ".join(sorted(registry.REGISTRY)),
+            "unknown --dataset 'nope'; use one of "
+            + ", ".join(sorted(n for n, s in registry.REGISTRY.items() if "level" in s.fields)),
         ),
+        (["--dataset", "gsm8k"], "unknown --dataset 'gsm8k'; use one of math500, math_train"),
         (["--layers", "7"], "layer 7 is out of range; this model has 3 blocks"),
         (["--metrics", "l1,sparsiness"], "unknown metric 'sparsiness'; known metrics: l1,"),
         (["--positions", "first"], "unknown position 'first'"),

@@ -70,11 +70,6 @@ def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
         hidden = None if cfg.metrics == ["all"] else cfg.metrics
         metric_names = pipeline.metric_names(hidden)
     spec = registry.get_spec(cfg.dataset)
-    if spec.text is None:
-        raise UserError(
-            f"dataset '{cfg.dataset}' has no prompt text; use one of "
-            + ", ".join(n for n, s in registry.REGISTRY.items() if s.text)
-        )
     data = registry.load(spec, cfg.data_file)
     rows = data.rows[: cfg.limit]
     ids = data.ids[: cfg.limit]

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,11 @@ def parse_level(value, where: str) -> int:
             f"{where}: field 'level' is {value!r}, not a level from 1 up like 3 or 'Level 3'"
         )
     return level
+
+
+def dataset_names(keep: Callable[[DatasetSpec], bool]) -> tuple[str, ...]:
+    """The registered datasets a study can use: its ``--dataset`` choices."""
+    return tuple(sorted(name for name, spec in REGISTRY.items() if keep(spec)))
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -56,8 +56,6 @@ def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
 def prepare(cfg: RankmathConfig, setup: pipeline.Setup) -> Prepared:
     metric_names = pipeline.metric_names(cfg.metrics)
     spec = registry.get_spec(cfg.dataset)
-    if "level" not in spec.fields:
-        raise UserError(f"dataset '{cfg.dataset}' has no difficulty level; use math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit)
     keep, selection = pipeline.take_shard(cfg, problems["id"])

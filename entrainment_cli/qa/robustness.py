@@ -257,8 +257,6 @@ def prepare(cfg: RobustnessConfig, setup: pipeline.Setup) -> Prepared:
     metric_names = pipeline.metric_names(cfg.metrics)
     levels = noise_levels(cfg.noise)
     spec = registry.get_spec(cfg.dataset)
-    if "options" not in spec.fields:
-        raise UserError(f"dataset '{cfg.dataset}' is not multiple choice; use mmlu_pro")
     data = registry.load(spec, cfg.data_file)
     questions = select(data, cfg.categories, cfg.limit or None)
     resolved = {
