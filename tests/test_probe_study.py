@@ -283,3 +283,57 @@ def test_report_names_each_question_with_its_effect(questions_run, tmp_path):
         kw.loc["gini", "epsilon_sq"]
     )
     assert f"rank-biserial r(hoyer: symbolic - verbal) {where}" in rows.index
+
+
+def test_interrupted_probe_resumes_to_the_same_tables(tiny_llama, template_run, csv_file, tmp_path):
+    """Ctrl-C in the third batch, then --resume: the tables equal the uninterrupted run's."""
+    from entrainment_cli.engines.probe import HiddenProbe
+
+    args = (
+        "probe", "--model", tiny_llama, "--data-file", csv_file, "--template",
+        "Question: {text}", "--no-chat", "--id-field", "id", "--label", "difficulty",
+        "--layers", "0,-1", "--positions", "last-prompt,mean-prompt", "--metrics",
+        ",".join(NAMES), "--batch-size", "5", "--n-boot", "200", "--quiet",
+    )  # fmt: skip
+    part = tmp_path / "part"
+    real, calls = HiddenProbe.measure, {"n": 0}
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(HiddenProbe, "measure", dying)
+        assert _invoke(*args, "--run-dir", part).exit_code == 130
+    assert read_manifest(part)["status"] == "failed"
+    assert not (part / "tables" / "samples.parquet").exists()
+    result = _invoke(*args, "--run-dir", part, "--resume")
+    assert result.exit_code == 0, result.output
+    m = read_manifest(part)
+    assert m["status"] == "done" and m["resumed"] == 1 and m["counts"]["already_done"] == 10
+    for table in ("samples.parquet", "label_correlations.csv"):
+        read = pd.read_parquet if table.endswith(".parquet") else pd.read_csv
+        pd.testing.assert_frame_equal(
+            read(template_run / "tables" / table), read(part / "tables" / table)
+        )
+
+
+def test_vllm_generation_on_embedded_model(vllm_engine, tmp_path):
+    """`--engine vllm`: the session's engine generates, the hf probe re-scores the tokens."""
+    out = tmp_path / "run"
+    result = _invoke(
+        "probe", "--label", "difficulty", "--limit", "4", "--max-tokens", "8", "--engine",
+        "vllm", "--metrics", "l1", "--n-boot", "50", "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m["engine"] == "vllm" and m["model"]["source"] == "embedded"
+    tokens = pd.read_parquet(out / "tables" / "tokens.parquet")
+    assert tokens["id"].nunique() == 4 and (tokens.groupby("id").size() <= 8).all()
+    assert (tokens["engine_logprob"] - tokens["logprob"]).abs().max() < 1e-3
+    summary = pd.read_parquet(out / "tables" / "token_summary.parquet")
+    assert summary["entropy_mean"].to_numpy() == pytest.approx(
+        tokens.groupby("id")["entropy"].mean()[summary["id"]].to_numpy()
+    )
