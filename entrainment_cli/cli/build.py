@@ -13,7 +13,7 @@ import typer
 
 from .. import options
 from ..studies import RunOptions
-from .common import command
+from .common import command, reflow
 
 CONFIG_HELP = (
     "YAML or TOML file of option values (keys as the option names, e.g. max_tokens or "
@@ -74,5 +74,5 @@ def build_command(cls: type, action: Callable[[Any], None], help: str) -> Callab
         action(options.build(cls, values, given, config))
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    callback.__doc__ = help
+    callback.__doc__ = reflow(help)
     return callback

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import inspect
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +30,14 @@ def print_done(run_dir: Path, log_to: str | None = None) -> None:
         console.print(f"  logged:  {line}", highlight=False)
 
 
+def reflow(text: str | None) -> str | None:
+    """A docstring's paragraphs as single lines (list items keep theirs): Typer's rich help
+    keeps every line break, which a terminal narrower than the source leaves ragged."""
+    if text is None:
+        return None
+    return re.sub(r"(?<=\S)\n(?![\n\s]|[-*] )", " ", inspect.cleandoc(text))
+
+
 def command(func):
     """Turn a UserError into one red line on stderr and exit code 2, no traceback."""
 
@@ -40,4 +50,5 @@ def command(func):
             console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
+    wrapper.__doc__ = reflow(func.__doc__)
     return wrapper
