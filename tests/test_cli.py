@@ -69,3 +69,25 @@ def test_rankmath_on_embedded_defaults(cli, embedded, tmp_path):
     s = pd.read_parquet(out / "tables" / "samples.parquet")
     assert len(s) == 10 and s["l1"].between(100, 5000).all()
     assert s["prompt"].str.contains("Give only the final answer").all()
+
+
+def test_help_paragraphs_are_reflowed_for_any_width():
+    from entrainment_cli.cli.common import reflow
+
+    doc = """First line.
+
+    A paragraph broken
+    at the source's width.
+    - an item
+    - another
+      continued"""
+    assert reflow(doc) == (
+        "First line.\n\nA paragraph broken at the source's width.\n"
+        "- an item\n- another\n  continued"
+    )
+    from typer.testing import CliRunner
+
+    from entrainment_cli.cli.app import app
+
+    out = CliRunner().invoke(app, ["merge", "--help"], env={"COLUMNS": "200"}).output
+    assert "(same command, model weights, data, seed and options;" in out  # one line at 200
