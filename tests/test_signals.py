@@ -63,8 +63,9 @@ def test_prr_worked_example_from_lm_polygraphs_definition():
     every k (180/60). PRR = (211 - 180) / (261 - 180) = 31/81; AURC = 1 - 211/300 = 89/300.
     Errors have u 0.35 and 0.8, right answers 0.1, 0.4, 0.7: ROC-AUC = 4/6; by descending u
     the errors come 1st (precision 1) and 4th (2/4): AP = (1 + 1/2) / 2 = 3/4.
-    lm-polygraph 0.7.0, run once on these inputs in a throwaway venv (it pulls in ~150
-    packages, so it is no dev dependency), gives PRA 211/300 and oracle 261/300 to float
+    lm-polygraph 0.7.0 cannot be a dev dependency (its hydra-core pins antlr4-python3-runtime
+    4.9, our math-verify[antlr4_13_2] needs 4.13.2: pip's ResolutionImpossible); its
+    ue_metrics code, run on these inputs, gives PRA 211/300 and oracle 261/300 to float
     precision; its random baseline is a 1000-shuffle Monte Carlo estimate (0.5952 here, so
     PRR 0.393) of the mean quality 3/5, which is used here exactly."""
     u = [0.1, 0.4, 0.35, 0.8, 0.7]
