@@ -8,7 +8,8 @@ functions: ``prepare(cfg, setup) -> Prepared`` does every check and selection th
 data or the model's config, before the run directory exists; ``execute(rd, cfg, setup,
 prepared)`` runs the stages (prompts, generation, probe, analysis) inside it. The runner
 builds the run's identity from the config's identity fields (with the resolved forms that
-``prepare`` gives) and draws the figures from the saved tables.
+``prepare`` gives) and draws the figures from the saved tables. A study that only probes its
+prompts declares a :class:`ProbeStudy`, whose two methods are those functions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 
 from . import options
+from .data import registry
 from .engines import models
 from .engines.generate import (
     ONE_DEVICE,
@@ -164,44 +166,76 @@ def merge_study(run_dirs: Sequence[Path], out: Path, quiet: bool = False) -> Pat
     return run_study(entry, cfg)
 
 
-def probe_stage(
-    rd,
-    cfg: Any,
-    setup: Setup,
-    frame: pd.DataFrame,
-    build: Callable[[Any, Any], tuple[str, str]],
-    columns: Sequence[str],
-    probe_args: dict[str, Any],
-    counts: dict[str, int],
-) -> tuple[Any, Any]:
-    """The probe-only studies' stage: load the model, build each row's prompt with
-    ``build(tokenizer, row)``, tokenize (rows too long are skipped and counted), probe the
-    ``samples`` table (``columns`` of ``frame`` beside each metric; ``probe_args`` are the
-    :class:`HiddenProbe`'s layers, positions and logit ids) and record the counts.
-    Returns (model, tokenizer)."""
-    model, tokenizer = load_model(rd, setup)
-    built = [build(tokenizer, row) for row in frame.itertuples(index=False)]
-    frame["prompt"] = [text for text, _ in built]
-    tokens = tokenize_prompts(frame, tokenizer, model)
-    metrics = probe_args.pop("metrics")
-    already_done = probe_samples(
-        rd,
-        cfg,
-        frame[list(columns)],
-        tokens,
-        HiddenProbe(model, **probe_args),
-        metrics,
-        tokenizer.pad_token_id,
-    )
-    rd.update(
-        prompt_format=built[0][1],
-        counts={
-            **counts,
-            "skipped_too_long": len(tokens.skipped),
-            "already_done": already_done,
-        },
-    )
-    return model, tokenizer
+@dataclass(frozen=True)
+class ProbeStudy:
+    """A study that only probes its prompts (no generation), as a declaration: its
+    ``prepare`` and ``execute`` are the same for all, from what it declares.
+
+    ``dataset(cfg)`` is the registry name; ``select(data, cfg)`` the examples (a frame with
+    ``columns`` but ``prompt``/``n_prompt_tokens`` and what ``prompt`` reads); ``shard_by`` the
+    column ``--shard`` splits on (the paired studies keep an item's rows together);
+    ``prompt(tokenizer, row)`` its (text, format); ``positions(cfg)`` the probed positions
+    when the study has ``--positions`` (None: the last prompt token only); ``analysis(rd,
+    samples, metrics, cfg)`` writes its tables from the ``samples`` table; ``counts(frame)``
+    what the manifest counts; ``what`` the example, in the message when none was probed."""
+
+    dataset: Callable[[Any], str]
+    select: Callable[[Any, Any], pd.DataFrame]
+    prompt: Callable[[Any, Any], tuple[str, str]]
+    columns: tuple[str, ...]
+    analysis: Callable[[RunDir, pd.DataFrame, list[str], Any], None]
+    counts: Callable[[pd.DataFrame], dict[str, int]]
+    positions: Callable[[Any], list[str]] | None = None
+    shard_by: str = "id"
+    what: str = "prompt"
+
+    def prepare(self, cfg: Any, setup: Setup) -> Prepared:
+        names = metric_names(cfg.metrics)
+        spec = registry.get_spec(self.dataset(cfg))
+        data = registry.load(spec, cfg.data_file)
+        frame = self.select(data, cfg)
+        keep, selection = take_shard(cfg, frame[self.shard_by])
+        frame = frame.iloc[keep].reset_index(drop=True)
+        resolved = {"layers": model_layers(setup.resolved, cfg.layers)}
+        if self.positions is not None:
+            resolved["positions"] = check_positions(self.positions(cfg))
+        resolved["metrics"] = names
+        return Prepared(data, [spec.name], resolved, frame, selection=selection)
+
+    def execute(self, rd: RunDir, cfg: Any, setup: Setup, prep: Prepared) -> None:
+        """Load the model, build each row's prompt, tokenize (rows too long are skipped and
+        counted), probe the ``samples`` table, then the study's analysis."""
+        frame, r = prep.state, prep.resolved
+        positions = r.get("positions", ["last-prompt"])
+        model, tokenizer = load_model(rd, setup)
+        built = [self.prompt(tokenizer, row) for row in frame.itertuples(index=False)]
+        frame["prompt"] = [text for text, _ in built]
+        tokens = tokenize_prompts(frame, tokenizer, model)
+        probe = HiddenProbe(model, layers=r["layers"], positions=positions)
+        columns = list(self.columns)
+        already_done = probe_samples(
+            rd, cfg, frame[columns], tokens, probe, r["metrics"], tokenizer.pad_token_id
+        )
+        rd.update(
+            prompt_format=built[0][1],
+            counts={
+                **self.counts(frame),
+                "skipped_too_long": len(tokens.skipped),
+                "already_done": already_done,
+            },
+        )
+        keys = ["id", "layer", "position"] if self.positions is not None else ["id", "layer"]
+        with rd.stage("analysis"):
+            samples = read_samples(
+                rd, keys, frame["id"], [*columns, "layer", "position", *r["metrics"]], self.what
+            )
+            rd.write_table("samples", samples)
+            self.analysis(rd, samples, r["metrics"], cfg)
+        finish_counts(
+            rd,
+            probed=int(samples["id"].nunique()),
+            nonfinite_values=count_nonfinite(samples, r["metrics"]),
+        )
 
 
 def read_samples(

@@ -16,10 +16,8 @@ import pandas as pd
 from .. import pipeline
 from ..data import prompts, registry
 from ..errors import UserError
-from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
 from ..science import sparsity, stats
-from ..studies import ConflictConfig
 
 SYSTEM_PROMPT = (
     "Judge whether the knowledge in the context is correct, then answer the question. "
@@ -64,39 +62,16 @@ def examples(data: registry.LoadedData, limit: int | None) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def prepare(cfg: ConflictConfig, setup: pipeline.Setup) -> Prepared:
-    metric_names = pipeline.metric_names(cfg.metrics)
-    spec = registry.get_spec("conflict")
-    data = registry.load(spec, cfg.data_file)
-    frame = examples(data, cfg.limit)
-    # by item: an item's conditions stay together in one shard (the paired tests)
-    keep, selection = pipeline.take_shard(cfg, frame["item"])
-    frame = frame.iloc[keep].reset_index(drop=True)
-    layers = pipeline.model_layers(setup.resolved, cfg.layers)
-    resolved = {"layers": layers, "metrics": metric_names}
-    return Prepared(data, [spec.name], resolved, frame, selection=selection)
-
-
-def execute(rd: RunDir, cfg: ConflictConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    frame, metric_names = prep.state, prep.resolved["metrics"]
-    columns = ["id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"]
-    probe_stage(
-        rd,
-        cfg,
-        setup,
-        frame,
-        lambda tokenizer, row: build_prompt(tokenizer, row.context, row.question),
-        columns,
-        {"layers": prep.resolved["layers"], "positions": ["last-prompt"], "metrics": metric_names},
-        {"items": int(frame["item"].nunique()), "prompts": len(frame)},
-    )
-    with rd.stage("analysis"):
-        samples = read_samples(
-            rd, ["id", "layer"], frame["id"], [*columns, "layer", "position", *metric_names]
-        )
-        rd.write_table("samples", samples)
-        write_analysis(rd, samples, metric_names)
-    finish_counts(rd, nonfinite_values=pipeline.count_nonfinite(samples, metric_names))
+STUDY = pipeline.ProbeStudy(
+    dataset=lambda cfg: "conflict",
+    select=lambda data, cfg: examples(data, cfg.limit),
+    prompt=lambda tokenizer, row: build_prompt(tokenizer, row.context, row.question),
+    columns=("id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"),
+    analysis=lambda rd, samples, metrics, cfg: write_analysis(rd, samples, metrics),
+    counts=lambda frame: {"items": int(frame["item"].nunique()), "prompts": len(frame)},
+    shard_by="item",  # an item's conditions stay together in one shard (the paired tests)
+)
+prepare, execute = STUDY.prepare, STUDY.execute  # what the pipeline calls
 
 
 def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -18,10 +18,8 @@ import pandas as pd
 from .. import pipeline
 from ..data import registry
 from ..errors import UserError
-from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
 from ..science import stats
-from ..studies import DeepmathConfig
 from .rankmath import build_prompt
 
 log = logging.getLogger("entrain")
@@ -63,43 +61,18 @@ def select(data: registry.LoadedData, n: int, limit: int | None, seed: int) -> p
     return frame.reset_index(drop=True)
 
 
-def prepare(cfg: DeepmathConfig, setup: pipeline.Setup) -> Prepared:
-    metric_names = pipeline.metric_names(cfg.metrics)
-    spec = registry.get_spec("deepmath")
-    data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.sample, cfg.limit, cfg.seed)
-    keep, selection = pipeline.take_shard(cfg, problems["id"])
-    problems = problems.iloc[keep].reset_index(drop=True)
-    layers = pipeline.model_layers(setup.resolved, cfg.layers)
-    resolved = {"layers": layers, "metrics": metric_names}
-    return Prepared(data, [spec.name], resolved, problems, selection=selection)
-
-
-def execute(rd: RunDir, cfg: DeepmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    problems, metric_names = prep.state, prep.resolved["metrics"]
-    columns = ["id", "difficulty", "topic", "prompt", "n_prompt_tokens"]
-    probe_stage(
-        rd,
-        cfg,
-        setup,
-        problems,
-        lambda tokenizer, row: build_prompt(tokenizer, row.question),
-        columns,
-        {"layers": prep.resolved["layers"], "positions": ["last-prompt"], "metrics": metric_names},
-        {"problems": len(problems)},
-    )
-    with rd.stage("analysis"):
-        samples = read_samples(
-            rd, ["id", "layer"], problems["id"], [*columns, "layer", "position", *metric_names],
-            "problem",
-        )  # fmt: skip
-        rd.write_table("samples", samples)
-        write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
-    finish_counts(
-        rd,
-        probed=int(samples["id"].nunique()),
-        nonfinite_values=pipeline.count_nonfinite(samples, metric_names),
-    )
+STUDY = pipeline.ProbeStudy(
+    dataset=lambda cfg: "deepmath",
+    select=lambda data, cfg: select(data, cfg.sample, cfg.limit, cfg.seed),
+    prompt=lambda tokenizer, row: build_prompt(tokenizer, row.question),
+    columns=("id", "difficulty", "topic", "prompt", "n_prompt_tokens"),
+    analysis=lambda rd, samples, metrics, cfg: write_analysis(
+        rd, samples, metrics, cfg.seed, cfg.n_boot
+    ),
+    counts=lambda problems: {"problems": len(problems)},
+    what="problem",
+)
+prepare, execute = STUDY.prepare, STUDY.execute  # what the pipeline calls
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):

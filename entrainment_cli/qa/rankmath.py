@@ -7,19 +7,13 @@ Pearson with a bootstrap CI, NaN/inf reported instead of averaged in as 0.
 
 from __future__ import annotations
 
-import logging
-
 import pandas as pd
 
 from .. import pipeline
 from ..data import prompts, registry
 from ..errors import UserError
-from ..pipeline import Prepared, finish_counts, probe_stage, read_samples
 from ..runs.rundir import RunDir
 from ..science import stats
-from ..studies import RankmathConfig
-
-log = logging.getLogger("entrain")
 
 SYSTEM_PROMPT = (
     "You are a math tutor. Work the problem out step by step in your head, "
@@ -53,44 +47,19 @@ def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
     return prompts.chat_prompt(tokenizer, SYSTEM_PROMPT, problem + USER_SUFFIX)
 
 
-def prepare(cfg: RankmathConfig, setup: pipeline.Setup) -> Prepared:
-    metric_names = pipeline.metric_names(cfg.metrics)
-    spec = registry.get_spec(cfg.dataset)
-    data = registry.load(spec, cfg.data_file)
-    problems = select(data, cfg.limit)
-    keep, selection = pipeline.take_shard(cfg, problems["id"])
-    problems = problems.iloc[keep].reset_index(drop=True)
-    resolved = {
-        "layers": pipeline.model_layers(setup.resolved, cfg.layers),
-        "positions": pipeline.check_positions(cfg.positions),
-        "metrics": metric_names,
-    }
-    return Prepared(data, [spec.name], resolved, problems, selection=selection)
-
-
-def execute(rd: RunDir, cfg: RankmathConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    problems, r = prep.state, prep.resolved
-    columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
-    probe_stage(
-        rd,
-        cfg,
-        setup,
-        problems,
-        lambda tokenizer, row: build_prompt(tokenizer, row.problem),
-        columns,
-        {"layers": r["layers"], "positions": r["positions"], "metrics": r["metrics"]},
-        {"problems": len(problems)},
-    )
-    metric_names = r["metrics"]
-    with rd.stage("analysis"):
-        keys = ["id", "layer", "position"]
-        samples = read_samples(
-            rd, keys, problems["id"], [*columns, "layer", "position", *metric_names], "problem"
-        )
-        rd.write_table("samples", samples)
-        write_analysis(rd, samples, metric_names, cfg.seed, cfg.n_boot)
-    nonfinite = pipeline.count_nonfinite(samples, metric_names)
-    finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite)
+STUDY = pipeline.ProbeStudy(
+    dataset=lambda cfg: cfg.dataset,
+    select=lambda data, cfg: select(data, cfg.limit),
+    prompt=lambda tokenizer, row: build_prompt(tokenizer, row.problem),
+    columns=("id", "level", "subject", "prompt", "n_prompt_tokens"),
+    analysis=lambda rd, samples, metrics, cfg: write_analysis(
+        rd, samples, metrics, cfg.seed, cfg.n_boot
+    ),
+    counts=lambda problems: {"problems": len(problems)},
+    positions=lambda cfg: cfg.positions,
+    what="problem",
+)
+prepare, execute = STUDY.prepare, STUDY.execute  # what the pipeline calls
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):
