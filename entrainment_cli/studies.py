@@ -524,9 +524,10 @@ class PretrainConfig(RunOptions):
         "relation",
         "relation: each query's 9 negatives are other answers of its relation in its split (one "
         "query per relation and answer), so the relation-prior and popularity answerers sit near "
-        "chance; uniform: upstream's, any entity (to reproduce its numbers).",
+        "chance; frequency: drawn in proportion to the relation's training tail counts (leaves "
+        "a prior); uniform: upstream's, any entity (to reproduce its numbers).",
         identity=True,
-        choices=("relation", "uniform"),
+        choices=("relation", "frequency", "uniform"),
     )
     max_per_relation: int = option(
         0, "Queries of one relation per split at most; 0: no cap.", identity=True, minimum=0

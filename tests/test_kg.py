@@ -120,7 +120,14 @@ def test_id_queries_are_training_facts(graph):
     assert len({(q.h, q.r, q.t) for q in ids}) == len(ids)
 
 
-def test_negatives_are_never_true_answers(graph):
+@pytest.fixture(scope="module")
+def frequency() -> kg.KnowledgeGraph:
+    return kg.generate(kg.KGParams(**{**TINY.__dict__, "negatives": "frequency"}), seed=0)
+
+
+@pytest.mark.parametrize("which", ["graph", "frequency"])
+def test_negatives_are_never_true_answers(which, request):
+    graph = request.getfixturevalue(which)
     full = _index(graph.facts)
     pruned = _index(graph.train)
     deductible = [r for r in graph.rules if r.deductible]
@@ -189,6 +196,33 @@ def test_default_negatives_leave_the_priors_near_chance(graph, seed):
     for split, answerers in _answerers(uniform).items():
         acc, n = answerers["prior"]
         assert acc > 0.1 + 3 * (0.1 * 0.9 / n) ** 0.5 + 0.2, (split, acc)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_frequency_negatives_leave_a_prior_that_relation_negatives_remove(frequency, seed):
+    """Negatives in proportion to the relation's training tail counts (the first proposal):
+    less prior than upstream's uniform ones on every split, but the relation-prior answerer
+    still far above chance on some split, which is why the default is ``relation``."""
+    ours = (
+        frequency
+        if seed == 0
+        else kg.generate(kg.KGParams(**{**TINY.__dict__, "negatives": "frequency"}), seed=seed)
+    )
+    assert ours.stats["negatives"] == "frequency"
+    uniform = kg.generate(kg.KGParams(**{**TINY.__dict__, "negatives": "uniform"}), seed=seed)
+    ours_acc, uniform_acc = _answerers(ours), _answerers(uniform)
+    above = []
+    for split in kg.SPLITS:
+        acc, n = ours_acc[split]["prior"]
+        assert acc < uniform_acc[split]["prior"][0], split
+        above.append(acc - 0.1 > 3 * (0.1 * 0.9 / n) ** 0.5)
+    assert any(above)
+    rel, _ = kg.tail_counts(ours.train)
+    drawn = [o for q in ours.queries for i, o in enumerate(q.options) if i != q.gold]
+    # most negatives are tails of the relation in training (uniform fills in only when short)
+    assert sum(rel[q.r][o] > 0 for q in ours.queries for o in q.options if o != q.t) > (
+        0.8 * len(drawn)
+    )
 
 
 def test_relation_negatives_are_other_answers_of_the_split(graph):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 Triple = tuple[int, int, int]  # (head entity, relation, tail entity)
 SPLITS = ("id", "ood_medium", "ood_hard")
-NEGATIVES = ("relation", "uniform")
+NEGATIVES = ("relation", "frequency", "uniform")
 
 
 class GraphTooSmall(ValueError):
@@ -66,7 +66,7 @@ class KGParams:
     n_derived: int = 5000  # training derived facts
     num_test: int = 1000  # cap of each test pool
     n_options: int = 10  # multiple-choice options per query (gold + negatives)
-    negatives: str = "relation"  # relation: other answers of the relation; uniform: upstream
+    negatives: str = "relation"  # relation: other answers of the relation (see NEGATIVES)
     max_per_relation: int = 0  # cap of queries of one relation in each split; 0: none
 
 
@@ -314,6 +314,25 @@ def _uniform_negatives(
     return sorted(negatives)
 
 
+def _frequency_negatives(
+    rng: random.Random, gold: int, counts: Counter, n_entities: int, excluded: set[int], n: int
+) -> list[int]:
+    """The first proposal (DESIGN.md): ``n - 1`` distinct entities drawn in proportion to how
+    often each is a tail of the query's relation in training, no true answer; uniform ones
+    fill up when the relation has too few other tails. Kept to show what it leaves: the
+    relation prior still well above chance, because a split's golds are hubs that are rarely
+    eligible negatives (README, pretrain)."""
+    pool = sorted(e for e, c in counts.items() if c > 0 and e != gold and e not in excluded)
+    weights = [counts[e] for e in pool]
+    negatives: list[int] = []
+    while len(negatives) < n - 1 and pool:
+        i = rng.choices(range(len(pool)), weights)[0]
+        negatives.append(pool.pop(i))
+        weights.pop(i)
+    rest = _uniform_negatives(rng, gold, n_entities, excluded | set(negatives), n - len(negatives))
+    return sorted(negatives + rest)
+
+
 def _balanced_negatives(
     rng: random.Random, golds: list[int], trues: list[set[int]], n: int
 ) -> dict[int, list[int]]:
@@ -489,7 +508,11 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
         for ((h, r, t), length, alt), negs in chosen:
             if negs is None:
                 true = true_tails(name, (h, r, t), alt)
-                negs = _uniform_negatives(rng, t, len(g.out), true, p.n_options)
+                if p.negatives == "frequency":
+                    counts = by_relation.get(r, Counter())
+                    negs = _frequency_negatives(rng, t, counts, len(g.out), true, p.n_options)
+                else:
+                    negs = _uniform_negatives(rng, t, len(g.out), true, p.n_options)
             options = [t, *negs]
             rng.shuffle(options)
             gold = options.index(t)
