@@ -114,6 +114,8 @@ def run_study(entry: Study, cfg: Any) -> Path:
     shard = parse_shard(getattr(cfg, "shard", None))
     setup = distributed_setup(cfg) if hasattr(cfg, "model") else None
     prepared: Prepared = impl.prepare(cfg, setup)
+    if setup is not None:  # the data are checked: now the weights (a hub download)
+        setup = dataclasses.replace(setup, resolved=models.fetch_weights(setup.resolved))
     data, resolved, name_parts = prepared.data, {}, list(prepared.name_parts)
     if shard is not None:
         name_parts.append(f"shard{shard.index}of{shard.count}")
@@ -281,12 +283,13 @@ def model_setup(
     max_model_len: int | None = None,
 ) -> Setup:
     """``--device``, ``--dtype``, the placement options and ``--model`` checked and resolved
-    (in that order); a parallel size larger than the visible devices is refused here."""
+    (in that order; a hub model without its weights, fetched once the study's data are
+    checked); a parallel size larger than the visible devices is refused here."""
     picked = models.pick_device(device)
     models.placement(picked, device_map, max_memory)
     parallel.check_devices(picked)
     return Setup(
-        models.resolve_model(model),
+        models.resolve_model(model, weights=False),
         picked,
         models.pick_dtype(dtype, picked),
         device_map,

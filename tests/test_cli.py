@@ -91,3 +91,43 @@ def test_help_paragraphs_are_reflowed_for_any_width():
 
     out = CliRunner().invoke(app, ["merge", "--help"], env={"COLUMNS": "200"}).output
     assert "(same command, model weights, data, seed and options;" in out  # one line at 200
+
+
+def test_a_hub_model_is_downloaded_only_after_the_data_are_checked(
+    cli, tiny_llama, tmp_path, monkeypatch
+):
+    """Config and tokenizer first (the layers and prompts need them), the weights once the
+    study's checks pass: a wrong --data-file is told before a download that may take an hour."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        calls.append((repo_id, sorted(allow_patterns)))
+        dest = tmp_path / "snapshot"
+        dest.mkdir(exist_ok=True)
+        for f in tiny_llama.iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, dest / f.name)
+        return str(dest)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    base = ["qa", "rankmath", "--model", "org/tiny", "--quiet", "--metrics", "l1"]
+    result = cli(*base, "--data-file", tmp_path / "missing.jsonl")
+    assert result.exit_code == 2 and "missing.jsonl does not exist" in result.stderr
+    assert [patterns for _, patterns in calls] == [sorted(models.HUB_FILES)]  # no weights
+    assert not list((tmp_path / "snapshot").glob("*.safetensors"))
+
+    calls.clear()
+    out = tmp_path / "run"
+    assert cli(*base, "--limit", "1", "--run-dir", out).exit_code == 0
+    assert calls == [
+        ("org/tiny", sorted(models.HUB_FILES)),
+        ("org/tiny", sorted([*models.HUB_FILES, "*.safetensors"])),
+    ]
+    m = read_manifest(out)
+    assert m["model"]["id"] == "org/tiny" and m["model"]["source"] == "hub"
+    assert m["model"]["weights_sha256"] == models.weights_hash(tmp_path / "snapshot")

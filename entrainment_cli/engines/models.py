@@ -103,8 +103,13 @@ def dequantize_gguf(gguf: Path) -> Path:
     return out
 
 
-def resolve_model(spec: str | None) -> ResolvedModel:
-    """Turn ``--model`` into a local HF directory, or say what was tried."""
+HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja"]  # config, tokenizer, chat template
+
+
+def resolve_model(spec: str | None, weights: bool = True) -> ResolvedModel:
+    """Turn ``--model`` into a local HF directory, or say what was tried. ``weights=False``:
+    a hub model's config and tokenizer only, so that a study checks its data before the
+    download that may take an hour (:func:`fetch_weights` completes it)."""
     if spec is None:
         return ResolvedModel(EMBEDDED_ID, dequantize_gguf(embedded_gguf()), "embedded")
     path = Path(spec).expanduser()
@@ -126,9 +131,8 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(
-            spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-        )
+        patterns = [*HUB_FILES, "*.safetensors"] if weights else HUB_FILES
+        local = snapshot_download(spec, allow_patterns=patterns)
     except Exception as e:  # network, auth, unknown repo: all end the same way for the user
         raise UserError(
             f"model '{spec}' not found: no local directory or .gguf file of that name, and the "
@@ -136,6 +140,12 @@ def resolve_model(spec: str | None) -> ResolvedModel:
             "check the id, your network or HF_TOKEN, or pass a local path"
         ) from None
     return ResolvedModel(spec, check_model_dir(Path(local)), "hub")
+
+
+def fetch_weights(resolved: ResolvedModel) -> ResolvedModel:
+    """A hub model resolved without its weights, now with them (into the same snapshot
+    directory); any other model is whole already."""
+    return resolve_model(resolved.id) if resolved.source == "hub" else resolved
 
 
 def _first_line(e: Exception) -> str:
