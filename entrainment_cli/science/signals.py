@@ -4,8 +4,10 @@ uncertainty-quality metrics of every signal against correctness (LM-Polygraph's 
 Baselines come from per-token tables a run already saved (no model call): mean token
 log-prob, sequence log-prob (log of the maximum sequence probability), perplexity, mean and
 max token entropy, mean nucleus size, each over a scope of tokens (the answer's, or the whole
-generation). Every per-token quantity of the table is also averaged per scope, so STOPS,
-LogTokU and per-token sparsity are scored beside the baselines.
+generation); and the model-free ones, prompt and response length in tokens (a long answer is
+often a wrong one: a signal that does not beat length says little). Every per-token quantity
+of the table is also averaged per scope, so STOPS, LogTokU and per-token sparsity are scored
+beside the baselines.
 
 Metrics take errors as the positive class and an uncertainty score ``u`` that rises towards
 errors: a signal whose low values mean "wrong" (log-prob, STOPS) is negated first, and its
@@ -29,6 +31,7 @@ BASELINES = {
     "mean_entropy": "higher",
     "max_entropy": "higher",
     "mean_nucleus_size": "higher",
+    "length": "higher",  # prompt_ and response_: tokens, the model-free baseline
 }
 # per-token quantities averaged per scope, with the direction that predicts an error
 TOKEN_MEANS = {
@@ -38,7 +41,7 @@ TOKEN_MEANS = {
     "logtoku_au": "higher",
     "logtoku_eu": "higher",
 }
-METRICS = ["roc_auc", "pr_auc", "prr", "aurc", "ece", "brier"]
+METRICS = ["roc_auc", "pr_auc", "prr", "prr_50", "aurc", "ece", "brier"]
 ECE_BINS = 10
 
 
@@ -163,7 +166,39 @@ def _ranking_metrics(u: np.ndarray, err: np.ndarray, w: np.ndarray) -> dict[str,
         "pr_auc": np.where(both, ap, nan),
         "aurc": np.where(both, aurc, nan),
         "prr": np.where(both, prr, nan),
+        "prr_50": _rejection_prr(errors, total, 0.5),
     }
+
+
+def _rejection_prr(errors: np.ndarray, total: np.ndarray, max_rejection: float) -> np.ndarray:
+    """PRR over rejecting at most ``max_rejection`` of the examples, per row of the tie
+    groups of :func:`_grouped`: LM-Polygraph's ``PredictionRejectionArea(max_rejection)``,
+    whose curves keep k = n - r + 1 .. n examples with r = int(max_rejection n) (rejecting 0
+    .. r - 1) and are averaged over those r points, the oracle's and random's alike. It tells
+    how well a signal ranks the examples one would really reject (a half at most), where the
+    full PRR also counts keeping just the few most confident. Ties as in the full PRR (errors
+    of a tie group arrive at its mean rate); NaN with no error, no correct answer, or r < 2
+    (the curves then meet at their one point)."""
+    n = total.sum(axis=1)
+    e = errors.sum(axis=1)
+    c = n - e
+    r = np.floor(max_rejection * n)
+    m = (n - r)[:, None]  # the curves start after keeping m examples
+    h = _harmonic(int(n.max()))
+    ends = np.cumsum(total, axis=1)
+    begins = ends - total
+    before = np.cumsum(errors, axis=1) - errors
+    rate = np.where(total > 0, errors / np.maximum(total, 1), 0.0)
+    # sum over kept k in (a, b] of (before + rate (k - begins)) / k, the group's expected risk
+    a, b = np.maximum(begins, m).astype(np.int64), np.maximum(ends, m).astype(np.int64)
+    area = ((before - rate * begins) * (h[b] - h[a]) + rate * (b - a)).sum(axis=1) / r
+    # the oracle keeps the c correct answers first: risk (k - c) / k once k > c
+    start = np.maximum(n - r, c).astype(np.int64)
+    oracle = ((n - start) - c * (h[n.astype(np.int64)] - h[start])) / r
+    random = e / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prr = (random - area) / (random - oracle)
+    return np.where((e > 0) & (c > 0) & (r >= 2), prr, np.nan)
 
 
 def roc_auc(u: Sequence[float], err: Sequence[int]) -> float:
@@ -183,11 +218,17 @@ def aurc(u: Sequence[float], err: Sequence[int]) -> float:
     return float(_one(u, err)["aurc"])
 
 
-def prr(u: Sequence[float], err: Sequence[int]) -> float:
+def prr(u: Sequence[float], err: Sequence[int], max_rejection: float = 1.0) -> float:
     """Prediction-rejection ratio: (AURC_random - AURC) / (AURC_random - AURC_oracle), i.e. the
     area between the random and the signal's rejection curves over that between random and
-    the oracle (Malinin et al. 2017; LM-Polygraph). 1 = oracle, 0 = chance, < 0 worse."""
-    return float(_one(u, err)["prr"])
+    the oracle (Malinin et al. 2017; LM-Polygraph). 1 = oracle, 0 = chance, < 0 worse.
+    ``max_rejection`` < 1: the curves only up to rejecting that share (:func:`_rejection_prr`;
+    0.5 is the table's ``prr_50``)."""
+    if max_rejection == 1:
+        return float(_one(u, err)["prr"])
+    u = np.asarray(u, dtype=np.float64)
+    errors, total = _grouped(u, np.asarray(err, dtype=np.float64), np.ones((1, u.size)))
+    return float(_rejection_prr(errors, total, max_rejection)[0])
 
 
 def _one(u, err) -> dict[str, float]:
