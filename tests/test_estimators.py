@@ -153,6 +153,8 @@ def test_probe_on_a_two_valued_label_reports_auroc_of_the_larger_value():
     assert (record["positive"], record["negative"]) == (3.0, 1.0)
     assert record["auroc"] > 0.85 and record["auroc_lo"] > 0.75
     assert record["auroc"] == pytest.approx(roc_auc_score(label == 3.0, pred))
+    # the chosen penalties are alphas of the grid (C = 1 / alpha for the logistic model)
+    assert all(np.isclose(est.PENALTIES, a).any() for a in record["penalty_by_fold"])
     shuffled = np.random.default_rng(2).permutation(label)
     record, _ = est.linear_probe(x, shuffled, n_boot=200, seed=0)
     assert abs(record["auroc"] - 0.5) < 0.12

@@ -84,7 +84,7 @@ def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.nd
     Lee et al. 2018 and Ren et al. 2021, who use the squared form (it matters for RMD, a
     difference of two)."""
     diff = np.asarray(x, dtype=np.float64) - mean
-    return np.einsum("ij,jk,ik->i", diff, precision, diff)
+    return ((diff @ precision) * diff).sum(axis=1)
 
 
 def shift_distances(
@@ -301,7 +301,8 @@ def linear_probe(
             return record | {"folds": 0, "skipped": f"fold {f} leaves too few groups to tune"}, pred
         inner = inner_split(inner_k, shuffle=True, random_state=seed)
         search = _probe_model(binary, inner, seed).fit(xs[train], tt, groups=tg)
-        penalties.append(float(next(iter(search.best_params_.values()))))
+        chosen = float(next(iter(search.best_params_.values())))
+        penalties.append(1 / chosen if binary else chosen)  # alpha, for either model
         model = search.best_estimator_
         oof[test] = model.decision_function(xs[test]) if binary else model.predict(xs[test])
     pred[keep] = oof
