@@ -41,6 +41,7 @@ from .engines.generate import (
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs import merge
+from .runs.hidden import write_hidden
 from .runs.rundir import RunDir
 from .runs.sharding import parse_shard
 from .science import sparsity
@@ -414,10 +415,12 @@ def probe_into(
     pad_id: int,
     quiet: bool,
     stage: str = "probe",
+    save_hidden: bool = False,
 ) -> int:
     """Measure every row of ``examples`` (whose ``id`` is not yet in ``table``'s shards) and append
     the rows to that table; ``token_lists[i]`` are the prompt ids of ``examples.iloc[i]``.
-    A probe with ``logit_ids`` adds a ``logits`` column (the next-token logits over those ids).
+    A probe with ``logit_ids`` adds a ``logits`` column (the next-token logits over those ids);
+    ``save_hidden`` saves each batch's vectors too (:mod:`runs.hidden`), before its rows.
     Returns how many examples an earlier (resumed) attempt had already done."""
     done = rd.done_ids(table, "id")
     todo = [i for i, id_ in enumerate(examples["id"]) if id_ not in done]
@@ -432,6 +435,9 @@ def probe_into(
             part = examples.iloc[rows]
             if probe.logit_ids is not None:  # per example, beside its metrics
                 part = part.assign(logits=list(probe.logits.cpu().numpy()))
+            if save_hidden:  # first: an example the table counts as done has its vectors
+                vectors = {key: v.cpu().numpy() for key, v in probe.vectors.items()}
+                write_hidden(rd.path, table, part["id"].tolist(), vectors)
             rd.append_shard(table, measured_frame(part, measured))
             bar.advance(task, len(rows))
         timing["prompts"] = len(todo)
@@ -460,6 +466,7 @@ def probe_samples(
         cfg.batch_size,
         pad_id,
         cfg.quiet,
+        save_hidden=cfg.save_hidden,
     )
 
 

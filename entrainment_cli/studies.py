@@ -83,6 +83,15 @@ def metrics_option(**kw: Any) -> Any:
     )
 
 
+def save_hidden_option() -> Any:
+    return option(
+        False,
+        "Also save the probed hidden vectors (float16, at every --layers and position) in "
+        "tables/hidden/ as safetensors, one file per batch, readable by numpy or torch alone.",
+        identity=True,
+    )
+
+
 def limit_option(
     help: str = "Use only the first N examples (after seeded sampling, if any).",
 ) -> Any:
@@ -221,6 +230,7 @@ class RankmathConfig(RunOptions, Distributed):
         "last-prompt", "Comma list of last-prompt, mean-prompt.", identity=True
     )
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
@@ -238,6 +248,7 @@ class DeepmathConfig(RunOptions, Distributed):
     limit: int | None = limit_option("Then use only the first N of them.")
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
@@ -252,6 +263,7 @@ class ConflictConfig(RunOptions, Distributed):
     limit: int | None = limit_option()
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
@@ -271,6 +283,7 @@ class LongreasonConfig(RunOptions, VLLMParallel):
     limit: int | None = limit_option("Use the first N questions of each split.")
     layers: str = layers_option("all")
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     batch_size: int = batch_size_option(
         1, "Prompts per forward pass (long contexts: keep it small)."
     )
@@ -288,6 +301,7 @@ class AccuracyConfig(RunOptions, VLLMParallel):
     limit: int | None = limit_option("Keep the first N problems of each level.")
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
@@ -329,6 +343,7 @@ class RobustnessConfig(RunOptions, Distributed, RobustnessSelection):
     model: str | None = model_option()
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
@@ -644,6 +659,7 @@ class ProbeConfig(RunOptions, VLLMParallel):
         "last-prompt", "Comma list of last-prompt, mean-prompt.", identity=True
     )
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()
     max_tokens: int = option(
         0,
         "Generate up to N tokens per example and add the per-token metrics (entropy, nucleus, "

@@ -180,12 +180,11 @@ class HiddenProbe:
     def measure(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, metrics: Iterable[str]
     ) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
-        """Sparsity metrics of every captured vector, computed where the vectors are."""
+        """Sparsity metrics of every captured vector, computed where the vectors are; the
+        vectors stay in ``self.vectors`` until the next pass (for ``--save-hidden``)."""
         names = list(metrics)
-        return {
-            key: compute_metrics(vectors, names)
-            for key, vectors in self.capture(input_ids, attention_mask).items()
-        }
+        self.vectors = self.capture(input_ids, attention_mask)
+        return {key: compute_metrics(vectors, names) for key, vectors in self.vectors.items()}
 
 
 @dataclass

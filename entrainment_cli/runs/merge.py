@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from .hidden import copy_hidden
 from .rundir import RunDir, environment, read_manifest
 from .sharding import Shard, shard_of
 
@@ -163,9 +164,10 @@ def open_merged(shards: ShardSet, out: Path) -> RunDir:
 
 def copy_work(shards: ShardSet, rd: RunDir) -> None:
     """Every shard's finished pieces of work (``tables/shards/<table>``, what ``--resume``
-    reads) into ``rd``: the study, resumed there, finds every example done and only redoes
-    its analysis and figures over all of them."""
+    reads, and the ``--save-hidden`` vectors) into ``rd``: the study, resumed there, finds
+    every example done and only redoes its analysis and figures over all of them."""
     for run in shards.runs:
+        copy_hidden(run, rd.path)
         source = RunDir(run, {})
         for table_dir in sorted((run / "tables" / "shards").glob("*")):
             if table_dir.is_dir() and (work := source.read_shards(table_dir.name)) is not None:
