@@ -186,6 +186,31 @@ def test_probe_with_groups_does_not_learn_a_group_by_heart():
     assert abs(grouped["spearman_rho"]) < 0.35 and grouped["n_groups"] == 40
 
 
+def test_probe_predictions_of_a_fold_never_see_its_labels():
+    """Nested CV: the labels of a test fold inform neither the weights nor the penalty, so
+    scrambling them leaves that fold's out-of-fold predictions exactly as they were."""
+    x, y = _planted(n=120, d=32, seed=4)
+    groups = np.repeat(np.arange(40), 3)
+    _, pred = est.linear_probe(x, y, groups=groups, n_boot=10, seed=1)
+    fold = est.grouped_folds(120, groups, 5, seed=1)  # the probe's outer folds (y-free)
+    test = fold == 2
+    scrambled = y.copy()
+    scrambled[test] = np.random.default_rng(0).normal(size=test.sum()) * 100
+    _, again = est.linear_probe(x, scrambled, groups=groups, n_boot=10, seed=1)
+    assert again[test] == pytest.approx(pred[test], abs=1e-12)
+    assert not np.allclose(again[~test], pred[~test])  # the other folds trained on them
+
+
+def test_probe_folds_count_the_groups_of_the_rarer_class():
+    """Positives in 3 groups only: 3 outer folds, so each has a positive group to test."""
+    x, y = _planted(n=150, d=16, seed=6)
+    groups = np.repeat(np.arange(30), 5)
+    label = (groups < 3).astype(float)
+    x[label == 1] += 1.0
+    record, pred = est.linear_probe(x, label, groups=groups, n_boot=50)
+    assert record["folds"] == 3 and np.isfinite(pred).all()
+
+
 def test_probe_leaves_out_nonfinite_rows_and_skips_what_cannot_be_cross_fitted():
     x, y = _planted(n=60)
     y[3] = np.nan

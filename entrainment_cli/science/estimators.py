@@ -237,6 +237,13 @@ def _probe_model(binary: bool, inner, seed: int):
     return GridSearchCV(make_pipeline(StandardScaler(), model), grid, cv=inner, scoring=scoring)
 
 
+def _fold_units(target: np.ndarray, groups: np.ndarray, binary: bool) -> int:
+    """The most folds that give every fold a group (of each class, for a binary label)."""
+    if binary:
+        return min(np.unique(groups[target == v]).size for v in (0, 1))
+    return np.unique(groups).size
+
+
 def linear_probe(
     x: np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -281,8 +288,7 @@ def linear_probe(
         "seed": int(seed),
     }
     target = (ys == values[-1]).astype(np.int64) if binary else ys
-    smallest = int(min(target.sum(), target.size - target.sum())) if binary else target.size
-    k = min(folds, record["n_groups"], smallest)
+    k = min(folds, _fold_units(target, gs, binary))
     if values.size < 2 or k < 2:
         return record | {
             "folds": 0,
@@ -295,8 +301,7 @@ def linear_probe(
     for f in range(k):
         train, test = fold != f, fold == f
         tt, tg = target[train], gs[train]
-        inner_smallest = int(min(tt.sum(), tt.size - tt.sum())) if binary else tt.size
-        inner_k = min(inner_folds, np.unique(tg).size, inner_smallest)
+        inner_k = min(inner_folds, _fold_units(tt, tg, binary))
         if inner_k < 2:
             return record | {"folds": 0, "skipped": f"fold {f} leaves too few groups to tune"}, pred
         inner = inner_split(inner_k, shuffle=True, random_state=seed)
