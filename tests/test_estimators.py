@@ -67,6 +67,23 @@ def test_cross_fitting_never_scores_a_row_with_a_fit_that_saw_it():
     assert out["rmd"].to_numpy() == pytest.approx((out["md"] - out["md_background"]).to_numpy())
 
 
+def test_a_nonfinite_vector_is_in_no_fit_and_scores_nan():
+    x, condition, pair = _conditions(20, 6, shift=1.0)
+    x[3, 2] = np.nan
+    out = est.shift_distances(x, condition == "ref", groups=pair, seed=0)
+    assert out.loc[3, ["md", "md_background", "rmd"]].isna().all()
+    assert np.isfinite(out.drop(index=3)[["md", "rmd"]].to_numpy()).all()
+    fold = out["fold"].to_numpy()  # a fold whose reference fit would have held row 3:
+    k = fold[0] if fold[0] != fold[3] else fold[1]
+    rows = fold == k
+    train = (fold != k) & (condition == "ref") & (np.arange(40) != 3)
+    expected = est.mahalanobis(x[rows], *est.gaussian_fit(x[train]))
+    assert out.loc[rows, "md"].to_numpy() == pytest.approx(expected)
+    frame = out.assign(condition=condition)
+    row = est.shift_auroc(frame, ["md"], "condition", "ref", n_boot=20).iloc[0]
+    assert row.n_nonfinite == 1 and row.n_reference == 19
+
+
 def test_cross_fitting_removes_the_in_sample_advantage_of_the_reference():
     """Both conditions drawn from one correlated distribution, d > n: scored in sample, the
     reference looks closer to its own fit (AUROC near 1); cross-fitted, it sits at chance."""

@@ -105,17 +105,19 @@ def shift_distances(
     prompt template, does not count as shift). So no example is ever scored by a fit that saw
     it, every score comes from a fit of about the same size (a held-out MD grows as the fit
     shrinks, so mixing fit sizes would bias the comparison), and both members of a pair
-    (same group) are scored by one fit. Higher = farther from the reference.
+    (same group) are scored by one fit. Higher = farther from the reference. A row with a
+    non-finite value is in no fit and scores NaN (counted by :func:`shift_auroc`).
     """
     x = np.asarray(x, dtype=np.float64)
     reference = np.asarray(reference, dtype=bool)
     fold = grouped_folds(len(x), groups, folds, seed)
     md = np.full(len(x), np.nan)
     background = np.full(len(x), np.nan)
+    finite = np.isfinite(x).all(axis=1)
     for k in range(fold.max() + 1):
-        test, train = fold == k, fold != k
+        test, train = (fold == k) & finite, (fold != k) & finite
         if (train & reference).sum() < 2:
-            raise ValueError(f"fold {k} leaves fewer than 2 reference rows to fit")
+            raise ValueError(f"fold {k} leaves fewer than 2 finite reference rows to fit")
         md[test] = mahalanobis(x[test], *gaussian_fit(x[train & reference]))
         background[test] = mahalanobis(x[test], *gaussian_fit(x[train]))
     return pd.DataFrame(
@@ -399,7 +401,8 @@ def eigenscore(embeddings: np.ndarray, alpha: float = EIGENSCORE_ALPHA) -> float
     the K x d matrix in the authors' code); the K x K matrix is their sentence covariance,
     whose log-determinant measures the volume the answers span: low when they agree, high
     when they scatter. The paper's form: no 1/(d - 1) (the code's torch.cov has one, and
-    log10), which shifts the score by a constant where eigenvalues dominate alpha."""
+    log10), which shifts the score by a constant where eigenvalues dominate alpha. The authors
+    embed an answer by the middle layer's hidden state at its last token."""
     z = np.asarray(embeddings, dtype=np.float64)
     z = z - z.mean(axis=1, keepdims=True)
     eig = np.linalg.eigvalsh(z @ z.T + alpha * np.eye(len(z)))
