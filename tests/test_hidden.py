@@ -147,3 +147,19 @@ def test_merged_shards_keep_every_vector(saved_run, tiny_llama, data_file, tmp_p
     assert sorted(ids) == sorted(whole_ids)
     order = [ids.index(i) for i in whole_ids]  # other batches: float32 moves in its last bits
     assert x[order].astype(np.float32) == pytest.approx(whole.astype(np.float32), abs=1e-2)
+
+
+def test_a_declared_probe_study_saves_its_positions(tiny_llama, tmp_path):
+    """qa rankmath (a ProbeStudy): one vector per example at each layer and position."""
+    out = tmp_path / "run"
+    result = _invoke(
+        "qa", "rankmath", "--model", tiny_llama, "--limit", "1", "--layers", "0,-1",
+        "--positions", "last-prompt,mean-prompt", "--metrics", "l1", "--n-boot", "20",
+        "--save-hidden", "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    for layer in (0, -1):
+        for position in ("last-prompt", "mean-prompt"):
+            ids, x = hidden.read_hidden(out, "samples", layer, position)
+            assert sorted(ids) == sorted(samples["id"].unique()) and x.shape[1] == 64
