@@ -44,7 +44,7 @@ from .runs import merge
 from .runs.hidden import write_hidden
 from .runs.rundir import RunDir
 from .runs.sharding import parse_shard
-from .science import sparsity
+from .science import controls, sparsity
 from .studies import Study
 from .ui import progress
 
@@ -249,6 +249,13 @@ def read_samples(
     if samples is None:
         raise UserError(f"no {what} could be probed (all were skipped); see run.log")
     return samples[list(columns)]
+
+
+def write_controls(rd, frame: pd.DataFrame, label: str, kind: str, metrics, **kw: Any) -> None:
+    """tables/controls.csv (each metric raw and given prompt length) and tables/baselines.csv
+    (length and TF-IDF alone): see :func:`controls.study_controls`."""
+    for name, table in controls.study_controls(frame, label, kind, metrics, **kw).items():
+        rd.write_text(f"tables/{name}.csv", table.to_csv(index=False))
 
 
 def finish_counts(rd, **counts: Any) -> None:

@@ -44,9 +44,15 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
         rd = RunDir(run_dir, manifest)
         if command == "qa accuracy":
             graded = pd.read_parquet(tables / "answers.parquet", columns=["id", "correct"])
-            prompt = _prompt_signals(pd.read_parquet(tables / "samples.parquet"))
+            samples = pd.read_parquet(tables / "samples.parquet")
+            prompt = _prompt_signals(samples)
+            prompt_length = samples.drop_duplicates("id").set_index("id")["n_prompt_tokens"]
         elif command == "cot":
-            graded = pd.read_parquet(tables / "generations.parquet", columns=["id", "correct"])
+            graded = pd.read_parquet(
+                tables / "generations.parquet", columns=["id", "correct", "n_prompt_tokens"]
+            )
+            prompt_length = graded.set_index("id")["n_prompt_tokens"]
+            graded = graded[["id", "correct"]]
             ranking = pd.read_parquet(tables / "ranking.parquet")
             test = ranking[ranking["role"] == "test"]  # ranked at the final norm, last prompt token
             (metric,) = test["metric"].unique()
@@ -62,6 +68,12 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
         gens = rd.read_in_order("generations", ["id"], graded["id"].tolist())
         values = graded.merge(_generation_signals(gens, tokenizer), on="id", how="left")
         values = values.merge(prompt, on="id", how="left")
+        lengths = {
+            "prompt_length": prompt_length,
+            "response_length": gens.set_index("id")["token_ids"].map(len),
+        }
+        for name, length in lengths.items():
+            values[name] = values["id"].map(length).astype(float)
     names = [c for c in values.columns if c not in {"id", "correct"}]
     table, curves = science.score_signals(values, names, n_boot=n_boot, seed=seed)
     atomic_write_parquet(tables / "signal_values.parquet", values)
@@ -86,7 +98,10 @@ def _correlate(tables: Path) -> pd.DataFrame:
     tokens = pd.read_parquet(tables / "tokens.parquet")
     steps = dict(zip(prompts["id"], prompts["answer_steps"], strict=True))
     per = science.per_example(tokens, "id", {"answer": steps, "generation": None})
-    return prompts[["id", "correct"]].merge(per, on="id", how="left")
+    values = prompts[["id", "correct"]].merge(per, on="id", how="left")
+    values["prompt_length"] = prompts["prompt_token_ids"].map(len).astype(float).to_numpy()
+    values["response_length"] = prompts["n_tokens"].astype(float).to_numpy()
+    return values
 
 
 def _generation_signals(gens: pd.DataFrame, tokenizer) -> pd.DataFrame:

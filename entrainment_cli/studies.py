@@ -698,8 +698,11 @@ class Study:
         return importlib.import_module(self.module)
 
     def plot_run(self, run_dir: Path) -> list[Path]:
+        """The study's figures, and the controls figure of every study that has controls."""
+        from .plots import controls
+
         module, one, _ = self.plots
-        return getattr(importlib.import_module(module), one)(run_dir)
+        return [*getattr(importlib.import_module(module), one)(run_dir), *controls.plot_run(run_dir)]
 
     def plot_compare(self, run_dirs: list[Path], out: Path) -> list[Path]:
         module, _, several = self.plots

@@ -129,13 +129,13 @@ def test_pairs_under_conditions_are_paired_wilcoxon_with_rank_biserial():
         }
     ).iloc[:-1]  # the last pair lacks its "y": dropped, counted
     row = labels.paired_table(df, "pair", "cond", ["m"], n_boot=300, seed=0).iloc[0]
-    d = a[:-1] - b[:-1]
-    ref = sps.wilcoxon(a[:-1], b[:-1])
+    d = b[:-1] - a[:-1]  # condition (y) minus reference (x)
+    ref = sps.wilcoxon(b[:-1], a[:-1])
     assert (row.a, row.b, row.n, row.n_dropped) == ("x", "y", n - 1, 1)
     assert row.wilcoxon_p == pytest.approx(ref.pvalue)
     ranks = sps.rankdata(np.abs(d))
     r = (ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum()
-    assert row.rank_biserial == pytest.approx(r) and row.rank_biserial > 0
+    assert row.rank_biserial == pytest.approx(r) and row.rank_biserial < 0
     assert row.rank_biserial_lo <= r <= row.rank_biserial_hi
     assert row.mean_diff == pytest.approx(d.mean())
     with pytest.raises(UserError, match=r"'p0' has more than one row with --condition 'cond' 'x'"):

@@ -107,8 +107,12 @@ def test_numeric_label_statistics(template_run):
     corr = pd.read_csv(template_run / "tables" / "label_correlations.csv")
     binned = pd.read_csv(template_run / "tables" / "label_binned.csv")
     assert not (template_run / "tables" / "label_auroc.csv").exists()
-    assert len(corr) == 4 * len(NAMES) and (corr["label"] == "difficulty").all()
-    for row in corr.itertuples():
+    assert len(corr) == 4 * (2 + len(NAMES)) and (corr["label"] == "difficulty").all()
+    length = corr[corr.metric == "n_prompt_tokens"].iloc[0]  # the baseline, scored the same way
+    part = samples[(samples.layer == length.layer) & (samples.position == length.position)]
+    rho = stats.spearmanr(part.difficulty, part.n_prompt_tokens).statistic
+    assert length.spearman_rho == pytest.approx(rho) and np.isnan(length.spearman_p_holm)
+    for row in corr[corr.metric.isin(NAMES)].itertuples():
         part = samples[(samples.layer == row.layer) & (samples.position == row.position)]
         assert row.n == len(part)
         x, y = part.difficulty, part[row.metric]
@@ -282,7 +286,7 @@ def test_report_names_each_question_with_its_effect(questions_run, tmp_path):
     assert rows.loc[f"epsilon^2(gini across operation) {where}", "value"] == pytest.approx(
         kw.loc["gini", "epsilon_sq"]
     )
-    assert f"rank-biserial r(hoyer: symbolic - verbal) {where}" in rows.index
+    assert f"rank-biserial r(hoyer: verbal - symbolic) {where}" in rows.index  # b - a
 
 
 def test_interrupted_probe_resumes_to_the_same_tables(tiny_llama, template_run, csv_file, tmp_path):

@@ -54,7 +54,7 @@ def _replot(cli, run_dir, stem: str) -> None:
 def test_paired_test_known_answer_and_scipy():
     a = np.array([11.0, 8.0, 13.0, 14.0, 5.0, 7.0, np.nan])
     b = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 7.0, 1.0])
-    out = stats.paired_test(a, b)
+    out = stats.paired_test(b, a)  # d = a - b (the second minus the first)
     # d = 1, -2, 3, 4, -5, 0 (+ one NaN pair): ranks of |d| without the zero are 1..5
     assert out["n"] == 6 and out["n_dropped"] == 1 and out["n_zero"] == 1
     assert out["w_plus"] == 8 and out["w_minus"] == 7
@@ -66,10 +66,10 @@ def test_paired_test_known_answer_and_scipy():
     rng = np.random.default_rng(0)
     x = rng.normal(size=40)
     y = x - 0.5 + rng.normal(scale=0.3, size=40)
-    out = stats.paired_test(x, y)
+    out = stats.paired_test(y, x)
     assert out["wilcoxon_p"] == pytest.approx(sps.wilcoxon(x, y).pvalue)
     assert out["mean_diff"] == pytest.approx((x - y).mean()) and out["rank_biserial"] > 0.8
-    assert stats.paired_test(x + 1, x)["rank_biserial"] == 1.0
+    assert stats.paired_test(x, x + 1)["rank_biserial"] == 1.0
     with pytest.raises(ValueError):
         stats.paired_test([1, 2], [1, 2, 3])
 
@@ -218,7 +218,7 @@ def test_deepmath_seeded_sample_and_tables(deepmath_run, cli):
     assert last["id"].tolist() == [data.ids[i] for i in pick]
     assert last["difficulty"].tolist() == [float(data.rows[i]["difficulty"]) for i in pick]
     corr = pd.read_csv(deepmath_run / "tables" / "correlations.csv")
-    assert len(corr) == 2 * len(NAMES)
+    assert len(corr) == 2 * (2 + len(NAMES))  # the two lengths first, as baselines
     c = corr[(corr.layer == -1) & (corr.metric == "hoyer")].iloc[0]
     assert c["n"] == 12
     assert c["pearson_r"] == pytest.approx(sps.pearsonr(last.difficulty, last.hoyer).statistic)
@@ -235,8 +235,9 @@ def test_deepmath_seeded_sample_and_tables(deepmath_run, cli):
     m = read_manifest(deepmath_run)
     assert m["status"] == "done" and m["seed"] == 3 and m["dataset"]["data_source"] == "sample"
     assert _figures(deepmath_run) == {
-        f"difficulty_scatter_layer{x}.{e}" for x in (1, -1) for e in ("png", "pdf")
-    }
+        f"{stem}.{e}" for stem in ("difficulty_scatter_layer1", "difficulty_scatter_layer-1",
+                                   "controls") for e in ("png", "pdf")
+    }  # fmt: skip
     _replot(cli, deepmath_run, "deepmath")
 
 
@@ -259,13 +260,22 @@ def test_conflict_paired_tests(cli, tiny_llama, tmp_path):
     assert rows[0]["conflicting_knowledge"] in first.prompt and "True or False" in first.prompt
     paired = pd.read_csv(out / "tables" / "paired.csv")
     wide = samples.pivot(index="item", columns="condition", values="l1")
-    for b in ("nonconflict", "control"):
-        row = paired[(paired.b == b) & (paired.metric == "l1")].iloc[0]
-        assert row["a"] == "conflict" and row["n"] == 8
-        assert row["wilcoxon_p"] == pytest.approx(sps.wilcoxon(wide.conflict, wide[b]).pvalue)
-        assert row["mean_diff"] == pytest.approx((wide.conflict - wide[b]).mean())
-    assert "n_prompt_tokens" in set(paired.metric)  # the length confound, tested too
-    assert _figures(out) == {"conditions_layer-1.png", "conditions_layer-1.pdf"}
+    summary = pd.read_csv(out / "tables" / "summary.csv").set_index(["condition", "metric"])
+    for a in ("nonconflict", "control"):  # b - a: conflict minus its reference
+        row = paired[(paired.a == a) & (paired.metric == "l1")].iloc[0]
+        assert row["b"] == "conflict" and row["n"] == 8
+        assert row["wilcoxon_p"] == pytest.approx(sps.wilcoxon(wide.conflict, wide[a]).pvalue)
+        assert row["mean_diff"] == pytest.approx((wide.conflict - wide[a]).mean())
+        # every pair is complete: the paired means are the summary's
+        assert row["mean_a"] == pytest.approx(summary.loc[(a, "l1"), "mean"])
+        assert row["mean_b"] == pytest.approx(summary.loc[("conflict", "l1"), "mean"])
+    assert {"n_prompt_tokens", "n_prompt_chars"} <= set(paired.metric)  # the length confound
+    ctrl = pd.read_csv(out / "tables" / "controls.csv")
+    assert set(zip(ctrl.a, ctrl.b, strict=True)) == {("nonconflict", "conflict"),
+                                                     ("control", "conflict")}  # fmt: skip
+    assert ctrl["note"].str.contains("only the context differs").any()
+    assert _figures(out) == {f"{s}.{e}" for s in ("conditions_layer-1", "controls")
+                             for e in ("png", "pdf")}  # fmt: skip
     _replot(cli, out, "conflict")
 
 
@@ -329,8 +339,14 @@ def test_longreason_paired_splits(cli, tiny_llama, tmp_path):
             "--quiet"))  # fmt: skip
     samples = pd.read_parquet(out / "tables" / "samples.parquet")
     wide = samples.pivot(index="example_idx", columns="split", values="l1")
-    row = pd.read_csv(out / "tables" / "paired.csv", dtype={"a": str, "b": str}).iloc[0]
-    assert (row.a, row.b, row.n) == ("32k", "8k", 4)
+    paired = pd.read_csv(out / "tables" / "paired.csv", dtype={"a": str, "b": str})
+    row = paired[paired.metric == "l1"].iloc[0]
+    assert (row.a, row.b, row.n) == ("8k", "32k", 4)  # b - a: the longer split minus the first
+    profile = pd.read_csv(out / "tables" / "profile.csv", dtype={"split": str})
+    means = profile[profile.metric == "l1"].set_index("split")["mean"]
+    assert (row.mean_a, row.mean_b) == (pytest.approx(means["8k"]), pytest.approx(means["32k"]))
+    controls = pd.read_csv(out / "tables" / "controls.csv")
+    assert controls["note"].str.contains("length is the manipulated variable").all()
     assert row["mean_diff"] == pytest.approx((wide["32k"] - wide["8k"]).mean())
 
 
@@ -403,10 +419,15 @@ def test_accuracy_grades_and_associates(cli, tiny_llama, scripted, tmp_path):
     assert _figures(out) == {
         f"{stem}.{e}"
         for stem in [*(f"accuracy_levels_layer{x}_last-prompt" for x in (2, -1)),
-                     "signals_rank", "risk_coverage"]
+                     "signals_rank", "risk_coverage", "controls"]
         for e in ("png", "pdf")
     }  # fmt: skip
+    length = assoc[(assoc.layer == -1) & (assoc.metric == "n_prompt_tokens")].iloc[0]
+    assert length["auroc"] == pytest.approx(roc_auc_score(last.correct, last.n_prompt_tokens))
     table = pd.read_csv(out / "tables" / "signals.csv").set_index("signal")
+    # the model-free baselines of a graded run: prompt and response length in tokens
+    assert table.loc["prompt_length", "kind"] == "baseline"
+    assert table.loc["response_length", "n"] == len(answers)
     sparsity = table.loc["prompt_h-1_top5_energy"]  # more energy in the top 5% is sparser
     assert (sparsity.direction, sparsity.n) == ("higher", len(ids))
     assert sparsity.n_errors == len(ids) - sum(expected)

@@ -240,3 +240,41 @@ def test_bad_data_file_names_the_line(cli, tiny_llama, tmp_path):
     result = cli("qa", "rankmath", "--model", tiny_llama, "--data-file", empty)
     assert result.exit_code == 2 and "no problems selected" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_controls_tables_figure_and_report(finished):
+    """Length rows beside the metrics, controls recomputed from samples, the figure drawn and
+    the report listing the controlled statistic beside the raw one."""
+    from entrainment_cli.plots.report import load_run
+    from entrainment_cli.science import controls
+
+    tables = finished / "tables"
+    samples = pd.read_parquet(tables / "samples.parquet")
+    corr = pd.read_csv(tables / "correlations.csv")
+    final = samples[samples.layer == -1]
+    first = corr[corr.layer == -1].iloc[:2]
+    assert list(first["metric"]) == ["n_prompt_tokens", "n_prompt_chars"]
+    assert first["sparser_when"].isna().all() and first["spearman_p_holm"].isna().all()
+    chars = final["prompt"].str.len()
+    assert first.iloc[1]["spearman_rho"] == pytest.approx(
+        stats.spearmanr(final["level"], chars).statistic
+    )
+    metric_rows = corr[corr.metric.isin(NAMES)]
+    p = metric_rows["spearman_p"].to_numpy()
+    assert (metric_rows["spearman_p_holm"].to_numpy() >= p - 1e-12).all()
+    assert np.allclose(metric_rows["spearman_p_holm"], controls.stats.holm(p))
+
+    ctrl = pd.read_csv(tables / "controls.csv")
+    assert set(ctrl["verdict"].dropna()) <= {"beyond length", "explained by length", "no effect"}
+    row = ctrl[(ctrl.layer == -1) & (ctrl.metric == "l1")].iloc[0]
+    expected = controls.partial_spearman(final["level"], final["l1"], final["n_prompt_tokens"])
+    assert row["partial_rho"] == pytest.approx(expected)
+    assert row["spearman_rho"] == pytest.approx(stats.spearmanr(final["level"], final["l1"])[0])
+    base = pd.read_csv(tables / "baselines.csv").set_index("baseline")
+    assert list(base.index) == ["n_prompt_tokens", "n_prompt_chars", "tfidf"]
+    assert (finished / "figures" / "controls.png").stat().st_size > 10_000
+    names = list(load_run(finished).stats["statistic"])
+    assert "partial rho(level, l1 | n_prompt_tokens) [layer -1, last-prompt]" in names
+    assert names.index("Spearman rho(level, l1) raw [layer -1, last-prompt]") + 1 == names.index(
+        "partial rho(level, l1 | n_prompt_tokens) [layer -1, last-prompt]"
+    )

@@ -145,7 +145,12 @@ def test_summary_accuracy_and_paired_tests_recomputed(finished):
     d = wide["heavy"] - wide["normal"]
     assert t["n"] == LIMIT and t["wilcoxon_p"] == pytest.approx(sps.wilcoxon(d).pvalue)
     assert t["median_diff"] == pytest.approx(d.median()) and t["sparser_when"] == "higher"
-    assert len(tests) == 2 * 3 * len(NAMES) * (1 + last["area"].nunique())  # layers x pairs x ...
+    n_measures = 2 + len(NAMES)  # the two prompt lengths first, as baselines
+    assert len(tests) == 2 * 3 * n_measures * (1 + last["area"].nunique())  # layers x pairs x ...
+    # noise_a is the reference: its mean is the summary's (every question has every level)
+    mean = summary[(summary.layer == -1) & (summary.area == "All") & (summary.metric == "hoyer")]
+    assert t["mean_a"] == pytest.approx(mean.set_index("noise").loc["normal", "mean"])
+    assert t["mean_b"] == pytest.approx(mean.set_index("noise").loc["heavy", "mean"])
     correct = last.pivot(index="question_id", columns="noise", values="correct")
     m = acc_tests[(acc_tests.area == "All") & (acc_tests.noise_a == "normal")]
     m = m[m.noise_b == "light"].iloc[0]
@@ -156,7 +161,7 @@ def test_summary_accuracy_and_paired_tests_recomputed(finished):
 def test_paired_test_and_mcnemar_on_known_data():
     a = np.array([0.0, 0.0, 0.0, 0.0, 1.0, np.nan])
     b = np.array([1.0, 2.0, 3.0, -0.5, 1.0, 4.0])
-    out = stats.paired_test(b, a)  # d = b - a
+    out = stats.paired_test(a, b)  # d = b - a
     # |d| of the non-zero pairs: 1, 2, 3, 0.5 -> ranks 2, 3, 4, 1: R+ = 9, R- = 1
     assert out["rank_biserial"] == pytest.approx(0.8)
     assert (out["n"], out["n_zero"], out["n_dropped"]) == (5, 1, 1)
@@ -164,7 +169,7 @@ def test_paired_test_and_mcnemar_on_known_data():
         0.25
     )  # exact, 2 of 16
     assert out["median_diff"] == 1.0 and out["mean_diff"] == pytest.approx(1.1)
-    assert stats.paired_test([2, 4, 9], [1, 2, 3])["rank_biserial"] == 1.0
+    assert stats.paired_test([1, 2, 3], [2, 4, 9])["rank_biserial"] == 1.0
     assert np.isnan(stats.paired_test([1, 2], [1, 2])["wilcoxon_p"])
     m = stats.mcnemar([True] * 1 + [False] * 7 + [True] * 2, [False] * 1 + [True] * 7 + [True] * 2)
     assert (m["n"], m["a_only"], m["b_only"]) == (10, 1, 7)
@@ -290,4 +295,4 @@ def test_resume_finishes_without_redoing(cli, tiny_llama, tmp_path):
     assert m["resumed"] == 1 and m["counts"]["already_done"] == 9
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "tables" / "samples.parquet"))
     result = cli(*args, "--resume", "--seed", "1")  # other noise: not the same experiment
-    assert result.exit_code == 2 and "different settings (seed: 0 -> 1)" in result.stderr
+    assert result.exit_code == 2 and "different settings (--seed: 0 -> 1)" in result.stderr

@@ -88,6 +88,13 @@ def check_summary(table: pd.DataFrame, keys: list[str], path: Path) -> pd.DataFr
     return table
 
 
+def sparsity_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a statistics table that are about a metric, not a length baseline."""
+    from ..science.controls import LENGTHS
+
+    return table[~table["metric"].isin(LENGTHS)].reset_index(drop=True)
+
+
 def layer_name(layer: int) -> str:
     """How figures name a layer: -1 is the state after the final norm."""
     return "final norm" if layer == -1 else f"layer {layer}"

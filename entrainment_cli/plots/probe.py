@@ -177,7 +177,7 @@ def _bars(summary: pd.DataFrame, kruskal: pd.DataFrame, metrics: list[str]):
 
 
 def _paired(frame: pd.DataFrame, paired: pd.DataFrame, metrics: list[str]):
-    """Per metric: each pair's difference a - b per comparison (a strip with the median)."""
+    """Per metric: each pair's difference b - a per comparison (a strip with the median)."""
     fig, axes = _grid(len(metrics))
     pair_id, condition = paired["pair_id"].iloc[0], paired["condition"].iloc[0]
     wide = frame.astype({condition: str}).pivot(index=pair_id, columns=condition, values=metrics)
@@ -185,18 +185,18 @@ def _paired(frame: pd.DataFrame, paired: pd.DataFrame, metrics: list[str]):
         rows = paired[paired["metric"] == metric]
         lines = [metric]
         for x, r in enumerate(rows.itertuples()):
-            d = (wide[(metric, str(r.a))] - wide[(metric, str(r.b))]).to_numpy(dtype=np.float64)
+            d = (wide[(metric, str(r.b))] - wide[(metric, str(r.a))]).to_numpy(dtype=np.float64)
             d = d[np.isfinite(d)]
             jitter = np.random.default_rng(x).uniform(-0.15, 0.15, d.size)  # display only
             ax.scatter(x + jitter, d, s=10, alpha=0.6, color=COLORS[x % len(COLORS)])
             ax.hlines(np.median(d) if d.size else np.nan, x - 0.3, x + 0.3, color="k")
             lines.append(
-                f"{r.a}−{r.b}: r={r.rank_biserial:.2f} [{r.rank_biserial_lo:.2f}, "
+                f"{r.b}−{r.a}: r={r.rank_biserial:.2f} [{r.rank_biserial_lo:.2f}, "
                 f"{r.rank_biserial_hi:.2f}], p={r.wilcoxon_p:.2g}, N={r.n}"
             )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([f"{r.a}−{r.b}" for r in rows.itertuples()], fontsize=7)
+        ax.set_xticklabels([f"{r.b}−{r.a}" for r in rows.itertuples()], fontsize=7)
         ax.set_title("\n".join(lines), fontsize=6)
     return fig
 

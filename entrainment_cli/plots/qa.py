@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..runs.rundir import run_label
-from .common import bar_ylim, layer_name, panel_grid, plt, save
+from .common import bar_ylim, layer_name, panel_grid, plt, save, sparsity_rows
 
 PANEL = 3.2  # inches per panel side
 SPLIT_COLORS = {"8k": "#1f77b4", "16k": "#2ca02c", "32k": "#d62728", "64k": "#ff7f0e"}
@@ -53,7 +53,7 @@ def plot_deepmath(run_dir: Path) -> list[Path]:
     """Per layer: a scatter of each metric against difficulty with the OLS line and band."""
     tables = run_dir / "tables"
     samples = pd.read_parquet(tables / "samples.parquet")
-    corr = pd.read_csv(tables / "correlations.csv")
+    corr = sparsity_rows(pd.read_csv(tables / "correlations.csv"))
     band = pd.read_csv(tables / "band.csv")
     model, _ = run_label(run_dir)
     metrics = list(dict.fromkeys(corr["metric"]))
@@ -113,7 +113,7 @@ def plot_conflict(run_dir: Path) -> list[Path]:
     samples = pd.read_parquet(tables / "samples.parquet")
     paired = pd.read_csv(tables / "paired.csv")
     model, _ = run_label(run_dir)
-    metrics = [m for m in dict.fromkeys(paired["metric"]) if m != "n_prompt_tokens"]
+    metrics = list(dict.fromkeys(sparsity_rows(paired)["metric"]))
     conditions = [c for c in CONDITION_COLORS if c in set(samples["condition"])]
     written: list[Path] = []
     for layer, part in samples.groupby("layer", sort=True):
@@ -129,7 +129,7 @@ def plot_conflict(run_dir: Path) -> list[Path]:
             lines = [metric]
             for row in paired[(paired.layer == layer) & (paired.metric == metric)].itertuples():
                 lines.append(
-                    f"{row.a}−{row.b}: Δ={row.mean_diff:.3g}, r={row.rank_biserial:.2f}, "
+                    f"{row.b}−{row.a}: Δ={row.mean_diff:.3g}, r={row.rank_biserial:.2f}, "
                     f"p={row.wilcoxon_p:.2g}"
                 )
             ax.set_title("\n".join(lines), fontsize=7)
@@ -147,7 +147,7 @@ def compare_conflict(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     tables = [pd.read_csv(rd / "tables" / "paired.csv") for rd in run_dirs]
     layer = _shared_layer([set(t["layer"]) for t in tables])
     frames = [
-        t[(t.layer == layer) & (t.b == "nonconflict") & (t.metric != "n_prompt_tokens")]
+        t[(t.layer == layer) & (t.a == "nonconflict") & (t.metric != "n_prompt_chars")]
         for t in tables
     ]
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(frames[0])), 4))
@@ -286,7 +286,7 @@ def plot_accuracy(run_dir: Path) -> list[Path]:
     tables = run_dir / "tables"
     by_level = pd.read_csv(tables / "accuracy_by_level.csv")
     summary = pd.read_csv(tables / "summary.csv")
-    assoc = pd.read_csv(tables / "association.csv")
+    assoc = sparsity_rows(pd.read_csv(tables / "association.csv"))
     model, _ = run_label(run_dir)
     metrics = list(dict.fromkeys(assoc["metric"]))
     written: list[Path] = []

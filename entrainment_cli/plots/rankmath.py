@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..runs.rundir import run_label
-from .common import bar_ylim, check_summary, layer_name, panel_grid, plt, save
+from .common import bar_ylim, check_summary, layer_name, panel_grid, plt, save, sparsity_rows
 
 PANEL = 3.2  # inches per panel side
 
@@ -22,7 +22,7 @@ def _tables(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = ["layer", "position", "metric"]
     path = tables / "summary.csv"
     summary = check_summary(pd.read_csv(path), [*keys, "level"], path)
-    corr = pd.read_csv(tables / "correlations.csv")
+    corr = sparsity_rows(pd.read_csv(tables / "correlations.csv"))
     # every probed problem is in one level: the levels' counts add up to each panel's N
     totals = summary.groupby(keys)["n"].sum()
     if (

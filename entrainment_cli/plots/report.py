@@ -38,9 +38,12 @@ MAX_ROWS = 200  # rows of a CSV shown inline; the file's path is always listed
 # -- key statistics: one extractor per command --------------------------------------------------
 
 
-def stat(name: str, value, lo=None, hi=None, n=None, p=None) -> dict[str, Any]:
-    """One row of a key-statistics table; ``name`` is ASCII so trackers can use it as a key."""
-    return {"statistic": name, "value": value, "ci_lo": lo, "ci_hi": hi, "n": n, "p": p}
+def stat(name: str, value, lo=None, hi=None, n=None, p=None, note="") -> dict[str, Any]:
+    """One row of a key-statistics table; ``name`` is ASCII so trackers can use it as a key;
+    ``note`` says why a cell is blank or what to make of the value."""
+    note = "" if note is None or (isinstance(note, float) and math.isnan(note)) else str(note)
+    return {"statistic": name, "value": value, "ci_lo": lo, "ci_hi": hi, "n": n, "p": p,
+            "note": note}  # fmt: skip
 
 
 def _final_slice(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -81,12 +84,12 @@ def _correlations(tables: Path, x: str) -> list[dict]:
 
 
 def _paired(df: pd.DataFrame, a: str, b: str, where_extra: str = "") -> list[dict]:
-    """Paired tests (mean difference a - b, Wilcoxon p) at the final layer; ``a`` and ``b``
-    name the columns holding the two conditions."""
+    """Paired tests (mean difference b - a, condition minus reference, Wilcoxon p) at the
+    final layer; ``a`` and ``b`` name the columns holding the reference and the condition."""
     df, where = _final_slice(df)
     return [
         stat(
-            f"mean diff {r.metric}: {getattr(r, a)} - {getattr(r, b)} [{where}{where_extra}]",
+            f"mean diff {r.metric}: {getattr(r, b)} - {getattr(r, a)} [{where}{where_extra}]",
             r.mean_diff,
             n=r.n,
             p=r.wilcoxon_p,
@@ -140,7 +143,7 @@ def robustness_stats(tables: Path) -> list[dict]:
     )
     acc = pd.read_csv(tables / "accuracy.csv")
     acc = acc[acc["area"] == "All"]
-    rows = _paired(tests, "noise_b", "noise_a", ", all areas")  # its mean_diff is b - a
+    rows = _paired(tests, "noise_a", "noise_b", ", all areas")
     return rows + [
         _accuracy(f"accuracy {r.noise} (all areas)", r.correct, r.n) for r in acc.itertuples()
     ]
@@ -150,7 +153,7 @@ def longreason_stats(tables: Path) -> list[dict]:
     acc = pd.read_csv(tables / "accuracy.csv")
     splits = list(acc["split"])  # shortest context first
     paired = pd.read_csv(tables / "paired.csv").sort_values(  # the longest against it first
-        "a", key=lambda s: s.map(splits.index), ascending=False, kind="stable"
+        "b", key=lambda s: s.map(splits.index), ascending=False, kind="stable"
     )
     rows = _paired(paired, "a", "b")
     return rows + [
@@ -187,6 +190,7 @@ def correlate_stats(tables: Path) -> list[dict]:
             r["spearman_hi"],
             n,
             r["spearman_p"],
+            r.get("note"),
         ),
         stat(
             f"Pearson r({r['x']}, {r['y']}) [{over}]",
@@ -257,7 +261,7 @@ def probe_stats(tables: Path) -> list[dict]:
             "p",
         ),
         "paired.csv": (
-            "rank-biserial r({metric}: {a} - {b})",
+            "rank-biserial r({metric}: {b} - {a})",
             "rank_biserial",
             "rank_biserial_lo",
             "rank_biserial_hi",
@@ -276,6 +280,36 @@ def probe_stats(tables: Path) -> list[dict]:
             stat(f"mean {r.metric} [{where}]", r.mean, n=r.n)
             for r in _headline_first(df).itertuples()
         ]
+    return rows
+
+
+def control_stats(tables: Path) -> list[dict]:
+    """The controls of a run (tables/baselines.csv and controls.csv): each model-free baseline
+    alone, then each metric's raw Spearman rho beside its partial rho given prompt length at
+    the final layer, a metric whose effect length explains flagged in its note."""
+    rows = []
+    if (tables / "baselines.csv").is_file():
+        for r in pd.read_csv(tables / "baselines.csv").to_dict("records"):
+            name = f"baseline {r['baseline']}: {r.get('statistic', '')} for {r['label']}"
+            rows.append(stat(name, r.get("value"), r.get("lo"), r.get("hi"), r.get("n"),
+                             r.get("p"), r.get("note")))  # fmt: skip
+    if (tables / "controls.csv").is_file():
+        table = pd.read_csv(tables / "controls.csv")
+        table = table[table["kind"] == "metric"]
+        scopes = table.groupby(["a", "b"], sort=False) if "a" in table else [((), table)]
+        for key, part in scopes:
+            df, where = _final_slice(part)
+            if key:
+                where = f"{key[1]} vs {key[0]}, {where}"
+            for r in _headline_first(df).to_dict("records"):
+                label, given = r["label"], r["controlled_for"]
+                rows.append(stat(f"Spearman rho({label}, {r['metric']}) raw [{where}]",
+                                 r["spearman_rho"], r["spearman_lo"], r["spearman_hi"],
+                                 r["n"], r["spearman_p"]))  # fmt: skip
+                note = "; ".join(str(v) for v in (r["verdict"], r["note"]) if pd.notna(v) and v)
+                rows.append(stat(f"partial rho({label}, {r['metric']} | {given}) [{where}]",
+                                 r["partial_rho"], r["partial_lo"], r["partial_hi"], r["n"],
+                                 r["partial_p"], note))  # fmt: skip
     return rows
 
 
@@ -364,7 +398,7 @@ def load_run(path: Path) -> Run:
             "finish the run with --resume, or rerun it"
         )
     try:
-        rows = extract(tables) + signal_stats(tables)
+        rows = extract(tables) + control_stats(tables) + signal_stats(tables)
     except pd.errors.EmptyDataError:  # a study that had nothing to test writes an empty CSV
         rows = []
     except (KeyError, AttributeError) as e:  # a column or key this version does not write
@@ -466,10 +500,11 @@ def stats_table(stats: pd.DataFrame, lead: tuple[str, ...] = ()) -> str:
             else f"[{fmt(r['ci_lo'])}, {fmt(r['ci_hi'])}]",
             "N": r["n"],
             "p": r["p"],
+            "note": r.get("note", ""),
         }
         for r in stats.to_dict(orient="records")
     ]
-    return table(rows, [*lead, "statistic", "value", "95% CI", "N", "p"], raw=lead)
+    return table(rows, [*lead, "statistic", "value", "95% CI", "N", "p", "note"], raw=lead)
 
 
 def table_file(path: Path) -> str:

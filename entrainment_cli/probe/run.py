@@ -21,7 +21,7 @@ from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir, atomic_write_files
-from ..science import labels, stats
+from ..science import controls, labels, stats
 from ..studies import ProbeConfig
 
 log = logging.getLogger("entrain")
@@ -183,8 +183,10 @@ def write_analysis(
     per_token: pd.DataFrame | None,
 ) -> None:
     """Every table the question asks for (``labels.question_tables``), per layer and position
-    of the hidden-state metrics and, after generation, over the per-example token aggregates
-    (layer empty, position ``generated``); computed first, then written at once."""
+    of the hidden-state metrics (prompt length first, as the baseline) and, after generation,
+    over the per-example token aggregates (layer empty, position ``generated``), with Holm and
+    Benjamini-Hochberg p over each table's metrics x layers x positions; and the controls of
+    a label or pairs (``controls.csv``, ``baselines.csv``). Computed first, written at once."""
     ask = dict(
         label=cfg.label,
         group=cfg.group,
@@ -193,15 +195,68 @@ def write_analysis(
         n_boot=cfg.n_boot,
         seed=cfg.seed,
     )
-    tables = labels.question_tables(samples, metrics, ["layer", "position"], **ask)
+    samples = controls.with_lengths(samples)
+    measures = [*controls.LENGTHS, *metrics]
+    tables = labels.question_tables(samples, measures, ["layer", "position"], **ask)
+    summary = tables["summary"]  # each metric's distribution; the lengths are no metric
+    tables["summary"] = summary[~summary["metric"].isin(controls.LENGTHS)].reset_index(drop=True)
     if per_token is not None:
         aggregates = [f"{s}_{how}" for s in pipeline.TOKEN_STATS for how in AGGREGATES]
         scope = per_token.assign(position="generated")
         for name, table in labels.question_tables(scope, aggregates, ["position"], **ask).items():
             table.insert(0, "layer", pd.NA)
             tables[name] = pd.concat([tables[name], table], ignore_index=True)
+    tables = {name: adjusted(name, table) for name, table in tables.items()}
+    tables |= control_tables(cfg, samples, metrics)
     files = {}
     for name, table in tables.items():
-        table["layer"] = table["layer"].astype("Int64")
+        if "layer" in table:
+            table["layer"] = table["layer"].astype("Int64")
         files[rd.path / "tables" / f"{name}.csv"] = table.to_csv(index=False)
     atomic_write_files(files)
+
+
+P_VALUES = {  # table -> its p-value columns, and the columns that set one family apart
+    "label_correlations": (("spearman_p", "pearson_p"), ()),
+    "label_auroc": (("p",), ()),
+    "group_kruskal": (("p",), ()),
+    "paired": (("wilcoxon_p",), ("a", "b")),
+}
+
+
+def adjusted(name: str, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with Holm and Benjamini-Hochberg p beside each p column, the family being
+    every metric x layer x position (the length baselines stay out of it)."""
+    columns, family = P_VALUES.get(name, ((), ()))
+    rows = ~table["metric"].isin(controls.LENGTHS).to_numpy() if columns else None
+    for column in columns:
+        table = stats.adjust(table, column, family, rows)
+    return table
+
+
+def control_tables(cfg: ProbeConfig, samples: pd.DataFrame, metrics: list[str]) -> dict:
+    """The controls of the question: a numeric label as is, a two-valued one as 0/1 (1 for
+    its positive value), each pair of conditions as 0 (a) / 1 (b) with the pairs as units."""
+    common = dict(n_boot=cfg.n_boot, seed=cfg.seed)
+    out: dict[str, list[pd.DataFrame]] = {}
+    if cfg.label is not None:
+        frame = samples[samples[cfg.label].notna()]
+        kind = labels.label_kind(frame[cfg.label])
+        if kind == "binary":
+            positive = labels.binary_values(frame[cfg.label])[1]
+            frame = frame.assign(**{cfg.label: (frame[cfg.label] == positive).astype(float)})
+        made = controls.study_controls(
+            frame, cfg.label, kind, metrics, groups=cfg.pair_id, **common
+        )
+        for name, table in made.items():
+            out.setdefault(name, []).append(table)
+    if cfg.pair_id is not None:
+        for a, b in labels.comparisons(samples, cfg.pair_id, cfg.condition, ["layer", "position"]):
+            part = samples[samples[cfg.condition].isin([a, b])]
+            part = part.assign(condition_is_b=(part[cfg.condition] == b).astype(float))
+            made = controls.study_controls(
+                part, "condition_is_b", "binary", metrics, groups=cfg.pair_id, **common
+            )
+            for name, table in made.items():
+                out.setdefault(name, []).append(table.assign(a=str(a), b=str(b)))
+    return {name: pd.concat(parts, ignore_index=True) for name, parts in out.items()}

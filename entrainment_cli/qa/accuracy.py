@@ -21,7 +21,7 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir
-from ..science import sparsity, stats
+from ..science import controls, sparsity, stats
 from ..science.answers import extract_boxed, math_equal
 from ..studies import AccuracyConfig
 from .rankmath import select
@@ -139,7 +139,9 @@ def answer_table(problems: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -
 
 
 def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> None:
-    """accuracy_by_level.csv, summary.csv (metrics per level) and association.csv."""
+    """accuracy_by_level.csv, summary.csv (metrics per level), association.csv (prompt length
+    first, as the baseline), controls.csv and baselines.csv (correctness against each metric
+    given prompt length; length and TF-IDF alone)."""
     by_level = pd.DataFrame.from_records(
         {"level": level, **stats.accuracy_record(part["correct"])}
         for level, part in answers.groupby("level", sort=True)
@@ -147,10 +149,14 @@ def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> Non
     rd.write_text("tables/accuracy_by_level.csv", by_level.to_csv(index=False))
     summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
+    samples = controls.with_lengths(samples)
+    measures = [*controls.LENGTHS, *metrics]  # prompt length first, as the baseline
     rd.write_text(
         "tables/association.csv",
-        association(samples, by_level, summary, metrics, seed, n_boot).to_csv(index=False),
+        association(samples, by_level, summary, measures, seed, n_boot).to_csv(index=False),
     )
+    graded = samples.assign(correct=samples["correct"].astype(float))
+    pipeline.write_controls(rd, graded, "correct", "binary", metrics, n_boot=n_boot, seed=seed)
 
 
 def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> pd.DataFrame:
@@ -176,7 +182,9 @@ def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> 
                     "layer": layer,
                     "position": position,
                     "metric": metric,
-                    "sparser_when": sparsity.sparser_when(metric),
+                    "sparser_when": sparsity.sparser_when(metric)
+                    if metric in sparsity.SPARSER
+                    else None,
                     "n": pb["n"],
                     "n_correct": int(g["n_correct"]),
                     "point_biserial_r": pb["pearson_r"],
@@ -191,4 +199,8 @@ def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> 
                     "n_levels": len(lm),
                 }
             )
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    rows = table["sparser_when"].notna().to_numpy()  # the family: metrics x layers x positions
+    return stats.adjust(
+        stats.adjust(table, "point_biserial_p", rows=rows), "mannwhitney_p", rows=rows
+    )

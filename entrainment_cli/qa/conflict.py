@@ -17,7 +17,7 @@ from .. import pipeline
 from ..data import prompts, registry
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import sparsity, stats
+from ..science import controls, sparsity, stats
 
 SYSTEM_PROMPT = (
     "Judge whether the knowledge in the context is correct, then answer the question. "
@@ -29,9 +29,9 @@ CONDITIONS = {
     "nonconflict": ("parametric_knowledge", "question_about_nonconflicting_segments"),
     "control": ("parametric_knowledge", "question_about_conflicting_segments"),
 }
-# (a, b): a test of a - b per item. The first is upstream's; in the second only the context
-# differs (the question is the same), so it is free of the question confound.
-COMPARISONS = [("conflict", "nonconflict"), ("conflict", "control")]
+# (reference a, condition b): a test of b - a per item. The first is upstream's; in the second
+# only the context differs (the question is the same), so it is free of the question confound.
+COMPARISONS = [("nonconflict", "conflict"), ("control", "conflict")]
 
 
 def build_prompt(tokenizer, context: str, question: str) -> tuple[str, str]:
@@ -67,7 +67,7 @@ STUDY = pipeline.ProbeStudy(
     select=lambda data, cfg: examples(data, cfg.limit),
     prompt=lambda tokenizer, row: build_prompt(tokenizer, row.context, row.question),
     columns=("id", "item", "condition", "subject", "main_entity", "prompt", "n_prompt_tokens"),
-    analysis=lambda rd, samples, metrics, cfg: write_analysis(rd, samples, metrics),
+    analysis=lambda rd, samples, metrics, cfg: write_analysis(rd, samples, metrics, cfg.seed),
     counts=lambda frame: {"items": int(frame["item"].nunique()), "prompts": len(frame)},
     shard_by="item",  # an item's conditions stay together in one shard (the paired tests)
 )
@@ -75,14 +75,17 @@ prepare, execute = STUDY.prepare, STUDY.execute  # what the pipeline calls
 
 
 def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Per layer, comparison and metric: the Wilcoxon test of a - b over items, effect sizes,
-    and whether a is the sparser one at p < 0.05. Prompt length is tested the same way, since
-    a length difference between the conditions can drive a metric difference by itself."""
+    """Per layer, comparison and metric: the Wilcoxon test of b - a (conflict minus its
+    reference) over items, effect sizes, and whether b is the sparser one at p < 0.05. Prompt
+    length (tokens, characters) is tested the same way, since a length difference between the
+    conditions can drive a metric difference by itself; Holm and Benjamini-Hochberg adjust p
+    over the metrics x layers of each comparison."""
     records = []
+    samples = controls.with_lengths(samples)
     for layer, part in samples.groupby("layer", sort=True):
-        wide = part.pivot(index="item", columns="condition", values=["n_prompt_tokens", *metrics])
+        wide = part.pivot(index="item", columns="condition", values=[*controls.LENGTHS, *metrics])
         for a, b in COMPARISONS:
-            for metric in ["n_prompt_tokens", *metrics]:
+            for metric in [*controls.LENGTHS, *metrics]:
                 if (metric, a) not in wide or (metric, b) not in wide:
                     continue
                 test = stats.paired_test(wide[(metric, a)], wide[(metric, b)])
@@ -97,15 +100,37 @@ def paired_table(samples: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
                         if direction is None
                         else sparsity.sparser_when(metric),
                         **test,
-                        "a_sparser": None
+                        "b_sparser": None
                         if direction is None
                         else bool(test["wilcoxon_p"] < 0.05 and test["mean_diff"] * direction > 0),
                     }
                 )
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    rows = table["sparser_when"].notna().to_numpy()
+    return stats.adjust(table, "wilcoxon_p", ["a", "b"], rows)
 
 
-def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str]) -> None:
+# what each comparison holds fixed, in the controls table
+DESIGN = {
+    "nonconflict": "context and question differ between the conditions",
+    "control": "the question is held fixed; only the context differs",
+}
+
+
+def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int) -> None:
+    """summary.csv, paired.csv, and the controls of each comparison: the condition (0 for the
+    reference a, 1 for conflict) against each metric given prompt length, items as units."""
     summary = stats.group_summary(samples, ["layer", "condition"], ["n_prompt_tokens", *metrics])
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
     rd.write_text("tables/paired.csv", paired_table(samples, metrics).to_csv(index=False))
+    tables: dict[str, list[pd.DataFrame]] = {}
+    for a, b in COMPARISONS:
+        part = samples[samples["condition"].isin([a, b])]
+        part = part.assign(is_b=(part["condition"] == b).astype(float))
+        made = controls.study_controls(
+            part, "is_b", "binary", metrics, by=["layer"], groups="item", note=DESIGN[a], seed=seed
+        )
+        for name, table in made.items():
+            tables.setdefault(name, []).append(table.assign(a=a, b=b))
+    for name, parts in tables.items():
+        rd.write_text(f"tables/{name}.csv", pd.concat(parts).to_csv(index=False))

@@ -19,7 +19,7 @@ from .. import pipeline
 from ..data import registry
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import stats
+from ..science import controls, stats
 from .rankmath import build_prompt
 
 log = logging.getLogger("entrain")
@@ -76,15 +76,20 @@ prepare, execute = STUDY.prepare, STUDY.execute  # what the pipeline calls
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):
-    """correlations.csv (difficulty vs each metric), fit.csv (OLS line) and band.csv (its
-    95% band on a grid over the observed difficulties), per layer."""
-    corr = stats.correlation_table(samples, "difficulty", metrics, seed, n_boot)
+    """correlations.csv (difficulty vs each metric, prompt length first as the baseline),
+    controls.csv and baselines.csv, fit.csv (OLS line) and band.csv (its 95% band on a grid
+    over the observed difficulties), per layer."""
+    samples = controls.with_lengths(samples)
+    corr = stats.correlation_table(
+        samples, "difficulty", [*controls.LENGTHS, *metrics], seed, n_boot
+    )
     # "supports": the metric is sparser on harder problems, Spearman p < 0.05 (upstream's test)
     sign = np.where(corr["sparser_when"] == "higher", 1.0, -1.0)
-    corr["supports_sparser_when_harder"] = (np.sign(corr["spearman_rho"]) == sign) & (
-        corr["spearman_p"] < 0.05
-    )
+    corr["supports_sparser_when_harder"] = (
+        (np.sign(corr["spearman_rho"]) == sign) & (corr["spearman_p"] < 0.05)
+    ).where(corr["sparser_when"].notna())
     rd.write_text("tables/correlations.csv", corr.to_csv(index=False))
+    pipeline.write_controls(rd, samples, "difficulty", "numeric", metrics, n_boot=n_boot, seed=seed)
     fits, bands = [], []
     for layer, part in samples.groupby("layer", sort=True):
         x = part["difficulty"].to_numpy(dtype=np.float64)

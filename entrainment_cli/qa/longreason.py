@@ -27,6 +27,7 @@ from ..pipeline import Prepared, finish_counts
 from ..runs.rundir import RunDir
 from ..science import sparsity, stats
 from ..science.answers import parse_choice
+from ..science.controls import LENGTHS
 from ..studies import LongreasonConfig
 
 LETTERS = "ABCDE"
@@ -121,7 +122,8 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prep
     # skipped, never truncated: a cut context may no longer hold what the question needs
     tokens = pipeline.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
     frame["skipped_too_long"] = [i in tokens.skipped for i in range(len(frame))]
-    columns = ["id", "split", "example_idx", "n_prompt_tokens"]
+    frame["n_prompt_chars"] = frame["prompt"].str.len()
+    columns = ["id", "split", "example_idx", "n_prompt_tokens", "n_prompt_chars"]
     already_done = pipeline.probe_samples(
         rd,
         cfg,
@@ -162,7 +164,7 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prep
         rd.write_table("samples", samples)
         answers = answer_table(frame, rd.read_in_order("answers", ["id"], ids), tokenizer)
         rd.write_table("answers", answers)
-        write_analysis(rd, samples, answers, metric_names, splits)
+        write_analysis(rd, samples, answers, metric_names, splits, cfg.seed)
     finish_counts(
         rd,
         probed=int(samples["id"].nunique()),
@@ -197,9 +199,17 @@ def answer_table(frame: pd.DataFrame, gens: pd.DataFrame | None, tokenizer) -> p
     return out
 
 
-def write_analysis(rd, samples, answers, metrics, splits) -> None:
-    """accuracy.csv per split, profile.csv (per split and layer: mean, SEM, ...), and
-    paired.csv: every longer split against the first one, question by question."""
+LENGTH_DESIGN = (
+    "length is the manipulated variable (the question is held fixed, the context grows): "
+    "a metric that tracks the split only through length is expected here"
+)
+
+
+def write_analysis(rd, samples, answers, metrics, splits, seed: int) -> None:
+    """accuracy.csv per split, profile.csv (per split and layer: mean, SEM, ...), paired.csv:
+    every longer split (b) against the first one (a), question by question, prompt length
+    first (Holm and Benjamini-Hochberg over the metrics x layers of each split), and the
+    controls: the split's rank against each metric given the prompt's exact length."""
     records = []
     for split in splits:
         part = answers[answers.split == split]
@@ -226,20 +236,39 @@ def write_analysis(rd, samples, answers, metrics, splits) -> None:
     tests = []
     base = splits[0]
     for layer, part in samples.groupby("layer", sort=True):
-        wide = part.pivot(index="example_idx", columns="split", values=metrics)
+        wide = part.pivot(index="example_idx", columns="split", values=[*LENGTHS, *metrics])
         for split in splits[1:]:
-            for metric in metrics:
+            for metric in [*LENGTHS, *metrics]:
                 if (metric, split) not in wide or (metric, base) not in wide:
                     continue
-                test = stats.paired_test(wide[(metric, split)], wide[(metric, base)])
+                test = stats.paired_test(wide[(metric, base)], wide[(metric, split)])
                 tests.append(
                     {
                         "layer": layer,
-                        "a": split,
-                        "b": base,
+                        "a": base,
+                        "b": split,
                         "metric": metric,
-                        "sparser_when": sparsity.sparser_when(metric),
+                        "sparser_when": sparsity.sparser_when(metric)
+                        if metric in sparsity.SPARSER
+                        else None,
                         **test,
                     }
                 )
-    rd.write_text("tables/paired.csv", pd.DataFrame.from_records(tests).to_csv(index=False))
+    tests = pd.DataFrame.from_records(tests)
+    if len(tests):
+        rows = tests["sparser_when"].notna().to_numpy()
+        tests = stats.adjust(tests, "wilcoxon_p", ["b"], rows)
+    rd.write_text("tables/paired.csv", tests.to_csv(index=False))
+    if samples["split"].nunique() > 1:  # a split can be skipped whole (too long)
+        ordinal = samples.assign(split_rank=samples["split"].map(splits.index).astype(float))
+        pipeline.write_controls(
+            rd,
+            ordinal,
+            "split_rank",
+            "numeric",
+            metrics,
+            groups="example_idx",
+            text=None,
+            note=LENGTH_DESIGN,
+            seed=seed,
+        )

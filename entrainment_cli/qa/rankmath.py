@@ -13,7 +13,7 @@ from .. import pipeline
 from ..data import prompts, registry
 from ..errors import UserError
 from ..runs.rundir import RunDir
-from ..science import stats
+from ..science import controls, stats
 
 SYSTEM_PROMPT = (
     "You are a math tutor. Work the problem out step by step in your head, "
@@ -63,8 +63,11 @@ prepare, execute = STUDY.prepare, STUDY.execute  # what the pipeline calls
 
 
 def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: int, n_boot: int):
-    """Per-level summary and level-vs-metric correlations over all problems."""
+    """Per-level summary, level-vs-metric correlations over all problems (prompt length first,
+    as the baseline), and the controls (each metric given prompt length)."""
     summary = stats.group_summary(samples, ["layer", "position", "level"], metrics)
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
-    corr = stats.correlation_table(samples, "level", metrics, seed, n_boot)
+    samples = controls.with_lengths(samples)
+    corr = stats.correlation_table(samples, "level", [*controls.LENGTHS, *metrics], seed, n_boot)
     rd.write_text("tables/correlations.csv", corr.to_csv(index=False))
+    pipeline.write_controls(rd, samples, "level", "numeric", metrics, n_boot=n_boot, seed=seed)

@@ -26,7 +26,7 @@ from ..engines.probe import HiddenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir, atomic_write_text
-from ..science import noise, sparsity, stats
+from ..science import controls, noise, sparsity, stats
 from ..studies import RobustnessConfig, RobustnessExportConfig
 
 log = logging.getLogger("entrain")
@@ -323,7 +323,7 @@ def execute(rd: RunDir, cfg: RobustnessConfig, setup: pipeline.Setup, prep: Prep
             + ["correct"]
         ]
         rd.write_table("samples", samples)
-        write_analysis(rd, samples, metric_names, [lv.name for lv in levels])
+        write_analysis(rd, samples, metric_names, [lv.name for lv in levels], cfg.seed)
     first = samples.drop_duplicates("id")
     finish_counts(
         rd,
@@ -352,8 +352,14 @@ def _with_all(samples: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([samples, samples.assign(area=ALL)], ignore_index=True)
 
 
-def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels: list[str]):
-    """Summaries per area x noise level, accuracy, and paired tests between noise levels."""
+def write_analysis(
+    rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels: list[str], seed: int
+):
+    """Summaries per area x noise level, accuracy, paired tests between noise levels (prompt
+    length first, as the baseline; Holm and Benjamini-Hochberg over the metrics x layers of
+    each comparison and area), and the controls: the noise level (0 = the first, 1, ...)
+    against each metric given prompt length, over all areas, questions as units."""
+    samples = controls.with_lengths(samples)
     pooled = _with_all(samples)
     summary = stats.group_summary(pooled, ["layer", "position", "area", "noise"], metrics)
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
@@ -375,7 +381,9 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
     wides = {
         area: (
             part.pivot_table(
-                index=["question_id", "layer", "position"], columns="noise", values=metrics
+                index=["question_id", "layer", "position"],
+                columns="noise",
+                values=[*controls.LENGTHS, *metrics],
             ),
             per_prompt[per_prompt["area"] == area].pivot(
                 index="question_id", columns="noise", values="correct"
@@ -387,7 +395,7 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
     for a, b in itertools.combinations(levels, 2):
         for area, (wide, answers_) in wides.items():
             for (layer, position), cell in wide.groupby(level=["layer", "position"]):
-                for metric in metrics:
+                for metric in [*controls.LENGTHS, *metrics]:
                     if (metric, a) not in cell or (metric, b) not in cell:
                         continue
                     tests.append(
@@ -398,9 +406,11 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
                             "metric": metric,
                             "noise_a": a,
                             "noise_b": b,
-                            "sparser_when": sparsity.sparser_when(metric),
+                            "sparser_when": sparsity.sparser_when(metric)
+                            if metric in sparsity.SPARSER
+                            else None,
                             # noise_b minus noise_a, question by question
-                            **stats.paired_test(cell[(metric, b)], cell[(metric, a)]),
+                            **stats.paired_test(cell[(metric, a)], cell[(metric, b)]),
                         }
                     )
             if a in answers_ and b in answers_:
@@ -415,7 +425,16 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], levels
                         **stats.mcnemar(both[a], both[b]),
                     }
                 )
-    rd.write_text("tables/paired_tests.csv", pd.DataFrame.from_records(tests).to_csv(index=False))
+    tests = pd.DataFrame.from_records(tests)
+    if len(tests):
+        rows = tests["sparser_when"].notna().to_numpy()
+        tests = stats.adjust(tests, "wilcoxon_p", ["area", "noise_a", "noise_b"], rows)
+    rd.write_text("tables/paired_tests.csv", tests.to_csv(index=False))
+    if len(levels) > 1:
+        ordinal = samples.assign(noise_level=samples["noise"].map(levels.index).astype(float))
+        pipeline.write_controls(
+            rd, ordinal, "noise_level", "numeric", metrics, groups="question_id", seed=seed
+        )
     rd.write_text(
         "tables/accuracy_tests.csv", pd.DataFrame.from_records(acc_tests).to_csv(index=False)
     )

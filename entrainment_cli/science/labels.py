@@ -197,7 +197,7 @@ def paired_table(
     seed: int = 0,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Per comparison (a, b) and metric: the Wilcoxon signed-rank test of a - b over the pairs
+    """Per comparison (a, b) and metric: the Wilcoxon signed-rank test of b - a over the pairs
     that have both (``stats.paired_test``: mean and median difference, Cohen's dz, matched-pairs
     rank-biserial r) and a bootstrap CI of r resampling pairs."""
     pairs = comparisons(frame, pair_id, condition, by)
@@ -208,7 +208,7 @@ def paired_table(
         out = []
         for a, b in pairs:
             both = wide.reindex(columns=[a, b])  # a missing partner is dropped as non-finite
-            d = (both[a] - both[b]).to_numpy(dtype=np.float64)
+            d = (both[b] - both[a]).to_numpy(dtype=np.float64)
             lo, hi = stats.bootstrap_ci(
                 stats.rank_biserial, [d[np.isfinite(d)]], n_boot, seed, level
             )

@@ -55,33 +55,31 @@ def correlate(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
-) -> dict[str, float | int]:
+) -> dict[str, float | int | str]:
     """Pearson and Spearman of x and y with p-values, N, and percentile bootstrap CIs.
 
     The bootstrap resamples whole ``groups`` (e.g. prompts, whose tokens are not
-    independent); with no groups every row is its own group.
+    independent); with no groups every row is its own group. The p-values are scipy's when
+    every row is its own unit, else the grouped bootstrap's (:func:`bootstrap_p`): tokens of
+    one prompt never count as independent evidence. ``n_units`` counts the units; fewer than
+    ``MIN_UNITS`` give a ``note``.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     g = np.arange(x.size) if groups is None else np.asarray(groups)[keep]
-    out: dict[str, float | int] = {"n": int(x.size), "n_dropped_nonfinite": int((~keep).sum())}
+    members = unit_members(g)
+    out: dict[str, float | int | str] = {
+        "n": int(x.size),
+        "n_units": len(members),
+        "n_dropped_nonfinite": int((~keep).sum()),
+    }
     nan = float("nan")
+    names = ["pearson_r", "pearson_p", "spearman_rho", "spearman_p"]
+    names += ["pearson_lo", "pearson_hi", "spearman_lo", "spearman_hi"]
     if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return out | dict.fromkeys(
-            [
-                "pearson_r",
-                "pearson_p",
-                "spearman_rho",
-                "spearman_p",
-                "pearson_lo",
-                "pearson_hi",
-                "spearman_lo",
-                "spearman_hi",
-            ],
-            nan,
-        )
+        return out | dict.fromkeys(names, nan) | {"note": units_note(len(members))}
     pr = stats.pearsonr(x, y)
     sr = stats.spearmanr(x, y)
     out |= {
@@ -90,24 +88,112 @@ def correlate(
         "spearman_rho": float(sr.statistic),
         "spearman_p": float(sr.pvalue),
     }
-    rng = np.random.default_rng(seed)
-    unique, inverse = np.unique(g, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(unique.size)]
-    boots = np.full((n_boot, 2), np.nan)
-    for b in range(n_boot):
-        picks = rng.integers(0, unique.size, unique.size)
-        idx = np.concatenate([members[k] for k in picks])
+
+    def both(idx: np.ndarray) -> tuple[float, float]:
         xb, yb = x[idx], y[idx]
-        boots[b, 0] = _pearson(xb, yb)
-        boots[b, 1] = _pearson(stats.rankdata(xb), stats.rankdata(yb))
+        return _pearson(xb, yb), _pearson(stats.rankdata(xb), stats.rankdata(yb))
+
+    boots = cluster_bootstrap(both, members, n_boot, seed)
     tail = (1 - level) / 2 * 100
     lo, hi = np.nanpercentile(boots, [tail, 100 - tail], axis=0)
-    out |= {
+    if len(members) < x.size:  # repeated measurements: the units' bootstrap decides p
+        out |= {"pearson_p": bootstrap_p(boots[:, 0]), "spearman_p": bootstrap_p(boots[:, 1])}
+    return out | {
         "pearson_lo": float(lo[0]),
         "pearson_hi": float(hi[0]),
         "spearman_lo": float(lo[1]),
         "spearman_hi": float(hi[1]),
+        "note": units_note(len(members)),
     }
+
+
+MIN_UNITS = 5  # fewer independent units than this: a p-value is reported with a note
+
+
+def units_note(n_units: int) -> str:
+    """The note a statistic on too few independent units carries ('' when there are enough)."""
+    if n_units < MIN_UNITS:
+        return f"only {n_units} independent unit(s), fewer than {MIN_UNITS}: p unreliable"
+    return ""
+
+
+def unit_members(groups: Sequence) -> list[np.ndarray]:
+    """The row indices of each unit (distinct value of ``groups``), in sorted unit order."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(inverse))[:-1]) if order.size else []
+
+
+def cluster_bootstrap(
+    statistic, members: Sequence[np.ndarray], n_boot: int, seed: int
+) -> np.ndarray:
+    """``statistic(rows)`` over ``n_boot`` resamples of whole units (with replacement, as many
+    as there are): a unit's rows are drawn together, so they never count as independent."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        picks = rng.integers(0, len(members), len(members))
+        out.append(statistic(np.concatenate([members[k] for k in picks])))
+    return np.asarray(out, dtype=np.float64)
+
+
+def bootstrap_p(boots: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the statistic is 0": twice the smaller share of
+    resamples on either side of 0, each counted with the observed one ((k + 1) / (B + 1)),
+    so it is never 0 and its floor is 2 / (B + 1)."""
+    b = np.asarray(boots, dtype=np.float64)
+    b = b[np.isfinite(b)]
+    if b.size == 0:
+        return float("nan")
+    below, above = (b <= 0).sum(), (b >= 0).sum()
+    return float(min(1.0, 2 * (min(below, above) + 1) / (b.size + 1)))
+
+
+# -- multiple comparisons --------------------------------------------------------------------
+
+
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error); NaN stays NaN and is not
+    counted in the family."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m:
+        order = finite[np.argsort(p[finite], kind="stable")]
+        stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+        out[order] = np.minimum(stepped, 1.0)
+    return out
+
+
+def benjamini_hochberg(p: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate); NaN stays NaN and is not
+    counted in the family."""
+    p = np.asarray(p, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = stats.false_discovery_control(p[finite], method="bh")
+    return out
+
+
+def adjust(
+    table: pd.DataFrame, p_column: str, family: Sequence[str] = (), rows: np.ndarray | None = None
+) -> pd.DataFrame:
+    """``table`` with ``{p_column}_holm`` and ``{p_column}_bh`` beside ``p_column``: adjusted
+    within each group of the ``family`` columns (e.g. a comparison: the family is then every
+    metric x layer x position of it), over ``rows`` only (the metrics; baselines get NaN)."""
+    rows = np.ones(len(table), bool) if rows is None else np.asarray(rows, bool)
+    holm_p, bh_p = np.full(len(table), np.nan), np.full(len(table), np.nan)
+    keys = table[list(family)].astype(str).agg("|".join, axis=1) if family else None
+    for key in [None] if keys is None else keys[rows].unique():
+        part = rows if key is None else rows & (keys == key).to_numpy()
+        holm_p[part] = holm(table.loc[part, p_column])
+        bh_p[part] = benjamini_hochberg(table.loc[part, p_column])
+    at = table.columns.get_loc(p_column) + 1
+    out = table.copy()
+    out.insert(at, f"{p_column}_holm", holm_p)
+    out.insert(at + 1, f"{p_column}_bh", bh_p)
     return out
 
 
@@ -198,19 +284,22 @@ def fit_unimodal(x: Sequence[float], y: Sequence[float]) -> dict[str, float | bo
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:
-    """Wilcoxon signed-rank test of a - b over pairs, with two effect sizes.
+    """Wilcoxon signed-rank test of d = b - a over pairs, with two effect sizes.
 
-    ``rank_biserial`` is the matched-pairs rank-biserial correlation (W+ - W-) / (W+ + W-)
-    over the non-zero differences, in [-1, 1] (1: every a exceeds its b); ``cohens_dz`` is
-    mean(d) / std(d, ddof=1). A pair with a non-finite value is dropped (``n_dropped``);
-    zero differences are left out of the ranks as in Wilcoxon's original test (``n_zero``).
+    The one sign convention of every paired table: ``a`` is the reference (no noise, the
+    shortest context, the non-conflicting prompt), ``b`` the condition, and a difference is
+    "condition minus reference". ``rank_biserial`` is the matched-pairs rank-biserial
+    correlation (W+ - W-) / (W+ + W-) over the non-zero differences, in [-1, 1] (1: every b
+    exceeds its a); ``cohens_dz`` is mean(d) / std(d, ddof=1). A pair with a non-finite value
+    is dropped (``n_dropped``); zero differences are left out of the ranks as in Wilcoxon's
+    original test (``n_zero``).
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.size} and {b.size}")
     keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
+    d = b[keep] - a[keep]
     nan = float("nan")
     out: dict[str, float | int] = {
         "n": int(d.size),
@@ -307,8 +396,13 @@ def correlation_table(
     samples: pd.DataFrame, x: str, metrics: Sequence[str], seed: int, n_boot: int
 ) -> pd.DataFrame:
     """Per (layer, position, metric): Pearson and Spearman of ``x`` against the metric over all
-    examples, with p, N and bootstrap CIs, and the direction in which the metric is sparser."""
-    from .sparsity import sparser_when  # here, not above: figures import stats without torch
+    examples, with p, N and bootstrap CIs, and the direction in which the metric is sparser.
+    A name that is no sparsity metric (a length baseline) has no direction and stays out of
+    the Holm and Benjamini-Hochberg adjustment, which is over every metric x layer x position."""
+    from .sparsity import (
+        SPARSER,
+        sparser_when,
+    )  # here, not above: figures import stats without torch
 
     records = []
     for (layer, position), part in samples.groupby(["layer", "position"], sort=True):
@@ -319,11 +413,13 @@ def correlation_table(
                     "layer": layer,
                     "position": position,
                     "metric": metric,
-                    "sparser_when": sparser_when(metric),
+                    "sparser_when": sparser_when(metric) if metric in SPARSER else None,
                     **corr,
                 }
             )
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    rows = table["metric"].isin(list(SPARSER)).to_numpy()
+    return adjust(adjust(table, "spearman_p", rows=rows), "pearson_p", rows=rows)
 
 
 # -- correctness: do per-prompt confidence metrics separate correct from incorrect answers?
