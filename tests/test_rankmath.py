@@ -278,3 +278,20 @@ def test_controls_tables_figure_and_report(finished):
     assert names.index("Spearman rho(level, l1) raw [layer -1, last-prompt]") + 1 == names.index(
         "partial rho(level, l1 | n_prompt_tokens) [layer -1, last-prompt]"
     )
+
+
+def test_results_json_and_the_terminal_table(finished):
+    """Every run ends with results.json (one schema) and prints its headline statistics, the
+    length baseline and the controlled figure among them."""
+    from entrainment_cli.plots.report import load_run, terminal_rows
+
+    results = json.loads((finished / "results.json").read_text())
+    stats_ = load_run(finished).stats
+    assert results["schema"] == 1 and results["command"] == "qa rankmath"
+    assert results["data_source"] == "sample"
+    assert results["headline"]["statistic"] == stats_["statistic"].iloc[0]
+    assert [r["statistic"] for r in results["statistics"]] == list(stats_["statistic"])
+    shown = list(terminal_rows(stats_)["statistic"])
+    assert shown[0] == stats_["statistic"].iloc[0] and len(shown) <= 8
+    assert any(s.startswith("baseline n_prompt_tokens") for s in shown)
+    assert any(s.startswith("partial rho(level, l1 | n_prompt_tokens)") for s in shown)

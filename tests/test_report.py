@@ -407,7 +407,7 @@ def test_robustness_headline_is_heavy_minus_normal(tmp_path):
     ]
     assert stats[2] == {"statistic": "accuracy normal (all areas)", "value": 0.5,
                         "ci_lo": wilson_interval(3, 6)[0], "ci_hi": wilson_interval(3, 6)[1],
-                        "n": 6, "p": None}  # fmt: skip
+                        "n": 6, "p": None, "note": ""}  # fmt: skip
     assert len(stats) == 4
 
 

@@ -648,11 +648,45 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, list[Run], list
     return out, runs, problems
 
 
-def finish_run(run_dir: Path, log_to: str | None = None) -> list[str]:
-    """The end of every study: RUN/report.html, and the run sent to a tracker if asked;
-    returns the lines to show (the report's path, where the tracker put the run)."""
+RESULTS = "results.json"
+RESULTS_SCHEMA = 1
+TERMINAL_ROWS = 8  # the results table a finished run prints
+
+
+def results(run: Run) -> dict[str, Any]:
+    """What ``results.json`` holds, one schema for every study: the command, the run, whether
+    the bundled sample stood in for the data, the headline (the first key statistic) and every
+    key statistic (statistic, value, ci_lo, ci_hi, n, p, note), as the report shows them."""
+    rows = json.loads(run.stats.to_json(orient="records"))  # NaN -> null
+    dataset = run.manifest.get("dataset") or {}
+    return {
+        "schema": RESULTS_SCHEMA,
+        "command": run.command,
+        "run_dir": str(run.path),
+        "data_source": dataset.get("data_source") if isinstance(dataset, dict) else None,
+        "headline": rows[0] if rows else None,
+        "statistics": rows,
+    }
+
+
+def terminal_rows(stats: pd.DataFrame) -> pd.DataFrame:
+    """The few key statistics a finished run prints: the study's own first ones, then prompt
+    length's baseline and the headline metric's controlled figure, and the best signal's PRR,
+    at most ``TERMINAL_ROWS``."""
+    names = stats["statistic"]
+    own = ~names.str.match(r"(baseline |Spearman rho\(.*\) raw |partial rho|PRR )")
+    picks = list(stats.index[own][:4])
+    for pattern in (r"baseline n_prompt_tokens", r"partial rho", r"PRR "):
+        picks += list(stats.index[names.str.startswith(pattern)][:1])
+    return stats.loc[picks[:TERMINAL_ROWS]]
+
+
+def finish_run(run_dir: Path, log_to: str | None = None) -> tuple[str, Run, list[str]]:
+    """The end of every study: RUN/report.html and RUN/results.json, and the run sent to a
+    tracker if asked; returns the report's path, the run, and where the tracker put it."""
     path, runs, _ = write_report([run_dir], run_dir / REPORT)
-    return [str(path), *(log_runs(runs, log_to) if log_to else [])]
+    atomic_write_text(run_dir / RESULTS, json.dumps(results(runs[0]), indent=2) + "\n")
+    return str(path), runs[0], (log_runs(runs, log_to) if log_to else [])
 
 
 def log_runs(runs: list[Run], target: str) -> list[str]:
