@@ -11,8 +11,8 @@ from scipy.stats import entropy
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
+from entrainment_cli.science import controls, signals
 from entrainment_cli.science import estimators as est
-from entrainment_cli.science import signals
 
 # -- Mahalanobis and relative Mahalanobis distance ---------------------------------------------
 
@@ -127,16 +127,24 @@ def test_shift_auroc_leaves_out_nonfinite_scores_and_tests_each_condition():
     assert c.auroc == pytest.approx(3 / 6)
 
 
-def test_auroc_ci_with_units_matches_sklearn_and_resamples_units():
+def test_shift_auroc_over_pairs_matches_sklearn_and_resamples_pairs():
     rng = np.random.default_rng(4)
-    values = rng.normal(size=80)
-    positive = np.tile([False, True], 40)
-    values[positive] += 1
-    units = np.repeat(np.arange(40), 2)
-    auc, lo, hi = est.auroc_ci(values, positive, units, n_boot=400, seed=0)
-    assert auc == pytest.approx(roc_auc_score(positive, values))
-    assert 0.5 < lo < auc < hi
-    assert est.auroc_ci(values, positive, None, n_boot=400, seed=0)[0] == auc
+    frame = pd.DataFrame(
+        {
+            "s": rng.normal(size=80),
+            "cond": np.tile(["ref", "new"], 40),
+            "pair": np.repeat(range(40), 2),
+        }
+    )
+    frame.loc[frame.cond == "new", "s"] += 1
+    paired = est.shift_auroc(frame, ["s"], "cond", "ref", groups="pair", n_boot=400).iloc[0]
+    assert paired.auroc == pytest.approx(roc_auc_score(frame.cond == "new", frame.s))
+    assert 0.5 < paired.auroc_lo < paired.auroc < paired.auroc_hi and paired.p < 0.01
+    rows = est.shift_auroc(frame, ["s"], "cond", "ref", n_boot=400).iloc[0]
+    assert rows.auroc == paired.auroc and (rows.auroc_lo, rows.auroc_hi) != (
+        paired.auroc_lo,
+        paired.auroc_hi,
+    )
 
 
 # -- the supervised ceiling ----------------------------------------------------------------------
@@ -154,12 +162,12 @@ def test_probe_recovers_a_planted_direction_and_not_a_shuffled_label():
     record, pred = est.linear_probe(x, y, n_boot=200, seed=0)
     assert record["kind"] == "numeric" and record["statistic"] == "spearman_rho"
     assert record["folds"] == 5 and len(record["penalty_by_fold"]) == 5
-    assert record["spearman_rho"] > 0.85 and record["spearman_lo"] > 0.75
+    assert record["value"] > 0.85 and record["lo"] > 0.75 and record["n"] == 200
     assert np.isfinite(pred).all()
     shuffled = np.random.default_rng(1).permutation(y)
     record, _ = est.linear_probe(x, shuffled, n_boot=200, seed=0)
-    assert abs(record["spearman_rho"]) < 0.2
-    assert record["spearman_lo"] < 0 < record["spearman_hi"]
+    assert abs(record["value"]) < 0.2
+    assert record["lo"] < 0 < record["hi"]
 
 
 def test_probe_on_a_two_valued_label_reports_auroc_of_the_larger_value():
@@ -168,25 +176,29 @@ def test_probe_on_a_two_valued_label_reports_auroc_of_the_larger_value():
     record, pred = est.linear_probe(x, label, n_boot=200, seed=0)
     assert record["kind"] == "binary" and record["statistic"] == "auroc"
     assert (record["positive"], record["negative"]) == (3.0, 1.0)
-    assert record["auroc"] > 0.85 and record["auroc_lo"] > 0.75
-    assert record["auroc"] == pytest.approx(roc_auc_score(label == 3.0, pred))
+    assert record["value"] > 0.85 and record["lo"] > 0.75
+    assert record["value"] == pytest.approx(roc_auc_score(label == 3.0, pred))
     # the chosen penalties are alphas of the grid (C = 1 / alpha for the logistic model)
     assert all(np.isclose(est.PENALTIES, a).any() for a in record["penalty_by_fold"])
     shuffled = np.random.default_rng(2).permutation(label)
     record, _ = est.linear_probe(x, shuffled, n_boot=200, seed=0)
-    assert abs(record["auroc"] - 0.5) < 0.12
-    assert record["auroc_lo"] < 0.5 < record["auroc_hi"]
+    assert abs(record["value"] - 0.5) < 0.12
+    assert record["lo"] < 0.5 < record["hi"]
 
 
-@pytest.mark.parametrize("stratify", [False, True])
-def test_grouped_folds_never_split_a_group(stratify):
+@pytest.mark.parametrize("kind", ["numeric", "binary"])
+def test_the_probes_folds_never_split_a_group(kind):
+    """The probe's outer and inner folds are controls.folds: every group in one test fold."""
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 37, 300)
-    y = (groups % 3 == 0).astype(int) if stratify else None
-    fold = est.grouped_folds(300, groups, folds=5, seed=7, stratify=y)
+    y = (groups % 3 == 0).astype(float) if kind == "binary" else rng.normal(size=300)
+    splits = controls.folds(y, kind, groups, seed=7)
+    fold = np.full(300, -1)
+    for k, (train, test) in enumerate(splits):
+        assert not set(groups[train]) & set(groups[test])
+        fold[test] = k
     per_group = pd.DataFrame({"g": groups, "f": fold}).groupby("g")["f"].nunique()
     assert (per_group == 1).all() and set(fold) == set(range(5))
-    assert (est.grouped_folds(300, groups, 5, seed=7, stratify=y) == fold).all()  # seeded
 
 
 def test_probe_with_groups_does_not_learn_a_group_by_heart():
@@ -199,8 +211,8 @@ def test_probe_with_groups_does_not_learn_a_group_by_heart():
     y = rng.normal(size=40)[groups]
     leaky, _ = est.linear_probe(x, y, n_boot=100, seed=0)
     grouped, _ = est.linear_probe(x, y, groups=groups, n_boot=100, seed=0)
-    assert leaky["spearman_rho"] > 0.8
-    assert abs(grouped["spearman_rho"]) < 0.35 and grouped["n_groups"] == 40
+    assert leaky["value"] > 0.8
+    assert abs(grouped["value"]) < 0.35 and grouped["n_groups"] == 40
 
 
 def test_probe_predictions_of_a_fold_never_see_its_labels():
@@ -209,8 +221,8 @@ def test_probe_predictions_of_a_fold_never_see_its_labels():
     x, y = _planted(n=120, d=32, seed=4)
     groups = np.repeat(np.arange(40), 3)
     _, pred = est.linear_probe(x, y, groups=groups, n_boot=10, seed=1)
-    fold = est.grouped_folds(120, groups, 5, seed=1)  # the probe's outer folds (y-free)
-    test = fold == 2
+    test = np.zeros(120, dtype=bool)
+    test[controls.folds(y, "numeric", groups, seed=1)[2][1]] = True  # the probe's (y-free)
     scrambled = y.copy()
     scrambled[test] = np.random.default_rng(0).normal(size=test.sum()) * 100
     _, again = est.linear_probe(x, scrambled, groups=groups, n_boot=10, seed=1)

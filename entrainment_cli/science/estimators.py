@@ -20,42 +20,12 @@ import numpy as np
 import pandas as pd
 from scipy.special import logsumexp
 
-from . import stats
+from . import controls
 
 # penalties searched by the probe's inner CV: ridge alpha, and C = 1 / alpha for logistic
 PENALTIES = np.logspace(-2, 5, 8)
 SHIFT_DIRECTION = "higher score = more shifted"
 EIGENSCORE_ALPHA = 1e-3
-
-
-# -- folds ----------------------------------------------------------------------------------------
-
-
-def grouped_folds(
-    n: int,
-    groups: Sequence | np.ndarray | None = None,
-    folds: int = 5,
-    seed: int = 0,
-    stratify: np.ndarray | None = None,
-) -> np.ndarray:
-    """Fold index (0..k-1) of each of ``n`` rows: scikit-learn's GroupKFold (StratifiedGroupKFold
-    when ``stratify`` labels are given), shuffled with ``seed``, so every row of one group (a
-    pair, question or cluster) lands in one fold. No groups: each row is its own group. ``k`` is
-    ``folds`` lowered to the number of groups."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
-    g = np.arange(n) if groups is None else np.asarray(groups)
-    k = min(folds, np.unique(g).size)
-    if k < 2:
-        raise ValueError(f"cross-fitting needs at least 2 groups, got {np.unique(g).size}")
-    if stratify is None:
-        splitter = GroupKFold(k, shuffle=True, random_state=seed)
-    else:
-        splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
-    out = np.full(n, -1, dtype=np.int64)
-    for fold, (_, test) in enumerate(splitter.split(np.zeros((n, 1)), stratify, g)):
-        out[test] = fold
-    return out
 
 
 # -- Mahalanobis and relative Mahalanobis distance ---------------------------------------------
@@ -98,9 +68,10 @@ def shift_distances(
     reference condition. One row per input row, in order: ``fold``, ``md`` (to the reference
     fit), ``md_background`` and ``rmd`` = md - md_background.
 
-    Rows are split into grouped folds (:func:`grouped_folds`); the rows of fold k, reference or
-    shifted, are scored by the reference fit on the reference rows outside fold k, and by the
-    background fit on every row outside fold k (all conditions: Ren et al.'s background model
+    Rows are split into seeded grouped folds (:func:`controls.folds`, the controls' own: a
+    group never straddles two); the rows of fold k, reference or shifted, are scored by the
+    reference fit on the reference rows outside fold k, and by the background fit on every
+    row outside fold k (all conditions: Ren et al.'s background model
     of all the data, which RMD subtracts so that what is common to every condition, e.g. the
     prompt template, does not count as shift). So no example is ever scored by a fit that saw
     it, every score comes from a fit of about the same size (a held-out MD grows as the fit
@@ -110,11 +81,16 @@ def shift_distances(
     """
     x = np.asarray(x, dtype=np.float64)
     reference = np.asarray(reference, dtype=bool)
-    fold = grouped_folds(len(x), groups, folds, seed)
+    splits = controls.folds(np.zeros(len(x)), "numeric", groups, seed, folds)
+    if not splits:
+        raise ValueError("cross-fitting needs at least 2 groups")
+    fold = np.full(len(x), -1, dtype=np.int64)
+    for k, (_, test) in enumerate(splits):
+        fold[test] = k
     md = np.full(len(x), np.nan)
     background = np.full(len(x), np.nan)
     finite = np.isfinite(x).all(axis=1)
-    for k in range(fold.max() + 1):
+    for k in range(len(splits)):
         test, train = (fold == k) & finite, (fold != k) & finite
         if (train & reference).sum() < 2:
             raise ValueError(f"fold {k} leaves fewer than 2 finite reference rows to fit")
@@ -125,48 +101,7 @@ def shift_distances(
     )
 
 
-# -- AUROC with a bootstrap over units -----------------------------------------------------------
-
-
-def _resample_units(units: np.ndarray, n_boot: int, seed: int):
-    """Row indices of ``n_boot`` resamples of whole units (drawn with replacement)."""
-    unique, inverse = np.unique(units, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(unique.size)]
-    rng = np.random.default_rng(seed)
-    for _ in range(n_boot):
-        yield np.concatenate([members[k] for k in rng.integers(0, unique.size, unique.size)])
-
-
-def auroc_ci(
-    values: np.ndarray,
-    positive: np.ndarray,
-    units: np.ndarray | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float, float]:
-    """(AUROC, lo, hi): P(value of a positive row > value of a negative row), ties 1/2, and its
-    percentile bootstrap CI. With ``units`` the bootstrap resamples whole units (a pair's two
-    conditions, a question's answers travel together); without, rows within each class, as the
-    sparsity metrics' AUROC (``labels.binary_table``). A resample missing a class is left out."""
-    values = np.asarray(values, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    pos, neg = values[positive], values[~positive]
-    if not (pos.size and neg.size):
-        return float("nan"), float("nan"), float("nan")
-    point = stats.auroc(pos, neg)
-    if units is None:
-        return (point, *stats.bootstrap_ci(stats.auroc, [pos, neg], n_boot, seed, level))
-    boots = np.full(n_boot, np.nan)
-    for b, idx in enumerate(_resample_units(np.asarray(units), n_boot, seed)):
-        p, v = positive[idx], values[idx]
-        if p.any() and not p.all():
-            boots[b] = stats.auroc(v[p], v[~p])
-    if not np.isfinite(boots).any():
-        return point, float("nan"), float("nan")
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.nanpercentile(boots, [tail, 100 - tail])
-    return point, float(lo), float(hi)
+# -- AUROC of the reference against each shifted condition ----------------------------------
 
 
 def shift_auroc(
@@ -177,38 +112,45 @@ def shift_auroc(
     groups: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
-    level: float = 0.95,
 ) -> pd.DataFrame:
     """Per score column and shifted condition (every value of ``condition`` but ``reference``,
     in order of first appearance): AUROC of the reference rows against that condition's rows,
     the shifted condition positive and a higher score meaning more shifted (``positive``,
-    ``direction``), with a bootstrap CI over units (the ``groups`` column, else rows).
-    Non-finite scores are left out (``n_nonfinite``)."""
+    ``direction``), with its bootstrap CI and p as the controls score a prediction
+    (:func:`controls.score_prediction`: over the units of the ``groups`` column, a pair drawn
+    whole, else over rows by class). Non-finite scores are left out (``n_nonfinite``)."""
     cond = frame[condition].to_numpy()
     shifted = [c for c in dict.fromkeys(frame[condition].dropna().tolist()) if c != reference]
+    nan = float("nan")
     records = []
     for score in scores:
         values = frame[score].to_numpy(dtype=np.float64)
         for c in shifted:
             rows = (cond == reference) | (cond == c)
             keep = rows & np.isfinite(values)
-            positive = cond[keep] == c
+            positive = (cond[keep] == c).astype(np.float64)
             units = None if groups is None else frame[groups].to_numpy()[keep]
-            auc, lo, hi = auroc_ci(values[keep], positive, units, n_boot, seed, level)
+            both = 0 < positive.sum() < positive.size
+            scored = (
+                controls.score_prediction(values[keep], positive, "binary", units, n_boot, seed)
+                if both
+                else {"value": nan, "lo": nan, "hi": nan, "p": nan}
+            )
             records.append(
                 {
                     "score": score,
                     "reference": str(reference),
                     "positive": str(c),
                     "direction": SHIFT_DIRECTION,
-                    "n_reference": int((~positive).sum()),
+                    "n_reference": int((positive == 0).sum()),
                     "n_shifted": int(positive.sum()),
                     "n_nonfinite": int((rows & ~np.isfinite(values)).sum()),
-                    "mean_reference": _mean(values[keep][~positive]),
-                    "mean_shifted": _mean(values[keep][positive]),
-                    "auroc": auc,
-                    "auroc_lo": lo,
-                    "auroc_hi": hi,
+                    "mean_reference": _mean(values[keep][positive == 0]),
+                    "mean_shifted": _mean(values[keep][positive == 1]),
+                    "auroc": scored["value"],
+                    "auroc_lo": scored["lo"],
+                    "auroc_hi": scored["hi"],
+                    "p": scored["p"],
                 }
             )
     return pd.DataFrame.from_records(records)
@@ -221,10 +163,10 @@ def _mean(values: np.ndarray) -> float:
 # -- the supervised ceiling: a cross-validated linear probe ------------------------------------
 
 
-def _probe_model(binary: bool, inner, seed: int):
+def _probe_model(binary: bool, inner: list, seed: int):
     """Standardize, then ridge (numeric) or L2 logistic regression with balanced class weights
-    (two-valued), the penalty chosen over :data:`PENALTIES` by ``inner`` CV: R^2 for ridge,
-    ROC-AUC for logistic."""
+    (two-valued), the penalty chosen over :data:`PENALTIES` on the ``inner`` splits: R^2 for
+    ridge, ROC-AUC for logistic."""
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
@@ -239,13 +181,6 @@ def _probe_model(binary: bool, inner, seed: int):
     return GridSearchCV(make_pipeline(StandardScaler(), model), grid, cv=inner, scoring=scoring)
 
 
-def _fold_units(target: np.ndarray, groups: np.ndarray, binary: bool) -> int:
-    """The most folds that give every fold a group (of each class, for a binary label)."""
-    if binary:
-        return min(np.unique(groups[target == v]).size for v in (0, 1))
-    return np.unique(groups).size
-
-
 def linear_probe(
     x: np.ndarray,
     y: Sequence[float] | np.ndarray,
@@ -254,24 +189,23 @@ def linear_probe(
     inner_folds: int = 3,
     seed: int = 0,
     n_boot: int = 1000,
-    level: float = 0.95,
 ) -> tuple[dict, np.ndarray]:
     """(record, out-of-fold predictions): how well a linear read-out of the vectors ``x`` (n, d)
     predicts the label ``y``, the ceiling for any scalar metric of the same vectors.
 
     ``y`` with exactly two distinct values is binary (positive = the larger, as in
-    ``labels.binary_values``), else numeric. Outer folds are seeded and grouped
-    (:func:`grouped_folds`, stratified for a binary label); in each training part the penalty
-    is chosen by an inner grouped CV on that part alone, so the test fold informs neither the
-    weights, the standardization nor the penalty. The record reports the sparsity metrics'
-    statistic on the out-of-fold predictions (ridge predictions; logistic log-odds): Spearman
-    rho with p and a bootstrap CI (numeric), or AUROC of the positive against the negative with
-    a bootstrap CI (binary); the bootstrap resamples ``groups`` when given. Rows with a
-    non-finite label or vector are left out (``n_dropped``, NaN prediction); too few groups or
-    too few of a class give a ``skipped`` reason instead of scores.
+    ``labels.binary_values``), else numeric. Outer folds are the controls' seeded grouped
+    folds (:func:`controls.folds`, stratified for a binary label, fewer when there are fewer
+    groups of a class); in each training part the penalty is chosen by an inner grouped CV of
+    that part alone, so the test fold informs neither the weights, the standardization nor the
+    penalty. The out-of-fold predictions (ridge predictions; logistic log-odds) are scored as
+    the controls score the TF-IDF baseline, the metrics' own statistic
+    (:func:`controls.score_prediction`: ``statistic`` Spearman rho or AUROC of the positive,
+    ``value``, ``lo``, ``hi``, ``p``; the bootstrap resamples ``groups`` when given), so the
+    ceiling, the baselines and the metrics read on one scale. Rows with a non-finite label or
+    vector are left out (``n_dropped``, NaN prediction); too few groups or too few of a class
+    give a ``skipped`` reason instead of scores.
     """
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     g = np.arange(len(y)) if groups is None else np.asarray(groups)
@@ -279,49 +213,37 @@ def linear_probe(
     pred = np.full(len(y), np.nan)
     xs, ys, gs = x[keep], y[keep], g[keep]
     values = np.unique(ys)
-    binary = values.size == 2
+    kind = "binary" if values.size == 2 else "numeric"
     record: dict = {
-        "kind": "binary" if binary else "numeric",
-        "statistic": "auroc" if binary else "spearman_rho",
-        "n": int(keep.sum()),
+        "kind": kind,
         "n_dropped": int((~keep).sum()),
         "n_groups": int(np.unique(gs).size),
         "dim": int(x.shape[1]),
         "seed": int(seed),
     }
-    target = (ys == values[-1]).astype(np.int64) if binary else ys
-    k = min(folds, _fold_units(target, gs, binary))
-    if values.size < 2 or k < 2:
-        return record | {
-            "folds": 0,
-            "skipped": "need 2 groups and 2 of each class to cross-fit",
-        }, pred
-    fold = grouped_folds(ys.size, gs, k, seed, target if binary else None)
-    inner_split = StratifiedGroupKFold if binary else GroupKFold
+    target = (ys == values[-1]).astype(np.float64) if kind == "binary" else ys
+    outer = controls.folds(target, kind, gs, seed, folds) if values.size >= 2 else []
+    if not outer:
+        return record | {"folds": 0, "skipped": "need 2 groups of each class to cross-fit"}, pred
     penalties = []
     oof = np.full(ys.size, np.nan)
-    for f in range(k):
-        train, test = fold != f, fold == f
-        tt, tg = target[train], gs[train]
-        inner_k = min(inner_folds, _fold_units(tt, tg, binary))
-        if inner_k < 2:
+    for f, (train, test) in enumerate(outer):
+        inner = controls.folds(target[train], kind, gs[train], seed, inner_folds)
+        if not inner:
             return record | {"folds": 0, "skipped": f"fold {f} leaves too few groups to tune"}, pred
-        inner = inner_split(inner_k, shuffle=True, random_state=seed)
-        search = _probe_model(binary, inner, seed).fit(xs[train], tt, groups=tg)
+        search = _probe_model(kind == "binary", inner, seed).fit(xs[train], target[train])
         chosen = float(next(iter(search.best_params_.values())))
-        penalties.append(1 / chosen if binary else chosen)  # alpha, for either model
+        penalties.append(1 / chosen if kind == "binary" else chosen)  # alpha, for either model
         model = search.best_estimator_
-        oof[test] = model.decision_function(xs[test]) if binary else model.predict(xs[test])
+        oof[test] = (
+            model.decision_function(xs[test]) if kind == "binary" else model.predict(xs[test])
+        )
     pred[keep] = oof
-    record |= {"folds": k, "inner_folds": int(inner_folds), "penalty_by_fold": penalties}
-    if binary:
-        units = None if groups is None else gs
-        auc, lo, hi = auroc_ci(oof, target == 1, units, n_boot, seed, level)
+    record |= {"folds": len(outer), "inner_folds": inner_folds, "penalty_by_fold": penalties}
+    if kind == "binary":
         record |= {"positive": float(values[-1]), "negative": float(values[0])}
-        return record | {"auroc": auc, "auroc_lo": lo, "auroc_hi": hi}, pred
-    corr = stats.correlate(oof, ys, groups=None if groups is None else gs, n_boot=n_boot, seed=seed)
-    picked = ["spearman_rho", "spearman_p", "spearman_lo", "spearman_hi", "pearson_r"]
-    return record | {name: corr[name] for name in picked}, pred
+    units = None if groups is None else gs
+    return record | controls.score_prediction(oof, target, kind, units, n_boot, seed), pred
 
 
 # -- multi-sample estimators over K answers of one question ------------------------------------
