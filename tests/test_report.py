@@ -23,7 +23,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from entrainment_cli.cli.app import app
-from entrainment_cli.plots.report import load_run, signal_stats
+from entrainment_cli.plots.report import load_run, png_bytes, signal_stats
 from entrainment_cli.runs import tracking
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science.stats import wilson_interval
@@ -68,7 +68,7 @@ def test_every_study_ends_with_its_own_report(runs):
         page = (path / "report.html").read_text()
         _no_external_resource(page)
         figures = sorted((path / "figures").glob("*.png"))
-        assert figures and _images(page) == [(f.stem, f.read_bytes()) for f in figures]
+        assert figures and _images(page) == [(f.stem, png_bytes(f)) for f in figures]
         for table in (path / "tables").glob("*.*"):
             assert str(table.resolve()) in page
         m = read_manifest(path)
@@ -118,7 +118,7 @@ def test_report_of_several_runs_compares_and_links(runs, tmp_path):
     images = _images(page)
     figures = [f for path in runs.values() for f in (path / "figures").glob("*.png")]
     assert sorted(data for _, data in images if _ != "rankmath_compare") == sorted(
-        f.read_bytes() for f in figures
+        png_bytes(f) for f in figures
     )
     (compare,) = [data for alt, data in images if alt == "rankmath_compare"]
     assert len(compare) > 10_000
@@ -252,6 +252,37 @@ def test_report_renders_in_chromium(runs, tmp_path, browser):
     assert requested and all(url.startswith(("file:", "data:")) for url in requested)
     title = browser.call("Runtime.evaluate", expression="document.title", returnByValue=True)
     assert title["result"]["value"] == "entrain report: 3 run(s)"
+    zoomed = browser.call(  # a click shows a figure full size, a second click puts it back
+        "Runtime.evaluate",
+        expression="(() => { const i = document.images[0]; i.click(); "
+        "const big = i.getBoundingClientRect().width === window.innerWidth; i.click(); "
+        "return [big, i.classList.contains('zoom')]; })()",
+        returnByValue=True,
+    )
+    assert zoomed["result"]["value"] == [True, False]
+
+
+def test_page_has_an_overview_a_folded_tail_and_light_figures(runs, tmp_path):
+    """One overview row per run at the top, each run's key statistics headline first with the
+    rest behind a fold, and figures embedded as palette PNGs: smaller, the same picture."""
+    from PIL import Image
+
+    out = tmp_path / "all.html"
+    _invoke("report", *runs.values(), "--out", out)
+    page = out.read_text()
+    overview = page.split("<h2>Overview</h2>")[1].split("<h2")[0]
+    for path in runs.values():
+        head = load_run(path).stats.iloc[0]
+        assert path.name in overview and f"{head['value']:.4g}" in overview
+    assert "key statistics (every metric, the controls, the signals)</summary>" in page
+    figure = sorted((runs["deepmath"] / "figures").glob("*.png"))[0]
+    small = png_bytes(figure)
+    assert len(small) < 0.6 * figure.stat().st_size
+    import io
+
+    a = np.asarray(Image.open(figure).convert("RGB"), dtype=float)
+    b = np.asarray(Image.open(io.BytesIO(small)).convert("RGB"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 2.0  # of 255
 
 
 # -- trackers ---------------------------------------------------------------------------------

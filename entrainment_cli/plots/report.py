@@ -68,9 +68,32 @@ def _headline_first(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df[first], df[~first]])
 
 
+def _where(row: dict) -> str:
+    parts = [f"layer {int(row['layer'])}"] if pd.notna(row.get("layer")) else []
+    return ", ".join(parts + ([str(row["position"])] if pd.notna(row.get("position")) else []))
+
+
+def _strongest(df: pd.DataFrame, value: str, name: str, lo: str, hi: str, p: str) -> list[dict]:
+    """The metric, layer and position with the largest |``value``| over every probed layer
+    (the final layer's rows are the headline; the strongest may be elsewhere): ``name`` is
+    formatted with the row's columns."""
+    from ..science.sparsity import SPARSER
+
+    rows = df[df["metric"].isin(list(SPARSER)) & df[value].notna()]
+    if "layer" not in df or rows["layer"].nunique() < 2:
+        return []
+    strength = (rows[value] - 0.5).abs() if value == "auroc" else rows[value].abs()
+    r = rows.loc[strength.idxmax()].to_dict()
+    return [stat(f"strongest over layers: {name.format(**r)} [{_where(r)}]", r[value], r[lo],
+                 r[hi], r["n"], r[p])]  # fmt: skip
+
+
 def _correlations(tables: Path, x: str) -> list[dict]:
-    df, where = _final_slice(pd.read_csv(tables / "correlations.csv"))
-    return [
+    every = pd.read_csv(tables / "correlations.csv")
+    df, where = _final_slice(every)
+    strongest = _strongest(every, "spearman_rho", f"Spearman rho({x}, {{metric}})",
+                           "spearman_lo", "spearman_hi", "spearman_p")  # fmt: skip
+    rows = [
         stat(
             f"Spearman rho({x}, {r.metric}) [{where}]",
             r.spearman_rho,
@@ -81,6 +104,7 @@ def _correlations(tables: Path, x: str) -> list[dict]:
         )
         for r in _headline_first(df).itertuples()
     ]
+    return rows[:1] + strongest + rows[1:]  # the headline stays first
 
 
 def _paired(df: pd.DataFrame, a: str, b: str, where_extra: str = "") -> list[dict]:
@@ -268,12 +292,16 @@ def probe_stats(tables: Path) -> list[dict]:
             "wilcoxon_p",
         ),
     }
+    strongest = []
     for name, (label, value, lo, hi, p) in questions.items():
         if (tables / name).is_file():
-            df, where = _final_slice(pd.read_csv(tables / name))
+            every = pd.read_csv(tables / name)
+            strongest += _strongest(every, value, label, lo, hi, p)
+            df, where = _final_slice(every)
             for r in _headline_first(df).to_dict("records"):
                 title = f"{label.format(**r)} [{where}]"
                 rows.append(stat(title, r[value], r[lo], r[hi], r["n"], r[p]))
+    rows = rows[:1] + strongest + rows[1:]  # the headline stays first
     if not rows:
         df, where = _final_slice(pd.read_csv(tables / "summary.csv"))
         rows = [
@@ -430,7 +458,9 @@ th{background:#f3f3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .bad{background:#fde2e2;border-left:5px solid #c62828;padding:.6em 1em;margin:.6em 0}
 .ok{color:#1b7f3b;font-weight:600}.failed{color:#c62828;font-weight:600}
 figure{display:inline-block;margin:.5em;vertical-align:top;max-width:48%}
-figure.wide{max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #dde}
+figure.wide{max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #dde;
+cursor:zoom-in}figure img.zoom{position:fixed;inset:0;width:100vw;height:100vh;max-width:none;
+object-fit:contain;background:#fff;z-index:9;cursor:zoom-out;border:0}
 figcaption{font-size:.85em;color:#555}code,pre{font-size:.85em;background:#f6f6f9}
 pre{padding:.5em;overflow-x:auto}.grid{display:flex;flex-wrap:wrap;gap:2em}
 details{margin:.2em 0}summary{cursor:pointer}
@@ -479,12 +509,42 @@ def pairs(mapping: dict[str, Any]) -> str:
     return table(rows, ["field", "value"])
 
 
+PNG_COLORS = 128  # a figure's palette in the page: a third of the bytes, the same picture
+
+
+def png_bytes(path: Path) -> bytes:
+    """The figure as an optimized palette PNG (figures are flat colours and text, so 128
+    colours lose nothing visible); the saved file is left as it is."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=PNG_COLORS, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    small.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
 def image(path: Path, caption: str, wide: bool = False) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    """A figure embedded in the page; a click shows it full size (and another click back)."""
+    data = base64.b64encode(png_bytes(path)).decode("ascii")
     css = ' class="wide"' if wide else ""
     return (
-        f'<figure{css}><img src="data:image/png;base64,{data}" alt="{esc(caption)}">'
+        f'<figure{css}><img src="data:image/png;base64,{data}" alt="{esc(caption)}" '
+        f'onclick="this.classList.toggle(\'zoom\')" title="click: full size">'
         f"<figcaption>{esc(caption)}</figcaption></figure>"
+    )
+
+
+def key_statistics(stats: pd.DataFrame, shown: int = 6) -> str:
+    """A run's key statistics: the headline and the next few, the rest behind a fold."""
+    if len(stats) <= shown:
+        return stats_table(stats)
+    rest = stats.iloc[shown:]
+    return (
+        f"{stats_table(stats.iloc[:shown])}<details><summary>all {len(stats)} key statistics "
+        f"(every metric, the controls, the signals)</summary>{stats_table(rest)}</details>"
     )
 
 
@@ -547,7 +607,9 @@ def run_section(run: Run) -> str:
             f"{esc(data.get('rows', '?'))}-row sample shipped with entrain stood in: these "
             "numbers check the pipeline, they are not a result.</div>"
         )
-    parts.append(f"<h3>Key statistics</h3>{stats_table(run.stats)}")
+    for warning in m.get("warnings", []):  # what the run warned of in the terminal and run.log
+        parts.append(f'<div class="warn"><b>Warning.</b> {esc(warning)}</div>')
+    parts.append(f"<h3>Key statistics</h3>{key_statistics(run.stats)}")
     parts.append('<div class="grid">')
     parts.append(f"<div><h3>Model</h3>{pairs(m.get('model', {}))}</div>")
     parts.append(f"<div><h3>Data</h3>{pairs(data)}</div>")
@@ -598,6 +660,24 @@ def comparison_section(command: str, runs: list[Run]) -> str:
     return "\n".join(parts)
 
 
+def overview(runs: list[Run]) -> str:
+    """One row per run at the top of the page: what it is, its status and data, its headline."""
+    rows = []
+    for r in runs:
+        data = r.manifest.get("dataset") or {}
+        rows.append(
+            {
+                "command": esc(r.command),
+                "run": f'<a href="#{r.anchor}">{esc(r.label)}</a>',
+                "status": esc(r.manifest.get("status", "?")),
+                "data": esc(data.get("data_source", "?") if isinstance(data, dict) else "?"),
+                **r.headline(),
+            }
+        )
+    lead = ("command", "run", "status", "data")
+    return f"<h2>Overview</h2>{stats_table(pd.DataFrame.from_records(rows), lead=lead)}"
+
+
 def render(runs: list[Run], problems: list[str]) -> str:
     groups: dict[str, list[Run]] = {}
     for run in runs:
@@ -624,7 +704,7 @@ def render(runs: list[Run], problems: list[str]) -> str:
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{esc(title)}</h1>{''.join(notes)}"
+        f"<h1>{esc(title)}</h1>{''.join(notes)}{overview(runs)}"
         f'<nav><h2 id="contents">Contents</h2><ul>{"".join(toc)}</ul></nav>'
         f"{''.join(body)}</body></html>\n"
     )
