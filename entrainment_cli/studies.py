@@ -653,6 +653,13 @@ class ProbeConfig(RunOptions, VLLMParallel):
     condition: str | None = option(
         None, "Column with each row's condition within its pair.", identity=True, show_default=False
     )
+    reference: str | None = option(
+        None,
+        "The reference value of --condition (else --group): with --save-hidden, Mahalanobis and "
+        "relative Mahalanobis distance fitted on it, and AUROC of it against each other value.",
+        identity=True,
+        show_default=False,
+    )
     limit: int | None = limit_option("Use only the first N rows.")
     layers: str = layers_option()
     positions: list[str] = listed(
@@ -698,11 +705,16 @@ class Study:
         return importlib.import_module(self.module)
 
     def plot_run(self, run_dir: Path) -> list[Path]:
-        """The study's figures, and the controls figure of every study that has controls."""
+        """The study's figures, and the controls and ceiling figures of a study that has them."""
+        from . import vectors
         from .plots import controls
 
         module, one, _ = self.plots
-        return [*getattr(importlib.import_module(module), one)(run_dir), *controls.plot_run(run_dir)]
+        return [
+            *getattr(importlib.import_module(module), one)(run_dir),
+            *controls.plot_run(run_dir),
+            *vectors.plot_ceiling(run_dir),
+        ]
 
     def plot_compare(self, run_dirs: list[Path], out: Path) -> list[Path]:
         module, _, several = self.plots

@@ -12,7 +12,7 @@ import logging
 
 import pandas as pd
 
-from .. import pipeline
+from .. import pipeline, vectors
 from ..data import registry
 from ..data.texts import TextSource, render
 from ..engines.generate import Sampling, resolve_kind
@@ -83,7 +83,25 @@ def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tup
         raise UserError(f"--group '{cfg.group}' has fewer than two values; nothing to compare")
     if cfg.pair_id is not None:
         labels.comparisons(frame, cfg.pair_id, cfg.condition)
+    check_reference(cfg, frame)
     return data, frame
+
+
+def check_reference(cfg: ProbeConfig, frame: pd.DataFrame) -> None:
+    """--reference names a value of --condition (else --group), measured on saved vectors."""
+    if cfg.reference is None:
+        return
+    column = cfg.condition or cfg.group
+    if column is None:
+        raise UserError("--reference is a value of --condition or --group; give one of them")
+    if not cfg.save_hidden:
+        raise UserError("--reference needs --save-hidden: the distances are fitted on the vectors")
+    values = [str(v) for v in dict.fromkeys(frame[column].dropna().tolist())]
+    if cfg.reference not in values:
+        raise UserError(
+            f"--reference '{cfg.reference}' is no value of '{column}' (values: "
+            f"{', '.join(values[:6])}{', ...' if len(values) > 6 else ''})"
+        )
 
 
 def prepare(cfg: ProbeConfig, setup: pipeline.Setup) -> Prepared:
@@ -214,6 +232,11 @@ def write_analysis(
             table["layer"] = table["layer"].astype("Int64")
         files[rd.path / "tables" / f"{name}.csv"] = table.to_csv(index=False)
     atomic_write_files(files)
+    frame, kind = labelled(cfg, samples) if cfg.label is not None else (samples, "numeric")
+    column = cfg.condition or cfg.group
+    vectors.write_tables(rd, frame, metrics, label=cfg.label, kind=kind, condition=column,
+                         reference=cfg.reference, groups=cfg.pair_id, n_boot=cfg.n_boot,
+                         seed=cfg.seed)  # fmt: skip
 
 
 P_VALUES = {  # table -> its p-value columns, and the columns that set one family apart
@@ -234,17 +257,23 @@ def adjusted(name: str, table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def labelled(cfg: ProbeConfig, samples: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows with a label, a two-valued one as 0/1 (1 for its positive value); its kind."""
+    frame = samples[samples[cfg.label].notna()]
+    kind = labels.label_kind(frame[cfg.label])
+    if kind == "binary":
+        positive = labels.binary_values(frame[cfg.label])[1]
+        frame = frame.assign(**{cfg.label: (frame[cfg.label] == positive).astype(float)})
+    return frame, kind
+
+
 def control_tables(cfg: ProbeConfig, samples: pd.DataFrame, metrics: list[str]) -> dict:
     """The controls of the question: a numeric label as is, a two-valued one as 0/1 (1 for
     its positive value), each pair of conditions as 0 (a) / 1 (b) with the pairs as units."""
     common = dict(n_boot=cfg.n_boot, seed=cfg.seed)
     out: dict[str, list[pd.DataFrame]] = {}
     if cfg.label is not None:
-        frame = samples[samples[cfg.label].notna()]
-        kind = labels.label_kind(frame[cfg.label])
-        if kind == "binary":
-            positive = labels.binary_values(frame[cfg.label])[1]
-            frame = frame.assign(**{cfg.label: (frame[cfg.label] == positive).astype(float)})
+        frame, kind = labelled(cfg, samples)
         made = controls.study_controls(
             frame, cfg.label, kind, metrics, groups=cfg.pair_id, **common
         )

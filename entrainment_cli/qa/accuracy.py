@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import pipeline, signals
+from .. import pipeline, signals, vectors
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
@@ -157,6 +157,9 @@ def write_analysis(rd, samples, answers, metrics, seed: int, n_boot: int) -> Non
     )
     graded = samples.assign(correct=samples["correct"].astype(float))
     pipeline.write_controls(rd, graded, "correct", "binary", metrics, n_boot=n_boot, seed=seed)
+    vectors.write_tables(
+        rd, graded, metrics, label="correct", kind="binary", n_boot=n_boot, seed=seed
+    )
 
 
 def association(samples, by_level, summary, metrics, seed: int, n_boot: int) -> pd.DataFrame:

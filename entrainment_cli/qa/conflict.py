@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import pipeline
+from .. import pipeline, vectors
 from ..data import prompts, registry
 from ..errors import UserError
 from ..runs.rundir import RunDir
@@ -134,3 +134,6 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
             tables.setdefault(name, []).append(table.assign(a=a, b=b))
     for name, parts in tables.items():
         rd.write_text(f"tables/{name}.csv", pd.concat(parts).to_csv(index=False))
+    # the shift from the non-conflicting prompt (upstream's reference) to the other two
+    vectors.write_tables(rd, samples, metrics, condition="condition", reference="nonconflict",
+                         groups="item", seed=seed)  # fmt: skip

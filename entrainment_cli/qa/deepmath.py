@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .. import pipeline
+from .. import pipeline, vectors
 from ..data import registry
 from ..errors import UserError
 from ..runs.rundir import RunDir
@@ -90,6 +90,7 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
     ).where(corr["sparser_when"].notna())
     rd.write_text("tables/correlations.csv", corr.to_csv(index=False))
     pipeline.write_controls(rd, samples, "difficulty", "numeric", metrics, n_boot=n_boot, seed=seed)
+    vectors.write_tables(rd, samples, metrics, label="difficulty", n_boot=n_boot, seed=seed)
     fits, bands = [], []
     for layer, part in samples.groupby("layer", sort=True):
         x = part["difficulty"].to_numpy(dtype=np.float64)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import pipeline
+from .. import pipeline, vectors
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
@@ -272,3 +272,5 @@ def write_analysis(rd, samples, answers, metrics, splits, seed: int) -> None:
             note=LENGTH_DESIGN,
             seed=seed,
         )
+        vectors.write_tables(rd, ordinal, metrics, label="split_rank", condition="split",
+                             reference=splits[0], groups="example_idx", seed=seed)  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .. import pipeline
+from .. import pipeline, vectors
 from ..data import prompts, registry
 from ..errors import UserError
 from ..runs.rundir import RunDir
@@ -71,3 +71,4 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
     corr = stats.correlation_table(samples, "level", [*controls.LENGTHS, *metrics], seed, n_boot)
     rd.write_text("tables/correlations.csv", corr.to_csv(index=False))
     pipeline.write_controls(rd, samples, "level", "numeric", metrics, n_boot=n_boot, seed=seed)
+    vectors.write_tables(rd, samples, metrics, label="level", n_boot=n_boot, seed=seed)

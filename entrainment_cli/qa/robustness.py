@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import pipeline
+from .. import pipeline, vectors
 from ..data import prompts, registry
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
@@ -435,6 +435,8 @@ def write_analysis(
         pipeline.write_controls(
             rd, ordinal, "noise_level", "numeric", metrics, groups="question_id", seed=seed
         )
+        vectors.write_tables(rd, ordinal, metrics, label="noise_level", condition="noise",
+                             reference=levels[0], groups="question_id", seed=seed)  # fmt: skip
     rd.write_text(
         "tables/accuracy_tests.csv", pd.DataFrame.from_records(acc_tests).to_csv(index=False)
     )
