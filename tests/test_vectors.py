@@ -91,3 +91,15 @@ def test_probe_reference_shift_table(cli, tiny_llama, tmp_path):
     assert set(shift["reference"]) == {reference}
     assert set(shift["positive"]) == set(map(str, values.unique())) - {reference}
     assert np.isfinite(shift.loc[shift.score == "rmd", "auroc"]).all()
+
+
+def test_the_report_lists_the_ceiling_and_the_shift(cli, tiny_llama, tmp_path):
+    from entrainment_cli.plots.report import load_run
+
+    out = tmp_path / "c"
+    result = cli("qa", "conflict", "--model", tiny_llama, "--limit", 6, "--run-dir", out,
+                 "--metrics", "l1", "--quiet", "--save-hidden")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = list(load_run(out).stats["statistic"])
+    assert "AUROC md: conflict vs nonconflict [layer -1, last-prompt]" in names
+    assert "AUROC rmd: control vs nonconflict [layer -1, last-prompt]" in names

@@ -341,6 +341,26 @@ def control_stats(tables: Path) -> list[dict]:
     return rows
 
 
+def vector_stats(tables: Path) -> list[dict]:
+    """What the saved vectors say at the final layer: the linear probe (the ceiling) beside
+    the best metric and length (tables/ceiling.csv), and the Mahalanobis distances' AUROC for
+    each shifted condition (tables/shift.csv)."""
+    rows = []
+    if (tables / "ceiling.csv").is_file():
+        df, where = _final_slice(pd.read_csv(tables / "ceiling.csv"))
+        for r in df.to_dict("records"):
+            name = f"{r['scorer']} ({r['name']}): {r['statistic']} for {r['label']} [{where}]"
+            rows.append(stat(name, r["value"], r["lo"], r["hi"], r["n"], r["p"], r.get("note")))
+    if (tables / "shift.csv").is_file():
+        df, where = _final_slice(pd.read_csv(tables / "shift.csv"))
+        for r in df[df["score"].isin(["md", "rmd"])].to_dict("records"):
+            name = f"AUROC {r['score']}: {r['positive']} vs {r['reference']} [{where}]"
+            n = r["n_reference"] + r["n_shifted"]
+            rows.append(stat(name, r["auroc"], r["auroc_lo"], r["auroc_hi"], n, r["p"],
+                             r["direction"]))  # fmt: skip
+    return rows
+
+
 def signal_stats(tables: Path, top: int = 5) -> list[dict]:
     """A graded run's best signals against correctness (tables/signals.csv, best PRR first):
     PRR with its CI, beside the study's own statistics; none for other runs."""
@@ -426,7 +446,7 @@ def load_run(path: Path) -> Run:
             "finish the run with --resume, or rerun it"
         )
     try:
-        rows = extract(tables) + control_stats(tables) + signal_stats(tables)
+        rows = extract(tables) + control_stats(tables) + vector_stats(tables) + signal_stats(tables)
     except pd.errors.EmptyDataError:  # a study that had nothing to test writes an empty CSV
         rows = []
     except (KeyError, AttributeError) as e:  # a column or key this version does not write
