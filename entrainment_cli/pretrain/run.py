@@ -32,7 +32,7 @@ from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
 from ..pipeline import Prepared
-from ..runs.rundir import MANIFEST, RunDir, atomic_write_parquet, temp_beside
+from ..runs.rundir import MANIFEST, RunDir, atomic_write_parquet, file_mode, temp_beside
 from ..science import kg
 from ..studies import PretrainConfig
 from ..ui import progress
@@ -221,6 +221,15 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         len(seqs),
         *graph.stats["pool_sizes"].values(),
     )
+    fallen = [s for s, n in graph.stats["split_negatives"].items() if n != cfg.negatives]
+    if fallen:
+        warning = (
+            f"{', '.join(fallen)}: no relation has 10 answers to balance negatives over, so "
+            "its queries have frequency negatives (the relation prior beside its accuracy "
+            "shows what they leave); another --seed may balance it"
+        )
+        log.warning(warning)
+        rd.update(warnings=[*rd.manifest.get("warnings", []), warning])
     evaluator = evaluate.Evaluator(
         model, tokenizer, graph.queries, layers, metric_names, device, amp, cfg.eval_batch_size
     )
@@ -303,6 +312,9 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         checkpoint = rd.path / "checkpoint"
         model.save_pretrained(checkpoint)
         tokenizer.save_pretrained(checkpoint)
+        for path in checkpoint.iterdir():  # safetensors writes 0600; the rest of the run:
+            if path.is_file():  # the umask's mode
+                path.chmod(file_mode())
         rd.write_table("train", pd.DataFrame.from_records(train_log))
         evals = rd.read_in_order("eval", ["id", "step", "layer"], evaluator.frame["id"].tolist())
         evals = evals.sort_values(["step", "layer"], kind="stable").reset_index(drop=True)
@@ -311,9 +323,10 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         rd.write_table("dynamics", dyn)
         rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
         rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
-        if cfg.rank_eval:
+    if cfg.rank_eval:
+        with rd.stage("rank_eval"):
             _rank_eval(rd, evaluator, graph, cfg.rank_eval)
-        shutil.rmtree(state_path.parent, ignore_errors=True)
+    shutil.rmtree(state_path.parent, ignore_errors=True)
     resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
     rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
     final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
