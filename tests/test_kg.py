@@ -285,6 +285,21 @@ def test_too_small_names_the_parameter():
     )
 
 
+def test_an_unbalanceable_split_falls_back_to_frequency_negatives(graph):
+    """The default graph with seed 0 has an OOD-medium pool whose relations have too few
+    distinct answers to balance: that split keeps its queries with frequency negatives (it
+    used to end the run); the splits that balance are as before."""
+    assert graph.stats["split_negatives"] == dict.fromkeys(kg.SPLITS, "relation")
+    g = kg.generate(kg.KGParams(), seed=0)
+    assert g.stats["split_negatives"] == {
+        "id": "relation",
+        "ood_medium": "frequency",
+        "ood_hard": "relation",
+    }
+    medium = g.split("ood_medium")
+    assert len(medium) == g.stats["pool_available"]["ood_medium"] > 0
+    assert all(len(set(q.options)) == 10 and q.options[q.gold] == q.t for q in medium)
+
 def test_text_format():
     assert kg.fact_text(17, 3, 2051) == "Q17 P3 Q2051"
     assert kg.prompt_text(17, 3) == "Q17 P3 "

@@ -452,6 +452,56 @@ def test_graph_too_small_names_the_option(cli, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_defaults_run_with_seed_0(tmp_path):
+    """Issue 22: the default graph with seed 0 stopped with 'queries of ood_medium: 0, need 1;
+    raise --entities' (and --entities 8000 the same): no relation of its OOD-medium pool had
+    10 answers to balance negatives over. The split now keeps its queries with frequency
+    negatives, said in the terminal, run.log, the manifest and the report."""
+    out = tmp_path / "run"
+    tiny = ["--llm-size", "llama-1-1", "--batch-size", "64", "--dtype", "float32"]
+    args = [*tiny, "--steps", "1", "--eval-every", "0", "--num-test", "10", "--metrics", "l1"]
+    result = _invoke("pretrain", *args, "--run-dir", out)
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "kg" / "stats.json").read_text())
+    assert stats["entities"] == 4000 and stats["negatives"] == "relation"
+    assert stats["split_negatives"] == {
+        "id": "relation",
+        "ood_medium": "frequency",
+        "ood_hard": "relation",
+    }
+    assert all(n >= 1 for n in stats["pool_sizes"].values())
+    said = "ood_medium: no relation has 10 answers to balance negatives over"
+    assert said in (out / "run.log").read_text()
+    assert any(said in w for w in read_manifest(out)["warnings"])
+    assert said in (out / "report.html").read_text()
+
+
+def test_no_rule_for_a_split_names_deductible_rules(cli, tmp_path):
+    """A graph with no deductible 2-step rule has no OOD-hard facts whatever --n-derived: the
+    message names --deductible-rules when a 2-step rule is drawn but not deductible (6 rules:
+    all deductible runs), else --rules."""
+    args = [*GRAPH, "--rules", "6", "--deductible-rules", "2"]
+    result = cli("pretrain", "--llm-size", "llama-1-1", "--run-dir", tmp_path / "r", *args)
+    assert result.exit_code == 2
+    assert "deductible rules of length 2 (for ood_hard): 0, need 1" in result.output
+    assert "raise --deductible-rules" in result.output
+    args = [*GRAPH, "--rules", "4", "--deductible-rules", "4"]
+    result = cli("pretrain", "--llm-size", "llama-1-1", "--run-dir", tmp_path / "r", *args)
+    assert result.exit_code == 2 and "raise --rules" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_follows_the_umask_and_rank_eval_is_timed_apart(finished):
+    """Issue 22: model.safetensors was written 0600 (the rest of the run follows the umask),
+    and the rank evaluation's time was reported as 'save'."""
+    from entrainment_cli.runs.rundir import file_mode
+
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (finished / "checkpoint").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {file_mode()}
+    timings = read_manifest(finished)["timings"]
+    assert {"save", "rank_eval"} <= set(timings)
+    assert (finished / "tables" / "rank.csv").is_file()
+
 def test_unwritable_run_dir_exits_2(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

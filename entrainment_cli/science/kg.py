@@ -462,8 +462,19 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
     available = {name: len(pool) for name, pool in pools.items()}
     for name, pool in pools.items():
         if not pool:
+            lengths = "2" if name == "ood_hard" else "3+"
+            fits = [r for r in rules if (len(r.body) == 2) == (name == "ood_hard")]
+            if not any(r.deductible for r in fits):
+                # no rule derives this split's facts: make one that exists deductible, or
+                # draw more rules
+                raise GraphTooSmall(
+                    f"deductible rules of length {lengths} (for {name})",
+                    0,
+                    1,
+                    "n_deductible" if fits else "n_rules",
+                )
             raise GraphTooSmall(
-                f"held-out facts for {name} (rule length {'2' if name == 'ood_hard' else '3+'})",
+                f"held-out facts for {name} (rule length {lengths})",
                 0,
                 1,
                 "n_derived",  # more training facts: more held-out facts derivable from them
@@ -481,8 +492,10 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
         return true - {t}
 
     queries = []
+    split_negatives = {}
     for name in SPLITS:
         pool = pools[name]
+        split_negatives[name] = p.negatives
         if p.negatives == "relation":
             # Balanced on the whole pool, then a random subset: each gold stays a negative
             # about n_options - 1 times as often as it is the answer.
@@ -500,6 +513,13 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
             pairs = [(item, negatives[i]) for i, item in enumerate(pool) if i in negatives]
             # the first fact of each answer comes early for a frequent answer: reshuffle
             rng.shuffle(pairs)
+            if not pairs:
+                # No relation of the split has enough distinct answers to balance (a small
+                # OOD pool on a few hubs): the split keeps its queries with frequency
+                # negatives rather than vanish; stats' split_negatives records it and the
+                # relation-prior baseline beside its accuracy shows what that leaves.
+                split_negatives[name] = "frequency"
+                pairs = [(item, None) for item in pools[name]]
         else:
             pairs = [(item, None) for item in pool]
         chosen = _capped(pairs, p)
@@ -508,7 +528,7 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
         for ((h, r, t), length, alt), negs in chosen:
             if negs is None:
                 true = true_tails(name, (h, r, t), alt)
-                if p.negatives == "frequency":
+                if split_negatives[name] == "frequency":
                     counts = by_relation.get(r, Counter())
                     negs = _frequency_negatives(rng, t, counts, len(g.out), true, p.n_options)
                 else:
@@ -544,6 +564,7 @@ def generate(params: KGParams | None = None, seed: int = 0) -> KnowledgeGraph:
         queries=queries,
     )
     kg.stats = _stats(kg, len(g.out), available)
+    kg.stats["split_negatives"] = split_negatives
     return kg
 
 
