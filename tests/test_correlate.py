@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -196,6 +197,13 @@ def test_analyze_several_runs_into_one_table_and_grid(cli, gsm_run, tiny_peaked,
         f.unlink()
     assert cli("plot", gsm_run).exit_code == 0
     assert (gsm_run / "figures" / "entropy_vs_stops.png").is_file()
+    # two runs of one model and dataset: refused before anything is written
+    twin = tmp_path / "twin" / gsm_run.name
+    shutil.copytree(gsm_run, twin)
+    again = tmp_path / "again"
+    result = cli("correlate-analyze", gsm_run, twin, "--out", again)
+    assert result.exit_code == 2 and "one row per model and dataset" in result.output
+    assert not again.exists()
 
 
 def test_empty_generation_is_a_row_not_a_crash(cli, tiny_peaked, tmp_path, monkeypatch):

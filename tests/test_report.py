@@ -517,3 +517,21 @@ def test_graded_runs_report_their_best_signals(tmp_path):
         (0.41, 0.1, 0.7, 16),
         (0.2, -0.3, 0.6, 16),
     ]
+
+
+def test_parent_folders_of_runs_and_runs_of_one_name(runs, tmp_path):
+    """`entrain report runs/` and `entrain plot runs/ --out P` take a folder of runs; two runs
+    of one name (two shard merges both called `merged`) get a folder each, none overwritten."""
+    parent = tmp_path / "runs"
+    a, b = parent / "one" / "merged", parent / "two" / "merged"
+    shutil.copytree(runs["rankmath_llama"], a)
+    shutil.copytree(runs["rankmath_qwen"], b)
+    out = tmp_path / "page.html"
+    _invoke("report", parent, "--out", out)
+    page = out.read_text()
+    assert page.count("<h2 id=") >= 2 and "entrain report: 2 run(s)" in page
+    figures = tmp_path / "figs"
+    _invoke("plot", parent, "--out", figures)
+    for rd, folder in ((a, "one-merged"), (b, "two-merged")):
+        for f in (rd / "figures").glob("*.png"):
+            assert (figures / folder / f.name).read_bytes() == f.read_bytes()

@@ -95,11 +95,21 @@ def analyze_runs(
     for rd in run_dirs:
         if read_manifest(rd).get("command") != "correlate":
             raise UserError(f"{rd} is not a correlate run")
+    if len(run_dirs) > 1:  # checked before anything is written
+        if out is None:
+            raise UserError("analyzing several runs together needs --out DIR for the summary")
+        seen: dict = {}
+        for rd in run_dirs:
+            label = run_label(rd)
+            if label in seen:
+                raise UserError(
+                    f"{seen[label]} and {rd} are both {label[0]} on {label[1]}: the summary has "
+                    "one row per model and dataset; analyze them in separate calls"
+                )
+            seen[label] = rd
     rows = [analyze_run(rd, min_nucleus, bins, n_boot, seed) for rd in run_dirs]
     written = [rd / "tables" / "stats.csv" for rd in run_dirs]
     if len(run_dirs) > 1:
-        if out is None:
-            raise UserError("analyzing several runs together needs --out DIR for the summary")
         table = pd.DataFrame(rows).sort_values(["model", "dataset"], kind="stable")
         atomic_write_text(out / "stats.csv", table.to_csv(index=False))
         atomic_write_text(out / "stats.tex", to_latex(table))

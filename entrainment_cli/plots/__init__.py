@@ -42,16 +42,43 @@ def readable_tables(*run_dirs: Path) -> Iterator[None]:
         ) from None
 
 
+def expand_runs(paths: list[Path]) -> list[Path]:
+    """Each path that is a run, and for a folder of runs (``runs/``, ``runs/qa-rankmath``) every
+    run below it (two levels at most, sorted); a path that is neither stays, to be named."""
+    out: list[Path] = []
+    for path in paths:
+        if (path / "manifest.json").is_file() or not path.is_dir():
+            out.append(path)
+            continue
+        found = {m.parent for m in (*path.glob("*/manifest.json"), *path.glob("*/*/manifest.json"))}
+        out += sorted(found) or [path]
+    return list(dict.fromkeys(out))
+
+
+def unique_names(run_dirs: list[Path]) -> dict[Path, str]:
+    """A folder name per run that no other run shares: its own name, else with its parent's
+    (two shard merges both called ``merged``), else numbered."""
+    names: dict[Path, str] = {}
+    for rd in run_dirs:
+        clash = [o for o in run_dirs if o.name == rd.name]
+        name = rd.name if len(clash) == 1 else f"{rd.parent.name}-{rd.name}"
+        while name in names.values():
+            name = f"{name}-{len(names)}"
+        names[rd] = name
+    return names
+
+
 def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
     """Rebuild every figure of each run; runs of one command are also compared, graded runs
     also by their signals' PRR side by side.
 
     With ``out_dir`` this is a report: each run's figures are copied to
-    ``out_dir/<command>/<run>/`` and each comparison goes to ``out_dir/<command>/`` (straight
-    into ``out_dir`` when all runs belong to one command).
+    ``out_dir/<command>/<run>/`` (a name two runs share gets its parent's, see
+    :func:`unique_names`) and each comparison goes to ``out_dir/<command>/`` (straight into
+    ``out_dir`` when all runs belong to one command). ``run_dirs`` may name folders of runs.
     """
     groups: dict[str, list[Path]] = {}
-    for rd in run_dirs:
+    for rd in expand_runs(run_dirs):
         command = read_manifest(rd).get("command")
         if command not in BY_NAME:
             raise UserError(f"{rd}: no figures are defined for '{command}' runs")
@@ -78,9 +105,10 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None) -> list[Path]:
         if len(graded) > 1:
             with readable_tables(*graded):
                 written += signals.plot_compare(graded, dest)
+        folders = unique_names(rds)
         for rd in rds:
             for figure in sorted((rd / "figures").glob("*")):
-                target = dest / rd.name / figure.name
+                target = dest / folders[rd] / figure.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 written.append(Path(shutil.copy2(figure, target)))
     return written

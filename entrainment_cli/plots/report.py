@@ -736,8 +736,10 @@ def render(runs: list[Run], problems: list[str]) -> str:
 def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, list[Run], list[str]]:
     """Report every readable run in one page at ``out``; returns the runs and one line per
     run that could not be reported. Only when none could is it an error."""
+    from . import expand_runs
+
     runs, problems = [], []
-    for path in run_dirs:
+    for path in expand_runs(run_dirs):
         try:
             runs.append(load_run(path))
         except UserError as e:
