@@ -756,7 +756,9 @@ alone.""",
     Study(
         "correlate",
         CorrelateConfig,
-        """Per generated token: entropy, nucleus, STOPS, LogTokU, and how entropy relates to STOPS.
+        """Per-token entropy, nucleus, STOPS and LogTokU.
+
+How entropy relates to STOPS, per token.
 
 Generates with vLLM (or transformers), then one teacher-forced probe pass computes every
 per-token quantity in float32. Writes tables/prompts.parquet, tables/tokens.parquet,
@@ -793,7 +795,9 @@ and a grid figure.""",
     Study(
         "cot",
         CotConfig,
-        """Answer MATH-500 problems with one prompting strategy and grade them.
+        """MATH-500 with one prompting strategy, graded.
+
+Answers MATH-500 problems with one prompting strategy and grades them.
 
 Every strategy ranks the pool and the test problems by the sparsity of the model's last prompt
 state (one batched probe pass) and bins them into --n-levels levels (sparser = harder).
@@ -832,7 +836,9 @@ tables/signals.csv ranks every sparsity metric and the log-prob baselines agains
     Study(
         "qa deepmath",
         DeepmathConfig,
-        """Sparsity of the prompt's last hidden state against DeepMath-103K's continuous
+        """Sparsity against DeepMath-103K's continuous difficulty.
+
+Sparsity of the prompt's last hidden state against DeepMath-103K's continuous
 difficulty score (zwhe99/DeepMath-103K, fields question and difficulty).
 
 Measures, per problem of a seeded sample of --n, each metric at the last prompt token; then
@@ -847,7 +853,9 @@ per metric (figures/). Offline: the bundled sample.""",
     Study(
         "qa longreason",
         LongreasonConfig,
-        """Sparsity at every layer as the context grows (LongReason, lz1bytedance/LongReason).
+        """Sparsity at every layer as the context grows (LongReason).
+
+Sparsity at every layer as the context grows (LongReason, lz1bytedance/LongReason).
 
 For each split (the same questions with the background expanded to 8k ... 64k tokens),
 measures each metric at the last prompt token at every layer (--layers all: the embedding
@@ -885,7 +893,9 @@ sizes; tables/summary.csv the per-condition statistics; figures/ box plots. With
     Study(
         "probe",
         ProbeConfig,
-        """Every measurement of the tool on your own texts, against your own labels.
+        """Every measurement on your own texts and labels.
+
+Every measurement of the tool on your own texts, against your own labels.
 The text of each row: --text-field, --messages-field or --template, with --system and the
 model's chat template when it has one (--no-chat: plain text). Hidden-state sparsity metrics
 at --layers and --positions; with --max-tokens N, a generation stage (vLLM or transformers)
@@ -924,7 +934,9 @@ sample (text, difficulty, multi_step, operation, pair, phrasing).""",
     Study(
         "pretrain",
         PretrainConfig,
-        """Train a small Llama from scratch on a synthetic knowledge graph; measure accuracy and
+        """A small Llama trained on a synthetic knowledge graph.
+
+Trains a small Llama from scratch on a synthetic knowledge graph; measures accuracy and
 last-prompt sparsity on training facts (ID) and on held-out facts that a 3+-step (OOD-medium)
 or 2-step (OOD-hard) rule derives, during and after training.
 

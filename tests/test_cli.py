@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 
-from entrainment_cli import __version__
+from entrainment_cli import __version__, options
 from entrainment_cli.engines import models
 from entrainment_cli.runs.rundir import read_manifest
 
@@ -85,11 +85,10 @@ def test_help_paragraphs_are_reflowed_for_any_width():
         "First line.\n\nA paragraph broken at the source's width.\n"
         "- an item\n- another\n  continued"
     )
-    from typer.testing import CliRunner
-
-    from entrainment_cli.cli.app import app
-
-    out = CliRunner().invoke(app, ["merge", "--help"], env={"COLUMNS": "200"}).output
+    # the console script, not CliRunner, which forces click's help to 80 columns
+    exe = os.path.join(os.path.dirname(sys.executable), "entrain")
+    env = {**os.environ, "COLUMNS": "200"}
+    out = subprocess.run([exe, "merge", "--help"], env=env, capture_output=True, text=True).stdout
     assert "(same command, model weights, data, seed and options;" in out  # one line at 200
 
 
@@ -131,3 +130,47 @@ def test_a_hub_model_is_downloaded_only_after_the_data_are_checked(
     m = read_manifest(out)
     assert m["model"]["id"] == "org/tiny" and m["model"]["source"] == "hub"
     assert m["model"]["weights_sha256"] == models.weights_hash(tmp_path / "snapshot")
+
+
+def _commands(group=None, prefix=()):
+    """Every command path of the app (e.g. ('qa', 'rankmath'))."""
+    import typer.main
+
+    from entrainment_cli.cli.app import app
+
+    group = group or typer.main.get_command(app)
+    for name, sub in group.commands.items():
+        if hasattr(sub, "commands"):
+            yield from _commands(sub, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_help_fits_80_columns_in_panels_with_nothing_cut():
+    """Every command's --help at 80 columns: no line wider, no ellipsis, every option's full
+    name, options in panels in the order a person needs them; `entrain --help` on one screen."""
+    from typer.testing import CliRunner
+
+    from entrainment_cli.cli.app import app
+    from entrainment_cli.cli.help import PANELS
+    from entrainment_cli.studies import STUDIES
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "80"}).output
+    assert len(top.splitlines()) <= 24 and "…" not in top
+    configs = {tuple(s.name.split()): s.config for s in STUDIES}
+    paths = list(_commands())
+    assert ("qa", "rankmath") in paths and ("probe",) in paths
+    for path in paths:
+        out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}).output
+        assert "…" not in out, path
+        assert max(len(line) for line in out.splitlines()) <= 80, path
+        if path in configs:
+            for f in options.option_fields(configs[path]):
+                assert f" {options.flag(f)} " in out or f" {options.flag(f)}\n" in out, (
+                    path,
+                    f.name,
+                )
+            titles = [line[:-1] for line in out.splitlines() if line in {f"{p}:" for p in PANELS}]
+            assert titles == sorted(titles, key=PANELS.index) and titles[0] == "Data", path
+            assert titles[-1] in ("Scale-out", "vLLM", "Output"), path

@@ -17,20 +17,34 @@ from ..studies import (
 )
 from .build import build_command
 from .common import print_done
+from .help import PanelCommand, first_sentence
 from .merge import merge
 from .plot import plot
 from .report import report
 
 app = typer.Typer(
     name="entrain",
-    help="What a language model's internals say about how hard an input is for it: "
-    "hidden-state sparsity and token-confidence studies, each written to a run directory.",
-    rich_markup_mode="rich",
+    help="What a model's internals say about how hard an input is: hidden-state sparsity "
+    "and token-confidence studies, each written to a run directory.",
+    rich_markup_mode=None,  # click's help: wrapped, never cut (see cli/help.py)
     no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+    # help wraps at the terminal's width (click's default stops at 80)
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 160},
     pretty_exceptions_show_locals=False,
 )
-qa = typer.Typer(help="Hidden-state sparsity against difficulty.", no_args_is_help=True)
+qa = typer.Typer(
+    help="Hidden-state sparsity against difficulty.",
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _command(where: typer.Typer, name: str, callback, help: str | None = None) -> None:
+    """Register ``callback`` as ``name`` with panelled help and a one-sentence summary."""
+    summary = first_sentence(help if help is not None else callback.__doc__)
+    where.command(name=name, cls=PanelCommand, short_help=summary)(callback)
 
 
 def _runner(entry: Study):
@@ -64,30 +78,36 @@ def _export(cfg: RobustnessExportConfig) -> None:
 
 for _entry in STUDIES:
     group, _, name = _entry.name.rpartition(" ")
-    (qa if group == "qa" else app).command(name=name)(
-        build_command(_entry.config, _runner(_entry), _entry.help)
+    _command(
+        qa if group == "qa" else app,
+        name,
+        build_command(_entry.config, _runner(_entry), _entry.help),
     )
-app.command(name="correlate-analyze")(
+_command(
+    app,
+    "correlate-analyze",
     build_command(
         CorrelateAnalyzeConfig,
         _analyze,
-        """Re-analyze finished correlate runs from their saved tokens: stats.csv|tex, bins.csv,
-fit.json and figures in each run; several runs also give one joint table and a grid figure
-(models as rows, datasets as columns) in --out.""",
-    )
+        """Re-analyze finished correlate runs from their tokens. Writes stats.csv|tex,
+bins.csv, fit.json and figures in each run; several runs also give one joint table and a grid
+figure (models as rows, datasets as columns) in --out.""",
+    ),
 )
-qa.command(name="robustness-export")(
+_command(
+    qa,
+    "robustness-export",
     build_command(
         RobustnessExportConfig,
         _export,
-        """Write the noisy MMLU-Pro dataset of `qa robustness` (every question with its seeded
-variants) to a .jsonl or .json file; no model is loaded.""",
-    )
+        """Write the noisy MMLU-Pro dataset of `qa robustness` to a .jsonl or .json file. Every
+question with its seeded variants; no model is loaded.""",
+    ),
 )
 app.add_typer(qa, name="qa")
-app.command(name="plot")(plot)
-app.command(name="report")(build_command(ReportConfig, report, report.__doc__))
-app.command(name="merge")(merge)
+_command(app, "plot", plot)
+_command(app, "report", build_command(ReportConfig, report, report.__doc__))
+_command(app, "merge", merge)
 
 
 def _version(value: bool) -> None:

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from .. import options
-from ..studies import RunOptions
 from .common import command, reflow
+from .help import PANELS, panel
 
 CONFIG_HELP = (
     "YAML or TOML file of option values (keys as the option names, e.g. max_tokens or "
@@ -30,20 +30,25 @@ def _parameter(f: dataclasses.Field, tp: Any) -> inspect.Parameter:
     else:
         default = f.default
     if meta["argument"]:
-        info = typer.Argument(help=meta["help"], show_default=False)
+        info = typer.Argument(help=meta["help"], show_default=False, rich_help_panel="Data")
         default = inspect.Parameter.empty if default is None else default
     else:
-        info = typer.Option(*meta["flags"], help=meta["help"], show_default=meta["show_default"])
+        info = typer.Option(
+            *meta["flags"],
+            help=meta["help"],
+            show_default=meta["show_default"],
+            rich_help_panel=panel(f.name),
+        )
     return inspect.Parameter(
         f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[tp, info]
     )
 
 
 def _ordered(cls: type) -> list[dataclasses.Field]:
-    """The options in --help order: the study's own first, where the run goes last."""
-    last = {f.name for f in dataclasses.fields(RunOptions)}
+    """The options in --help order: by panel (data, model, measurement, output, scale-out,
+    vLLM), in declaration order within one."""
     fields = options.option_fields(cls)
-    return [f for f in fields if f.name not in last] + [f for f in fields if f.name in last]
+    return sorted(fields, key=lambda f: PANELS.index(panel(f.name)))
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -64,7 +69,10 @@ def build_command(cls: type, action: Callable[[Any], None], help: str) -> Callab
             "config",
             inspect.Parameter.KEYWORD_ONLY,
             default=None,
-            annotation=Annotated[Path | None, typer.Option(help=CONFIG_HELP, show_default=False)],
+            annotation=Annotated[
+                Path | None,
+                typer.Option(help=CONFIG_HELP, show_default=False, rich_help_panel="Output"),
+            ],
         ),
     ]
 

@@ -20,7 +20,9 @@ def merge(
     ],
     quiet: Quiet = False,
 ) -> None:
-    """Merge the shards of one study into one run, equal to the study run unsharded.
+    """Merge the shards of one study into one run.
+
+    The merged run equals the study run unsharded.
 
     Checks that the runs are shards of one study (same command, model weights, data, seed and
     options; every shard 0..N-1 exactly once; each finished), puts their finished work in the
