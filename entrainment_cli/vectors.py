@@ -161,13 +161,15 @@ def plot_ceiling(run_dir: Path) -> list[Path]:
 
     table = pd.read_csv(path)
     positions = list(dict.fromkeys(table["position"]))
-    fig, axes = panel_grid(len(positions), 2, (5.5, 3.6))
+    fig, axes = panel_grid(len(positions), 2, (7.0, 4.0))
     styles = {"linear probe": "#4C72B0", "best metric": "#55A868", "prompt length": "#C44E52"}
     for ax, position in zip(axes, positions, strict=True):
         part = table[table["position"] == position]
+        layers = sorted(part["layer"].unique(), key=lambda layer: (layer == -1, layer))
         for scorer, color in styles.items():
-            rows = part[part["scorer"] == scorer].sort_values("layer")
-            if rows.empty:
+            rows = part[part["scorer"] == scorer]
+            rows = rows.set_index("layer").reindex(layers).reset_index()  # a gap stays a gap
+            if rows["value"].isna().all():
                 continue
             x = np.arange(len(rows))
             err = [
@@ -179,10 +181,9 @@ def plot_ceiling(run_dir: Path) -> list[Path]:
             )
             if scorer == "best metric":
                 for xi, (v, name) in enumerate(zip(rows["value"], rows["name"], strict=True)):
-                    ax.annotate(
-                        name, (xi, v), fontsize=6, xytext=(3, 3), textcoords="offset points"
-                    )
-        layers = sorted(part["layer"].unique())
+                    if pd.notna(v):
+                        ax.annotate(name, (xi, v), fontsize=6, xytext=(3, 3),
+                                    textcoords="offset points")  # fmt: skip
         ax.set_xticks(range(len(layers)))
         ax.set_xticklabels(["final" if layer == -1 else str(layer) for layer in layers], fontsize=8)
         ax.set_xlabel("layer")
@@ -191,5 +192,5 @@ def plot_ceiling(run_dir: Path) -> list[Path]:
         ax.axhline(0.5 if statistic == "auroc" else 0.0, color="k", lw=0.6)
         ax.set_title(str(position), fontsize=9)
     axes[0].legend(fontsize=7)
-    fig.suptitle("What the vector knows: linear probe (ceiling), best sparsity metric, length")
+    fig.suptitle("Linear probe (ceiling), best sparsity metric, prompt length", fontsize=10)
     return save(fig, Path(run_dir) / "figures" / "ceiling")

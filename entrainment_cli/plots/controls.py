@@ -74,7 +74,9 @@ def plot_run(run_dir: Path) -> list[Path]:
         ax.set_xlim(-1.05, 1.05)
         ax.set_xlabel(f"Spearman ρ with {part['label'].iloc[0]}", fontsize=8)
         ax.set_title(title, fontsize=9)
-    axes[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.subplots_adjust(bottom=0.08)
     model, _ = run_label(run_dir)
     fig.suptitle(
         f"{model}: each metric raw and given prompt length (95% CIs; red: explained by length)",

@@ -777,6 +777,7 @@ def terminal_rows(stats: pd.DataFrame) -> pd.DataFrame:
     at most ``TERMINAL_ROWS``."""
     names = stats["statistic"]
     own = ~names.str.match(r"(baseline |Spearman rho\(.*\) raw |partial rho|PRR )")
+    own &= ~names.str.contains("n_prompt_")  # the length rows: once, as the baseline below
     picks = list(stats.index[own][:4])
     for pattern in (r"baseline n_prompt_tokens", r"partial rho", r"PRR "):
         picks += list(stats.index[names.str.startswith(pattern)][:1])
