@@ -634,7 +634,14 @@ class ProbeConfig(RunOptions, VLLMParallel):
     label: str | None = option(
         None,
         "Numeric or ordinal column (Pearson, Spearman, binned means) or two-valued one (AUROC "
-        "with direction, Mann-Whitney, violins).",
+        "with direction, Mann-Whitney, violins). Ordinal text: give its order, --label-order.",
+        identity=True,
+        show_default=False,
+    )
+    label_order: list[str] | None = listed(
+        None,
+        "The values of an ordinal text --label from low to high, e.g. easy,medium,hard: they "
+        "count as 0, 1, 2, ... (two values: the second is the positive one).",
         identity=True,
         show_default=False,
     )
@@ -660,7 +667,14 @@ class ProbeConfig(RunOptions, VLLMParallel):
         identity=True,
         show_default=False,
     )
-    limit: int | None = limit_option("Use only the first N rows.")
+    sample: int | None = option(
+        None,
+        "Probe N rows drawn at random with --seed, kept in the data's order (default: all).",
+        identity=True,
+        minimum=1,
+        show_default=False,
+    )
+    limit: int | None = limit_option("Use only the first N rows (of --sample's, if given).")
     layers: str = layers_option()
     positions: list[str] = listed(
         "last-prompt", "Comma list of last-prompt, mean-prompt.", identity=True

@@ -3,6 +3,7 @@ metrics against an independent output_hidden_states pass, each question's statis
 scipy/scikit-learn, and the errors (exit 2, nothing written)."""
 
 import json
+import random
 
 import numpy as np
 import pandas as pd
@@ -71,8 +72,9 @@ def test_per_example_metrics_equal_output_hidden_states(template_run, sample_row
     samples = pd.read_parquet(template_run / "tables" / "samples.parquet")
     ids = [r["id"] for r in sample_rows]
     assert list(samples.columns) == [
-        "id", "prompt", "difficulty", "n_prompt_tokens", "layer", "position", *NAMES,
-    ]  # fmt: skip
+        "id", "prompt", "difficulty", "text", "answer", "multi_step", "operation", "pair",
+        "phrasing", "n_prompt_tokens", "layer", "position", *NAMES,
+    ]  # fmt: skip (the question's column, then the data's others as given)
     assert (
         len(samples) == 4 * len(ids) and not samples.duplicated(["id", "layer", "position"]).any()
     )
@@ -184,12 +186,15 @@ def test_plot_rebuilds_and_compares_runs(template_run, questions_run, tmp_path):
     [
         (["--label", "nope"], r"--label 'nope' is not a field of .*; its fields: id, text,"),
         (["--label", "operation"], r"--label 'operation' is neither numeric nor two-valued"),
+        (["--label", "operation"], r"give their order with --label-order"),
         (["--template", "{txt}?"], r"--template \{txt\} 'txt' is not a field"),
         (["--template", "{} x"], "positional placeholder"),
         (["--split", "test"], r"has no 'split' field"),
         (["--pair-id", "pair"], "--pair-id and --condition go together"),
         (["--label", "layer"], "a column the study writes itself"),
         (["--text-field", "text", "--template", "{text}"], "exactly one of"),
+        (["--label", "phrasing", "--label-order", "verbal,x"], r"not in --label-order .*symbolic"),
+        (["--label-order", "a,b"], "--label-order orders a --label's values: give --label"),
     ],
 )
 def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, csv_file, args, message):
@@ -202,6 +207,81 @@ def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, csv_file, args, 
     out = " ".join(result.output.split())
     assert out.startswith("error:") and pytest.importorskip("re").search(message, out), out
     assert not runs.exists()
+
+
+def test_ordinal_text_label_sample_warnings_columns_and_layer_profile(
+    tiny_llama, sample_rows, tmp_path
+):
+    """Issue 22, probe: an ordinal text label (easy/medium/hard) was refused with no way to give
+    its order; --sample did not exist; a metric constant over the examples (layer 0 under the
+    chat template: every prompt ends in the template's token) and rows dropped for a missing
+    label went unsaid; the user's other columns were dropped; no figure by layer."""
+    level = {1: "easy", 2: "medium", 3: "hard"}
+    rows = [
+        {**r, "level": level[min(r["difficulty"], 3)], "tags": [r["operation"], "x"]}
+        for r in sample_rows
+    ]
+    picked = sorted(random.Random(3).sample(range(len(rows)), 12))
+    rows[picked[0]]["level"] = None  # a missing label, in the sample
+    data = tmp_path / "levels.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["probe", "--model", tiny_llama, "--data-file", data, "--text-field", "text"]
+    refused = _invoke(*common, "--label", "level", "--runs-dir", tmp_path / "no")
+    assert refused.exit_code == 2 and "--label-order" in refused.output
+
+    out = tmp_path / "run"
+    result = _invoke(
+        *common, "--label", "level", "--label-order", "easy,medium,hard", "--sample", "12",
+        "--seed", "3", "--layers", "0,1,-1", "--metrics", "l1,top10_energy", "--n-boot", "100",
+        "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    assert samples.drop_duplicates("id")["id"].tolist() == [f"levels-{i}" for i in picked]
+    # the user's columns, as given (a list as JSON text); the label as its text
+    assert {"text", "answer", "difficulty", "multi_step", "operation", "pair", "phrasing",
+            "tags"} <= set(samples.columns)  # fmt: skip
+    first = samples.drop_duplicates("id").reset_index(drop=True)
+    assert first["text"].tolist() == [rows[i]["text"] for i in picked]
+    assert json.loads(first["tags"][1]) == rows[picked[1]]["tags"]
+    assert pd.isna(first["level"][0]) and set(first["level"][1:]) <= set(level.values())
+
+    corr = pd.read_csv(out / "tables" / "label_correlations.csv")
+    at = samples[(samples.layer == -1) & (samples.position == "last-prompt")]
+    at = at[at["level"].notna()]
+    ranks = at["level"].map({"easy": 0, "medium": 1, "hard": 2})
+    row = corr[(corr.layer == -1) & (corr.metric == "l1")].iloc[0]
+    assert row["n"] == 11
+    assert row["spearman_rho"] == pytest.approx(stats.spearmanr(ranks, at["l1"]).statistic)
+
+    log = (out / "run.log").read_text()
+    warnings = read_manifest(out)["warnings"]
+    report = " ".join((out / "report.html").read_text().split())
+    missing = "--label 'level' is missing in 1 of 12 rows"
+    constant = "layer 0, last-prompt: l1, top10_energy are the same for all 12 examples"
+    for said in (missing, constant):
+        assert said in log and any(said in w for w in warnings)
+        assert said.replace("'", "&#x27;") in report or said in report
+    assert not any("layer 1," in w for w in warnings)
+    assert (out / "figures" / "layer_profile_label_correlations.png").is_file()
+
+
+def test_label_order_of_two_values_names_its_positive(tiny_llama, csv_file, tmp_path):
+    """Two values in --label-order: a two-valued label whose second value is the positive."""
+    out = tmp_path / "run"
+    result = _invoke(
+        "probe", "--model", tiny_llama, "--data-file", csv_file, "--text-field", "text",
+        "--label", "phrasing", "--label-order", "verbal,symbolic", "--metrics", "l1",
+        "--n-boot", "50", "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    auroc = pd.read_csv(out / "tables" / "label_auroc.csv")
+    hidden = auroc[auroc.metric == "l1"].iloc[0]
+    assert (hidden["positive"], hidden["negative"]) == ("symbolic", "verbal")
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    at = samples[samples.layer == -1]
+    expected = roc_auc_score(at["phrasing"] == "symbolic", at["l1"])
+    assert hidden["auroc"] == pytest.approx(expected)
 
 
 def test_empty_selection_is_an_error(tmp_path):

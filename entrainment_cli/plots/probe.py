@@ -99,6 +99,68 @@ def plot_run(run_dir: Path) -> list[Path]:
                 fig = draw(frame, scoped, metrics)
                 fig.suptitle(f"{model}: {title}, {what}", fontsize=11)
                 written += save(fig, run_dir / "figures" / f"{name}_{stem}")
+    return written + _layer_profiles(run_dir, model)
+
+
+# question table -> (statistic, its CI's low and high columns, axis label, no-effect value)
+PROFILES = {
+    "label_correlations": (
+        "spearman_rho", "spearman_lo", "spearman_hi", "Spearman ρ with the label", 0.0,
+    ),
+    "label_auroc": ("auroc", "auroc_lo", "auroc_hi", "AUROC of the label", 0.5),
+    "group_kruskal": (
+        "epsilon_sq", "epsilon_sq_lo", "epsilon_sq_hi", "Kruskal-Wallis ε² across groups", 0.0,
+    ),
+    "paired": (
+        "rank_biserial", "rank_biserial_lo", "rank_biserial_hi", "paired rank-biserial r", 0.0,
+    ),
+    "summary": ("mean", None, None, "mean ± SEM over the examples", None),
+}  # fmt: skip
+
+
+def _layer_profiles(run_dir: Path, model: str) -> list[Path]:
+    """With two or more probed layers: each question's statistic (with its CI), or without a
+    question each metric's mean (± SEM), against the layer (the final norm last), one line per
+    position (and per pair of conditions): ``layer_profile_<table>``."""
+    written: list[Path] = []
+    for name, (effect, lo, hi, axis, null) in PROFILES.items():
+        table = _table(run_dir, name)
+        if table is None or (name == "summary" and len(written)):
+            continue
+        table = table[table["layer"].notna()]
+        layers = sorted({int(v) for v in table["layer"]}, key=lambda v: (v == -1, v))
+        if len(layers) < 2:
+            return written
+        x_of = {layer: i for i, layer in enumerate(layers)}
+        lines = ["position", *(("a", "b") if name == "paired" else ())]
+        metrics = list(dict.fromkeys(table["metric"]))
+        fig, axes = _grid(len(metrics))
+        for ax, metric in zip(axes, metrics, strict=True):
+            rows = table[table["metric"] == metric]
+            for k, (key, part) in enumerate(rows.groupby(lines, sort=False)):
+                part = part.sort_values("layer", key=lambda s: s.map(x_of))
+                x = part["layer"].astype(int).map(x_of).to_numpy()
+                color = COLORS[k % len(COLORS)]
+                what = " ".join(map(str, key if isinstance(key, tuple) else (key,)))
+                if name == "paired":
+                    what = f"{part['position'].iloc[0]} {part['b'].iloc[0]}−{part['a'].iloc[0]}"
+                ax.plot(x, part[effect], marker="o", ms=3, color=color, label=what)
+                if lo is not None:
+                    ax.fill_between(x, part[lo], part[hi], color=color, alpha=0.2, lw=0)
+                else:
+                    ax.fill_between(
+                        x, part[effect] - part["sem"], part[effect] + part["sem"],
+                        color=color, alpha=0.2, lw=0,
+                    )  # fmt: skip
+            if null is not None:
+                ax.axhline(null, color="grey", lw=0.8, ls="--")
+            ax.set_xticks(range(len(layers)))
+            ax.set_xticklabels(["final" if v == -1 else str(v) for v in layers], fontsize=6)
+            ax.set_xlabel("layer", fontsize=7)
+            ax.set_title(metric, fontsize=8)
+        axes[0].legend(fontsize=6)
+        fig.suptitle(f"{model}: {axis}, by layer", fontsize=11)
+        written += save(fig, run_dir / "figures" / f"layer_profile_{name}")
     return written
 
 

@@ -8,8 +8,11 @@ each metric's distribution. Hidden-state sparsity metrics are measured at ``--la
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 
+import numpy as np
 import pandas as pd
 
 from .. import pipeline, vectors
@@ -27,6 +30,7 @@ from ..studies import ProbeConfig
 log = logging.getLogger("entrain")
 
 SAMPLE = "probe"  # the registered dataset whose bundled sample stands in when no data is given
+CONTENT = "_content"  # the examples frame's column of each row's text or messages
 # columns the per-example table writes itself: a question column may not take these names
 WRITTEN = ("id", "prompt", "n_prompt_tokens", "layer", "position")
 AGGREGATES = ("mean", "max")  # of each per-token metric over an example's generated tokens
@@ -60,9 +64,54 @@ def text_source(cfg: ProbeConfig) -> TextSource:
     return TextSource(*given)
 
 
+def label_ranks(cfg: ProbeConfig, values: pd.Series) -> pd.Series:
+    """An ordinal text ``--label`` as its rank in ``--label-order`` (0, 1, ...; missing stays
+    missing); the values as they are without ``--label-order``. A value not in the order, or
+    an order that repeats a value or has fewer than two, is a UserError."""
+    order = cfg.label_order
+    if order is None:
+        return values
+    if len(set(order)) != len(order) or len(order) < 2:
+        raise UserError(
+            f"--label-order {','.join(order)}: give two or more distinct values, low to high"
+        )
+    rank = {value: i for i, value in enumerate(order)}
+    present = values[values.notna()].map(str)
+    unknown = list(dict.fromkeys(v for v in present if v not in rank))
+    if unknown:
+        shown = ", ".join(unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+        raise UserError(
+            f"--label '{cfg.label}' has value(s) not in --label-order ({','.join(order)}): "
+            f"{shown}; list every value of the label, low to high"
+        )
+    return values.map(lambda v: np.nan if pd.isna(v) else float(rank[str(v)]))
+
+
+def _cell(value):
+    """A user's value as a parquet cell: lists and mappings as JSON text."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
+
+
+def other_columns(rows: list[dict], taken: set[str]) -> dict[str, list]:
+    """The user's columns that are not already in the examples frame (``taken``), in the data's
+    order, for ``samples.parquet``: a field missing from a row is None; lists and mappings are
+    JSON text; a column mixing kinds of scalars is text."""
+    names = [n for n in dict.fromkeys(k for r in rows for k in r) if n not in taken]
+    out = {}
+    for name in names:
+        values = [_cell(r.get(name)) for r in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            values = [None if v is None else str(v) for v in values]
+        out[name] = values
+    return out
+
+
 def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tuple:
-    """(loaded data, examples frame: id, content (text or messages) and question columns),
-    with every column checked and the question's kind settled before anything is written."""
+    """(loaded data, examples frame: id, content (text or messages), the question columns
+    and the user's other columns; warnings for the run), with every column checked and the
+    question's kind settled before anything is written. ``--sample`` draws rows (seeded, kept
+    in the data's order), then ``--limit`` keeps the first of them."""
     data = registry.load_user(
         cfg.dataset,
         cfg.data_file,
@@ -72,19 +121,38 @@ def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tup
         fields={**text.fields(), **questions},
         default=SAMPLE,
     )
-    rows = data.rows[: cfg.limit]
-    frame = pd.DataFrame({"id": data.ids[: cfg.limit]})
-    frame["content"] = [text.content(r, f"{data.location} row {i}") for i, r in enumerate(rows)]
+    keep = list(range(len(data.rows)))
+    if cfg.sample is not None and cfg.sample < len(keep):
+        keep = sorted(random.Random(cfg.seed).sample(keep, cfg.sample))
+    keep = keep[: cfg.limit]
+    rows = [data.rows[i] for i in keep]
+    frame = pd.DataFrame({"id": [data.ids[i] for i in keep]})
+    frame[CONTENT] = [
+        text.content(r, f"{data.location} row {i}") for i, r in zip(keep, rows, strict=True)
+    ]
     for name in dict.fromkeys(questions.values()):
         frame[name] = [r[name] for r in rows]
+    warnings = []
     if cfg.label is not None:
-        labels.label_kind(frame[cfg.label])
+        labels.label_kind(label_ranks(cfg, frame[cfg.label]))
+        missing = int(frame[cfg.label].isna().sum())
+        if missing:
+            warnings.append(
+                f"--label '{cfg.label}' is missing in {missing} of {len(frame)} rows: they are "
+                "probed but left out of the label's statistics; fill the label in or drop "
+                "those rows"
+            )
+    elif cfg.label_order is not None:
+        raise UserError("--label-order orders a --label's values: give --label too")
+    taken = {*frame.columns, *WRITTEN, "layer", "position", *pipeline.metric_names(cfg.metrics)}
+    for name, values in other_columns(rows, taken).items():
+        frame[name] = values
     if cfg.group is not None and frame[cfg.group].nunique() < 2:
         raise UserError(f"--group '{cfg.group}' has fewer than two values; nothing to compare")
     if cfg.pair_id is not None:
         labels.comparisons(frame, cfg.pair_id, cfg.condition)
     check_reference(cfg, frame)
-    return data, frame
+    return data, frame, warnings
 
 
 def check_reference(cfg: ProbeConfig, frame: pd.DataFrame) -> None:
@@ -115,26 +183,30 @@ def prepare(cfg: ProbeConfig, setup: pipeline.Setup) -> Prepared:
         sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
         resolved["engine"] = resolve_kind(cfg.engine)
     questions = question_columns(cfg)
-    data, examples = select(cfg, text_source(cfg), questions)
+    data, examples, warnings = select(cfg, text_source(cfg), questions)
     # by pair: a pair's conditions stay together in one shard (the paired tests)
     by = examples[cfg.pair_id] if cfg.pair_id is not None else examples["id"]
     keep, selection = pipeline.take_shard(cfg, by)
     examples = examples.iloc[keep].reset_index(drop=True)
-    state = (examples, questions, sampling)
+    state = (examples, questions, sampling, warnings)
     return Prepared(data, [data.spec.name], resolved, state, selection=selection)
 
 
 def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    examples, questions, sampling = prep.state
+    examples, questions, sampling, warnings = prep.state
     r = prep.resolved
+    for warning in warnings:
+        warn(rd, warning)
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
-    built = [render(tokenizer, c, cfg.system, cfg.chat) for c in examples["content"]]
-    examples = examples.drop(columns="content").assign(prompt=[text for text, _ in built])
+    built = [render(tokenizer, c, cfg.system, cfg.chat) for c in examples[CONTENT]]
+    examples = examples.drop(columns=CONTENT).assign(prompt=[text for text, _ in built])
     config = AutoConfig.from_pretrained(setup.resolved.path)
     tokens = pipeline.tokenize_prompts(examples, tokenizer, config, cfg.max_tokens)
-    columns = ["id", "prompt", *dict.fromkeys(questions.values()), "n_prompt_tokens"]
+    asked = [*dict.fromkeys(questions.values())]
+    others = [c for c in examples.columns if c not in ("id", "prompt", *asked, "n_prompt_tokens")]
+    columns = ["id", "prompt", *asked, *others, "n_prompt_tokens"]
     model = None
     if sampling is not None:  # first, so that a GPU vLLM engine is gone before the probe
         model, _ = pipeline.token_generation_stage(
@@ -171,9 +243,40 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
             rd, keys, examples["id"], [*columns, "layer", "position", *metrics], "example"
         )
         rd.write_table("samples", samples)
+        for warning in constant_metrics(samples, metrics):
+            warn(rd, warning)
         write_analysis(rd, cfg, samples, metrics, per_token)
     nonfinite = pipeline.count_nonfinite(samples, metrics)
     finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite)
+
+
+def warn(rd: RunDir, warning: str) -> None:
+    """A warning in the terminal and run.log, and in the manifest for the report."""
+    log.warning(warning)
+    if warning not in rd.manifest.get("warnings", []):
+        rd.update(warnings=[*rd.manifest.get("warnings", []), warning])
+
+
+def constant_metrics(samples: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """One warning per layer and position where a metric has one value over every example
+    (e.g. at layer 0 under a chat template, where every prompt ends in the same template
+    token): its statistics against any question are NaN."""
+    out = []
+    for (layer, position), part in samples.groupby(["layer", "position"], sort=False):
+        values = part[metrics].to_numpy(dtype=np.float64)
+        finite = [v[np.isfinite(v)] for v in values.T]
+        constant = [
+            m for m, v in zip(metrics, finite, strict=True) if v.size > 1 and v.min() == v.max()
+        ]
+        if constant:
+            out.append(
+                f"layer {layer}, {position}: {', '.join(constant)} "
+                f"{'is' if len(constant) == 1 else 'are'} the same for all {len(part)} examples, "
+                "so every statistic of it is NaN (at layer 0 the last prompt token is the same "
+                "token, e.g. the chat template's, for every row); look at other --layers, "
+                "--positions mean-prompt or --no-chat"
+            )
+    return out
 
 
 def token_summary(rd, cfg, setup, model, tokenizer, examples, ids) -> pd.DataFrame:
@@ -213,6 +316,8 @@ def write_analysis(
         n_boot=cfg.n_boot,
         seed=cfg.seed,
     )
+    if cfg.label is not None:  # an ordinal text label as its ranks
+        samples = samples.assign(**{cfg.label: label_ranks(cfg, samples[cfg.label])})
     samples = controls.with_lengths(samples)
     measures = [*controls.LENGTHS, *metrics]
     tables = labels.question_tables(samples, measures, ["layer", "position"], **ask)
@@ -225,6 +330,10 @@ def write_analysis(
             table.insert(0, "layer", pd.NA)
             tables[name] = pd.concat([tables[name], table], ignore_index=True)
     tables = {name: adjusted(name, table) for name, table in tables.items()}
+    if cfg.label_order is not None and "label_auroc" in tables:  # the ranks' names
+        names = {str(float(i)): v for i, v in enumerate(cfg.label_order)}
+        for side in ("positive", "negative"):
+            tables["label_auroc"][side] = tables["label_auroc"][side].map(names)
     tables |= control_tables(cfg, samples, metrics)
     files = {}
     for name, table in tables.items():

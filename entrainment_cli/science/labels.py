@@ -43,7 +43,8 @@ def label_kind(values: pd.Series, option: str = "--label") -> str:
     shown = ", ".join(map(str, distinct[:4])) + (", ..." if len(distinct) > 4 else "")
     raise UserError(
         f"{option} '{values.name}' is neither numeric nor two-valued ({len(distinct)} values: "
-        f"{shown}); use --group for categories, or map the values to numbers"
+        f"{shown}); for ordered text give their order with --label-order a,b,c, for "
+        "categories use --group"
     )
 
 
