@@ -79,10 +79,7 @@ def partial_test(
     boots = stats.cluster_bootstrap(
         lambda idx: partial_spearman(x[idx], y[idx], z[idx]), members, n_boot, seed
     )
-    tail = (1 - level) / 2 * 100
-    lo, hi = (
-        np.nanpercentile(boots, [tail, 100 - tail]) if np.isfinite(boots).any() else (np.nan,) * 2
-    )
+    lo, hi = stats.percentile_ci(boots, level)
     if len(members) == x.size:
         df = x.size - 3
         t = rho * np.sqrt(df / max(1 - rho * rho, 1e-300))
@@ -192,17 +189,14 @@ def incremental(
     boots = stats.cluster_bootstrap(
         lambda idx: score(y[idx], both[idx]) - score(y[idx], base[idx]), members, n_boot, seed
     )
-    tail = (1 - level) / 2 * 100
-    lo, hi = (
-        np.nanpercentile(boots, [tail, 100 - tail]) if np.isfinite(boots).any() else (np.nan,) * 2
-    )
+    lo, hi = stats.percentile_ci(boots, level)
     b, f = score(y, base), score(y, both)
     return out | {
         f"cv_{name}_length": b,
         f"cv_{name}_both": f,
         "cv_gain": f - b,
-        "cv_gain_lo": float(lo),
-        "cv_gain_hi": float(hi),
+        "cv_gain_lo": lo,
+        "cv_gain_hi": hi,
         "cv_folds": len(splits),
     }
 
@@ -254,7 +248,7 @@ def score_prediction(
                 return stats.auroc(pb[yb == 1], pb[yb == 0]) if 0 < yb.sum() < yb.size else np.nan
 
             boots = stats.cluster_bootstrap(auroc, stats.unit_members(groups), n_boot, seed)
-            lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+            lo, hi = stats.percentile_ci(boots)
             rank["p"] = stats.bootstrap_p(boots - 0.5)
         return {"statistic": "auroc", "value": rank["auroc"], "lo": float(lo), "hi": float(hi),
                 "p": rank["p"], "n": int(y.size)}  # fmt: skip

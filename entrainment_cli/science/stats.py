@@ -137,6 +137,16 @@ def cluster_bootstrap(
     return np.asarray(out, dtype=np.float64)
 
 
+def percentile_ci(boots: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap resamples, NaN ones left out (NaN if all are)."""
+    b = np.asarray(boots, dtype=np.float64)
+    if not np.isfinite(b).any():
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(b, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def bootstrap_p(boots: np.ndarray) -> float:
     """Two-sided bootstrap p-value of "the statistic is 0": twice the smaller share of
     resamples on either side of 0, each counted with the observed one ((k + 1) / (B + 1)),
