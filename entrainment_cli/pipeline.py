@@ -143,7 +143,8 @@ def run_study(entry: Study, cfg: Any) -> Path:
         if shard is not None:
             merge.record_selection(rd, shard, prepared.selection)
         impl.execute(rd, cfg, setup, prepared)
-        entry.plot_run(rd.path)
+        with rd.stage("figures"):  # timed: a study's figures can take a while
+            entry.plot_run(rd.path)
     return rd.path
 
 
@@ -608,8 +609,8 @@ def token_probe_stage(rd, cfg, probe, tokenizer, ids, device) -> None:
     gens = rd.read_shards("generations")
     done = rd.done_ids("probed", "id")
     gens = gens[~gens["id"].isin(done)].reset_index(drop=True)
-    with rd.stage("probe") as timing, progress(cfg.quiet) as bar:
-        task = bar.add_task("probe", total=len(gens), unit="prompts")
+    with rd.stage("token_probe") as timing, progress(cfg.quiet) as bar:
+        task = bar.add_task("token probe", total=len(gens), unit="prompts")
         order = np.argsort(
             [
                 -(len(p) + len(t))

@@ -174,3 +174,10 @@ def test_help_fits_80_columns_in_panels_with_nothing_cut():
             titles = [line[:-1] for line in out.splitlines() if line in {f"{p}:" for p in PANELS}]
             assert titles == sorted(titles, key=PANELS.index) and titles[0] == "Data", path
             assert titles[-1] in ("Scale-out", "vLLM", "Output"), path
+
+
+def test_a_study_without_its_group_or_misspelt_names_the_command(cli):
+    result = cli("rankmath")
+    assert result.exit_code == 2 and "it is 'entrain qa rankmath'" in result.output
+    result = cli("corelate")
+    assert result.exit_code == 2 and "did you mean 'entrain correlate'?" in result.output

@@ -17,13 +17,14 @@ from ..studies import (
 )
 from .build import build_command
 from .common import print_done
-from .help import PanelCommand, first_sentence
+from .help import Group, PanelCommand, first_sentence
 from .merge import merge
 from .plot import plot
 from .report import report
 
 app = typer.Typer(
     name="entrain",
+    cls=Group,
     help="What a model's internals say about how hard an input is: hidden-state sparsity "
     "and token-confidence studies, each written to a run directory.",
     rich_markup_mode=None,  # click's help: wrapped, never cut (see cli/help.py)

@@ -7,7 +7,9 @@ formatter wraps instead, so the commands use it, with one section per panel.
 
 from __future__ import annotations
 
-import click
+import difflib
+from typing import Any
+
 import typer.core
 
 PANELS = ("Data", "Model", "Measurement", "Output", "Scale-out", "vLLM")
@@ -47,7 +49,7 @@ def first_sentence(text: str | None) -> str:
 class PanelCommand(typer.core.TyperCommand):
     """A command whose options are listed in :data:`PANELS` order, one section each."""
 
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_options(self, ctx: Any, formatter: Any) -> None:
         sections: dict[str, list[tuple[str, str]]] = {}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
@@ -58,3 +60,25 @@ class PanelCommand(typer.core.TyperCommand):
         for title in sorted(sections, key=lambda t: order.index(t) if t in order else len(order)):
             with formatter.section(title):
                 formatter.write_dl(sections[title])
+
+
+class Group(typer.core.TyperGroup):
+    """The root command: a study name given without its group (``entrain rankmath``) or
+    misspelt is answered with the command meant."""
+
+    def resolve_command(self, ctx: Any, args: list[str]):
+        try:
+            return super().resolve_command(ctx, args)
+        except Exception as e:  # click's UsageError, of the click copy Typer uses
+            if type(e).__name__ != "UsageError":
+                raise
+            name = args[0] if args else ""
+            for group, sub in self.commands.items():
+                if name in getattr(sub, "commands", {}):
+                    message = f"No such command '{name}'; it is 'entrain {group} {name}'."
+                    raise type(e)(message, ctx) from None
+            close = difflib.get_close_matches(name, list(self.commands), n=1)
+            if close:
+                message = f"No such command '{name}'; did you mean 'entrain {close[0]}'?"
+                raise type(e)(message, ctx) from None
+            raise
