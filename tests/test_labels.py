@@ -38,7 +38,8 @@ def test_label_kind():
     with pytest.raises(
         UserError,
         match=r"^--label 'x' is neither numeric nor two-valued "
-        r"\(3 values: a, b, c\); use --group",
+        r"\(3 values: a, b, c\); for ordered text give their order with --label-order a,b,c, "
+        r"for categories use --group",
     ):
         labels.label_kind(pd.Series(["a", "b", "c"], name="x"))
     with pytest.raises(UserError, match="has 1 distinct value"):
