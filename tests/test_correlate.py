@@ -316,3 +316,9 @@ def test_vllm_correlate_on_embedded_model(cli, vllm_engine, tmp_path):
     assert m["counts"]["tokens"] > 0 and m["max_abs_logprob_diff"] < 1e-3
     tokens = pd.read_parquet(out / "tables" / "tokens.parquet")
     assert (tokens["engine_logprob"] - tokens["logprob"]).abs().max() < 1e-3
+
+
+def test_every_stage_has_its_own_timing(gsm_run):
+    timings = read_manifest(gsm_run)["timings"]
+    assert {"generate", "token_probe", "analysis", "figures"} <= set(timings)
+    assert timings["token_probe"]["prompts"] > 0 and "probe" not in timings
