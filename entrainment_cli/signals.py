@@ -13,6 +13,10 @@ What each study has saved, and so what "answer" and "generation" mean there:
 - ``qa accuracy`` and ``cot``: the engine's log-prob of each generated token (no probe of the
   generation, so no entropy or nucleus); answer tokens are those spelling the content of the
   last ``\\boxed{}``; plus the hidden-state sparsity of the prompt's last token (``prompt_``).
+
+With ``--generations K`` (``correlate --grade``, ``qa accuracy``), the multi-sample estimators
+of ``tables/sample_estimators.parquet`` (``samples_*``, see :mod:`entrainment_cli.multisample`)
+join every study's values.
 """
 
 from __future__ import annotations
@@ -74,6 +78,9 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
         }
         for name, length in lengths.items():
             values[name] = values["id"].map(length).astype(float)
+    estimators = tables / "sample_estimators.parquet"  # --generations K
+    if estimators.is_file():
+        values = values.merge(pd.read_parquet(estimators), on="id", how="left")
     names = [c for c in values.columns if c not in {"id", "correct"}]
     table, curves = science.score_signals(values, names, n_boot=n_boot, seed=seed)
     atomic_write_parquet(tables / "signal_values.parquet", values)

@@ -110,6 +110,28 @@ def max_tokens_option(default: int) -> Any:
     return option(default, "Tokens generated per prompt at most.", identity=True, minimum=1)
 
 
+def generations_option() -> Any:
+    return option(
+        0,
+        "Also sample K answers per question (K >= 2; 0: none) at --sample-temperature, seeded "
+        "by --seed (vLLM: one request with n=K, the prompt computed once), and score the "
+        "multi-sample estimators against correctness: semantic entropy over the grader's "
+        "answer classes, distinct answers, lexical similarity, EigenScore (middle layer, each "
+        "answer's last token). The graded answer stays the run's own.",
+        identity=True,
+        minimum=0,
+    )
+
+
+def sample_temperature_option() -> Any:
+    return option(
+        1.0,
+        "With --generations: the temperature of the K sampled answers.",
+        identity=True,
+        minimum=0,
+    )
+
+
 def seed_option(identity: bool) -> Any:
     return option(
         0, "Seeds every random choice (bootstrap included).", identity=identity, minimum=0
@@ -308,6 +330,8 @@ class AccuracyConfig(RunOptions, VLLMParallel):
     seed: int = seed_option(identity=False)
     engine: str = engine_option()
     max_tokens: int = max_tokens_option(1024)
+    generations: int = generations_option()
+    sample_temperature: float = sample_temperature_option()
     n_boot: int = n_boot_option()
 
 
@@ -472,6 +496,8 @@ class CorrelateConfig(RunOptions, VLLMParallel, CorrelateAnalysis):
         choices=("baseline", "cot", "cod"),
     )
     shots: int = option(8, "With --grade: few-shot examples (0-8).", identity=True, minimum=0)
+    generations: int = generations_option()
+    sample_temperature: float = sample_temperature_option()
 
 
 @dataclass

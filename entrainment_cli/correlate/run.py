@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from .. import pipeline
+from .. import multisample, pipeline
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import parse_layers
@@ -18,6 +18,7 @@ from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..pipeline import Prepared
 from ..runs.rundir import RunDir
+from ..science import answers
 from ..science.answers import gold_answer
 from ..studies import CorrelateConfig
 from . import analysis
@@ -65,6 +66,7 @@ def gold_answers(spec: registry.DatasetSpec, rows: list[dict], location: str) ->
 def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
     kind = resolve_kind(cfg.engine)
+    multisample.check(cfg.generations, cfg.grade)
     metric_names = []
     if cfg.metrics is not None:
         hidden = None if cfg.metrics == ["all"] else cfg.metrics
@@ -98,6 +100,7 @@ def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
         # the grading options mean nothing without --grade
         "prompting": cfg.prompting if cfg.grade else None,
         "shots": cfg.shots if cfg.grade else None,
+        "sample_temperature": cfg.sample_temperature if cfg.generations else None,
     }
     return Prepared(
         data,
@@ -125,16 +128,27 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
         rd, cfg, setup, kind, sampling, ids, texts, token_lists,
         [i for i, ok in enumerate(fits) if ok], tokenizer,
     )  # fmt: skip
+    if cfg.generations:  # K more answers per question, for the multi-sample estimators
+        sampling_k = multisample.sampling(cfg, cfg.top_p)
+        rows = [i for i, ok in enumerate(fits) if ok]
+        engine = (kind, model, tokenizer)
+        model, tokenizer = multisample.sample_stage(
+            rd, cfg, setup, engine, sampling_k, ids, token_lists, rows
+        )
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     probe = TokenProbe(model, cfg.top_p, prep.resolved["layers"], prep.resolved["metrics"])
     pipeline.token_probe_stage(rd, cfg, probe, tokenizer, ids, setup.device)
+    if cfg.generations:
+        multisample.embed_stage(rd, cfg, model, ids, token_lists, tokenizer.pad_token_id)
     table, tokens = pipeline.token_tables(rd, tokenizer, ids)
     if cfg.grade:
         by_id = dict(zip(ids, golds, strict=True))
         golds_in_order = [by_id[p] for p in table["id"]]
         table = grading_run.grade(table, tokens, golds_in_order, tokenizer)
         rd.write_table("prompts", table)
+        if cfg.generations:
+            multisample.write_tables(rd, ids, tokenizer, parse_gsm8k, answers.is_correct, by_id)
     gap = (tokens["engine_logprob"] - tokens["logprob"]).abs()
     rd.update(
         counts={
@@ -147,3 +161,9 @@ def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepa
     )
     with rd.stage("analysis"):
         analysis.analyze_run(rd.path, cfg.min_nucleus, cfg.bins, cfg.n_boot, cfg.seed)
+
+
+def parse_gsm8k(text: str) -> float | None:
+    """A sampled answer's number, parsed as the graded one (cut before a next example)."""
+    cut = text.find(grading_run.NEXT_EXAMPLE)
+    return answers.extract_answer(text if cut < 0 else text[:cut]).value

@@ -9,10 +9,12 @@ Reproducibility. Each prompt carries a stable key (its example id); the random s
 samples it is seeded from ``(sampling.seed, key)`` by SHA-256, never by Python's ``hash()``.
 So a prompt's generation does not depend on which prompts share its batch, their order, or
 ``--shard``: vLLM takes a seed per request, and the hf engine draws each row from its own
-``torch.Generator`` (see :class:`_RowSampler`). What remains is floating point: a batch of
-another shape (other prompts, other padding) can move a logit in its last bits, which flips a
-sample only at a near-tie. The two engines use different random algorithms, so the same seed
-gives different (equally distributed) samples on vLLM and on hf.
+``torch.Generator`` (see :class:`_RowSampler`). ``sample`` draws K answers per prompt: the
+k-th from seed ``sample_seed(seed, key) + k``, vLLM's own rule for ``n = K`` with a seed.
+What remains is floating point: a batch of another shape (other prompts, other padding) can
+move a logit in its last bits, which flips a sample only at a near-tie. The two engines use
+different random algorithms, so the same seed gives different (equally distributed) samples
+on vLLM and on hf.
 """
 
 from __future__ import annotations
@@ -156,6 +158,17 @@ class Engine(Protocol):
         on_done: Callable[[int], None] | None = None,
     ) -> list[Generation]: ...
 
+    def sample(
+        self,
+        prompts: list[list[int]],
+        keys: list[str],
+        sampling: Sampling,
+        n: int,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Generation]]:
+        """``n`` independent answers per prompt (``on_done`` counts answers)."""
+        ...
+
 
 def vllm_available() -> bool:
     """Whether vLLM can be imported (checked without importing it: that takes seconds)."""
@@ -166,6 +179,13 @@ def row_seed(seed: int, key: str) -> int:
     """The seed of one prompt's random stream: stable across processes, runs and machines."""
     digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: fits any int64 seed API
+
+
+def sample_seed(seed: int, key: str) -> int:
+    """The seed of a prompt's first sampled answer (:meth:`Engine.sample`); answer k uses this
+    + k. Its own stream, apart from the prompt's main generation (:func:`row_seed`), and 55
+    bits, so + k stays an int64."""
+    return row_seed(seed, f"{key}\x00samples") >> 8
 
 
 def resolve_kind(kind: str) -> str:
@@ -344,11 +364,31 @@ class HFEngine:
         on_done: Callable[[int], None] | None = None,
     ) -> list[Generation]:
         _check_inputs(prompts, keys, self.max_model_len)
+        seeds = [row_seed(sampling.seed, k) for k in keys]
+        return self._rows(prompts, seeds, sampling, on_done)
+
+    def sample(
+        self,
+        prompts: list[list[int]],
+        keys: list[str],
+        sampling: Sampling,
+        n: int,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Generation]]:
+        """``n`` answers per prompt: ``n`` rows of it, each from its own seed, ``batch_size``
+        rows a call (a prompt's rows are adjacent: same length, no padding between them)."""
+        _check_inputs(prompts, keys, self.max_model_len)
+        rows = [list(p) for p in prompts for _ in range(n)]
+        seeds = [sample_seed(sampling.seed, key) + k for key in keys for k in range(n)]
+        flat = self._rows(rows, seeds, sampling, on_done)
+        return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _rows(self, prompts, seeds, sampling, on_done) -> list[Generation]:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            batch = self._batch([prompts[i] for i in idx], [keys[i] for i in idx], sampling)
+            batch = self._batch([prompts[i] for i in idx], [seeds[i] for i in idx], sampling)
             for i, generation in zip(idx, batch, strict=True):
                 results[i] = generation
             if on_done is not None:
@@ -356,7 +396,7 @@ class HFEngine:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _batch(self, prompts: list[list[int]], keys: list[str], sampling: Sampling):
+    def _batch(self, prompts: list[list[int]], seeds: list[int], sampling: Sampling):
         device = self.model.device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -371,7 +411,7 @@ class HFEngine:
             else min(sampling.max_tokens, self.max_model_len - len(p))
             for p in prompts
         ]
-        sampler = _RowSampler([row_seed(sampling.seed, k) for k in keys], sampling, device)
+        sampler = _RowSampler(seeds, sampling, device)
         # generate() fills every setting we leave unset from model.generation_config, so the
         # checkpoint's config is swapped for the neutral one for the duration of the call.
         saved, self.model.generation_config = self.model.generation_config, self.generation_config
@@ -571,28 +611,48 @@ class VLLMEngine:
         sampling: Sampling,
         on_done: Callable[[int], None] | None = None,
     ) -> list[Generation]:
+        seeds = [row_seed(sampling.seed, key) for key in keys]
+        return [g[0] for g in self._run(prompts, keys, sampling, seeds, 1, on_done)]
+
+    def sample(
+        self,
+        prompts: list[list[int]],
+        keys: list[str],
+        sampling: Sampling,
+        n: int,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[list[Generation]]:
+        """``n`` answers per prompt as one request with ``SamplingParams(n=n)``: vLLM runs
+        them as ``n`` child requests seeded ``seed + k`` whose prompt blocks come from the
+        prefix cache (the prompt is computed once)."""
+        seeds = [sample_seed(sampling.seed, key) for key in keys]
+        return self._run(prompts, keys, sampling, seeds, n, on_done)
+
+    def _run(self, prompts, keys, sampling, seeds, n, on_done) -> list[list[Generation]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         _check_inputs(prompts, keys, self.max_model_len)
         params = [
             SamplingParams(
+                n=n,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=0,  # no top-k
                 max_tokens=sampling.max_tokens,
-                seed=row_seed(sampling.seed, key),
+                seed=seed,
                 logprobs=0,  # the sampled token's own log-prob only
                 detokenize=False,
             )
-            for key in keys
+            for seed in seeds
         ]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
             params,
             use_tqdm=_progress(on_done) if on_done is not None else False,
         )
-        return [self._generation(o.outputs[0]) for o in outputs]
+        # with n > 1, outputs[k] is the child seeded seed + k (vLLM orders them by index)
+        return [[self._generation(c) for c in o.outputs] for o in outputs]
 
     def _generation(self, completion) -> Generation:
         tokens = list(completion.token_ids)

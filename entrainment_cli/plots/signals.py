@@ -15,6 +15,7 @@ KINDS = {
     "baseline": "tab:gray",
     "token": "tab:blue",
     "sparsity": "tab:orange",
+    "samples": "tab:purple",
     "other": "tab:green",
 }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import pipeline, signals, vectors
+from .. import multisample, pipeline, signals, vectors
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
@@ -40,6 +40,7 @@ def build_prompt(tokenizer, problem: str) -> tuple[str, str]:
 def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
     metric_names = pipeline.metric_names(cfg.metrics)
     kind = resolve_kind(cfg.engine)
+    multisample.check(cfg.generations)
     spec = registry.get_spec("math500")
     data = registry.load(spec, cfg.data_file)
     problems = select(data, cfg.limit)
@@ -62,6 +63,10 @@ def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
             f"({config.max_position_embeddings} tokens); lower --max-tokens"
         )
     resolved = {"layers": layers, "metrics": metric_names, "engine": kind}
+    if cfg.generations:  # the samples' seed is part of what the run is
+        resolved["seed"] = cfg.seed
+    else:
+        resolved["sample_temperature"] = None
     state = (problems, tokenizer, tokens, built[0][1])
     return Prepared(data, [spec.name], resolved, state, selection=selection)
 
@@ -81,6 +86,12 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepar
         pipeline.generate_into(
             rd, cfg, setup, engine, "generations", sampling, ids, tokens.token_lists, todo
         )
+    if cfg.generations:  # K sampled answers per problem (top-p 1: the whole distribution)
+        engine = (kind, model, tokenizer)
+        model, tokenizer = multisample.sample_stage(
+            rd, cfg, setup, engine, multisample.sampling(cfg, 1.0), ids, tokens.token_lists,
+            tokens.keep,
+        )  # fmt: skip
     if model is None:
         model, tokenizer = pipeline.load_model(rd, setup)
     columns = ["id", "level", "subject", "prompt", "n_prompt_tokens"]
@@ -93,6 +104,11 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepar
         metric_names,
         tokenizer.pad_token_id,
     )
+    if cfg.generations:
+        multisample.embed_stage(
+            rd, cfg, model, [ids[i] for i in tokens.keep],
+            [tokens.token_lists[i] for i in tokens.keep], tokenizer.pad_token_id,
+        )  # fmt: skip
     rd.update(
         prompt_format=prompt_format,
         counts={
@@ -110,6 +126,9 @@ def execute(rd: RunDir, cfg: AccuracyConfig, setup: pipeline.Setup, prep: Prepar
         samples = samples.merge(answers[["id", "correct"]], on="id", how="left")
         rd.write_table("samples", samples)
         write_analysis(rd, samples, answers, metric_names, cfg.seed, cfg.n_boot)
+        if cfg.generations:
+            golds = dict(zip(problems["id"], problems["gold"], strict=True))
+            multisample.write_tables(rd, ids, tokenizer, extract_boxed, math_equal, golds)
         signals.analyze_run(rd.path, cfg.seed, cfg.n_boot, tokenizer)
     finish_counts(
         rd,

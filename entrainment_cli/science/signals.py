@@ -41,6 +41,14 @@ TOKEN_MEANS = {
     "logtoku_au": "higher",
     "logtoku_eu": "higher",
 }
+# multi-sample estimators over K sampled answers (``samples_<name>``, ``--generations``)
+SAMPLE_ESTIMATORS = {
+    "semantic_entropy": "higher",
+    "semantic_entropy_weighted": "higher",
+    "distinct_answers": "higher",
+    "lexical_similarity": "lower",  # answers that agree word for word: likely right
+    "eigenscore": "higher",
+}
 METRICS = ["roc_auc", "pr_auc", "prr", "prr_50", "aurc", "ece", "brier"]
 ECE_BINS = 10
 
@@ -95,8 +103,8 @@ def _select(tokens: pd.DataFrame, key: str, steps: Mapping[object, Sequence[int]
 def describe(signal: str) -> tuple[str, str | None]:
     """(kind, direction) of a signal named ``<scope>_<quantity>``: kind is ``baseline`` (the
     standard signals), ``token`` (a per-token confidence signal's mean), ``sparsity`` (a
-    hidden-state metric) or ``other``; direction says which values predict an error, None
-    when unknown."""
+    hidden-state metric), ``samples`` (a multi-sample estimator) or ``other``; direction says
+    which values predict an error, None when unknown."""
     from .sparsity import SPARSER
 
     quantity = signal.split("_", 1)[1] if "_" in signal else signal
@@ -104,6 +112,8 @@ def describe(signal: str) -> tuple[str, str | None]:
         return "baseline", BASELINES[quantity]
     if quantity in TOKEN_MEANS:
         return "token", TOKEN_MEANS[quantity]
+    if signal.startswith("samples_") and quantity in SAMPLE_ESTIMATORS:
+        return "samples", SAMPLE_ESTIMATORS[quantity]
     metric = quantity.split("_", 1)[1] if _hidden(quantity) else None
     if metric in SPARSER:  # sparser = harder, so the sparser side predicts an error
         return "sparsity", "higher" if SPARSER[metric] > 0 else "lower"
