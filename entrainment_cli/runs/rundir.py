@@ -474,7 +474,20 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not valid JSON ({e}); the run directory is damaged") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("command"), str):
         raise UserError(f"{path} is not a run manifest (no command); the run directory is damaged")
+    for key in MAPPINGS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise UserError(
+                f"{path}: '{key}' is {type(manifest[key]).__name__}, not a mapping; the run "
+                "directory is damaged: rerun the study into a new --run-dir"
+            )
+    shard = manifest.get("shard") or {}
+    if any(not isinstance(shard.get(k, 0), int) for k in ("index", "count")):
+        raise UserError(f"{path}: 'shard' holds no whole numbers; the run directory is damaged")
     return manifest
+
+
+# manifest fields that a reader takes for mappings (the rest may be anything)
+MAPPINGS = ("identity", "options", "model", "dataset", "counts", "timings", "versions", "shard")
 
 
 def saved_files(run_dir: Path) -> tuple[list[Path], list[Path]]:
