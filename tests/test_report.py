@@ -535,3 +535,27 @@ def test_parent_folders_of_runs_and_runs_of_one_name(runs, tmp_path):
     for rd, folder in ((a, "one-merged"), (b, "two-merged")):
         for f in (rd / "figures").glob("*.png"):
             assert (figures / folder / f.name).read_bytes() == f.read_bytes()
+
+
+def test_damaged_runs_are_one_line_and_the_others_reported(runs, tmp_path):
+    """A damaged table, a manifest of valid JSON with fields of the wrong type, a sub-folder or
+    a symlink loop under figures/: one line each, exit 2 only when nothing could be reported;
+    `report --out DIR` writes DIR/report.html."""
+    good, bad_csv, bad_types = (tmp_path / n for n in ("good", "csv", "types"))
+    for path in (good, bad_csv, bad_types):
+        shutil.copytree(runs["deepmath"], path)
+    (good / "figures" / "sub").mkdir()
+    (good / "figures" / "loop").symlink_to(good / "figures" / "loop")
+    with (bad_csv / "tables" / "correlations.csv").open("a") as f:
+        f.write('1,2,3\n"')
+    manifest = json.loads((bad_types / "manifest.json").read_text())
+    manifest |= {"identity": None, "dataset": None}
+    (bad_types / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["report", str(good), str(bad_csv), str(bad_types), "--out",
+                                      str(tmp_path)])  # fmt: skip
+    assert result.exit_code == 0 and (tmp_path / "report.html").is_file()
+    assert "a table is damaged" in result.output and "'identity' is NoneType" in result.output
+    for args in (["report", str(bad_types)], ["plot", str(bad_types)], ["plot", str(bad_csv)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, args
+    assert CliRunner().invoke(app, ["plot", str(good)]).exit_code == 0

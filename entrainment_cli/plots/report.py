@@ -453,6 +453,9 @@ def load_run(path: Path) -> Run:
         raise UserError(
             f"{path}: its tables lack {e} (written by another version of entrain?); rerun it"
         ) from None
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError is a ValueError
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path}: a table is damaged ({reason}); rerun its analysis") from None
     config = path / "config.yaml"
     figures, files = saved_files(path)
     return Run(
@@ -596,6 +599,8 @@ def table_file(path: Path) -> str:
             df = pd.read_csv(path)
         except pd.errors.EmptyDataError:  # a table with no rows and no columns
             return f"<div>{line}: empty</div>"
+        except (ValueError, UnicodeDecodeError) as e:  # cut short or garbled: named, not shown
+            return f"<div>{line}: unreadable ({esc(str(e).splitlines()[0])})</div>"
         shown = "" if len(df) <= MAX_ROWS else f" (first {MAX_ROWS} of {len(df)} rows)"
         body = table(df.head(MAX_ROWS))
         return f"<details><summary>{line}{shown}</summary>{body}</details>"
@@ -738,6 +743,8 @@ def write_report(run_dirs: list[Path], out: Path) -> tuple[Path, list[Run], list
     run that could not be reported. Only when none could is it an error."""
     from . import expand_runs
 
+    if out.is_dir():  # --out DIR: the page goes inside it
+        out = out / REPORT
     runs, problems = [], []
     for path in expand_runs(run_dirs):
         try:
