@@ -157,7 +157,8 @@ def _layer_profiles(run_dir: Path, model: str) -> list[Path]:
             ax.set_xticks(range(len(layers)))
             ax.set_xticklabels(["final" if v == -1 else str(v) for v in layers], fontsize=6)
             ax.set_xlabel("layer", fontsize=7)
-            ax.set_title(metric, fontsize=8)
+            baseline = metric.startswith("n_prompt_")  # the prompt-length controls
+            ax.set_title(f"{metric} (length baseline)" if baseline else metric, fontsize=8)
         axes[0].legend(fontsize=6)
         fig.suptitle(f"{model}: {axis}, by layer", fontsize=11)
         written += save(fig, run_dir / "figures" / f"layer_profile_{name}")
