@@ -89,7 +89,9 @@ def label_ranks(cfg: ProbeConfig, values: pd.Series) -> pd.Series:
 
 def _cell(value):
     """A user's value as a parquet cell: lists and mappings as JSON text."""
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
 
 
 def other_columns(rows: list[dict], taken: set[str]) -> dict[str, list]:
