@@ -168,10 +168,11 @@ def saved_values(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML or TOML file's top-level mapping (keys with '-' or '_')."""
+def read_config_file(path: Path, name: str = "--config") -> dict[str, Any]:
+    """A YAML or TOML file's top-level mapping (keys with '-' or '_'); ``name`` says in errors
+    where the file came from."""
     if not path.is_file():
-        raise UserError(f"--config {path}: no such file")
+        raise UserError(f"{name} {path}: no such file")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
@@ -183,16 +184,38 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         else:
-            raise UserError(f"--config {path}: use a .yaml, .yml or .toml file")
+            raise UserError(f"{name} {path}: use a .yaml, .yml or .toml file")
     except UserError:
         raise
     except Exception as e:  # the parsers' own error types
-        raise UserError(f"--config {path} does not parse: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{name} {path} does not parse: {str(e).splitlines()[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of option names to values")
+        raise UserError(f"{name} {path}: expected a mapping of option names to values")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _file_values(
+    fields: dict[str, dataclasses.Field], types: dict[str, Any], path: Path, name: str
+) -> dict[str, Any]:
+    """The option values of a config file, each coerced to its field's type; an unknown key
+    names the valid ones."""
+    values = {}
+    for key, value in read_config_file(path, name).items():
+        if key not in fields:
+            raise UserError(f"{name} {path}: unknown key '{key}'; valid keys: " + ", ".join(fields))
+        values[key] = coerce(fields[key], types[key], value, f"{name} {path}: {key}")
+    return values
+
+
+def shown(value: Any) -> str:
+    """An option's value as a user reads it in an error: ``not given`` for None."""
+    if value is None:
+        return "not given"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def build(
@@ -200,22 +223,40 @@ def build(
     given: dict[str, Any],
     explicit: set[str],
     config_file: Path | None,
+    command: str | None = None,
 ) -> Any:
     """The config: defaults, then the ``--config`` file, then the flags given on the command
-    line (``explicit``). An unknown key in the file names the valid ones."""
+    line (``explicit``). With ``--resume`` (``command``: the study's name), the run's own
+    ``config.yaml`` comes first, so ``--resume --run-dir R`` alone continues R as it was
+    started; a file or flag that changes an identity option is refused here, naming it,
+    before any data or model loads."""
     types = field_types(cls)
     fields = {f.name: f for f in option_fields(cls)}
     values: dict[str, Any] = {}
     if config_file is not None:
-        data = read_config_file(config_file)
-        for key, value in data.items():
-            if key not in fields:
-                raise UserError(
-                    f"--config {config_file}: unknown key '{key}'; valid keys: " + ", ".join(fields)
-                )
-            values[key] = coerce(fields[key], types[key], value, f"--config {config_file}: {key}")
+        values = _file_values(fields, types, config_file, "--config")
     for name in explicit:
         values[name] = coerce(fields[name], types[name], given[name], flag(fields[name]))
+    saved: dict[str, Any] = {}
+    if command is not None and values.get("resume"):
+        from .runs.rundir import RUN_CONFIG, resumable
+
+        run_dir = values.get("run_dir")
+        resumable(run_dir, command)
+        if (run_dir / RUN_CONFIG).is_file():
+            saved = _file_values(fields, types, run_dir / RUN_CONFIG, "resumed run's")
+        values = saved | values
     cfg = cls(**values)
     check(cfg)
+    changed = [
+        f"{flag(fields[k])}: {shown(saved[k])} -> {shown(getattr(cfg, k))}"
+        for k in saved
+        if fields[k].metadata["identity"] and saved[k] != getattr(cfg, k)
+    ]
+    if changed:
+        raise UserError(
+            f"cannot resume {values['run_dir']} with different settings ({'; '.join(changed)}): "
+            "they change the numbers; drop them to continue the run with its own options, or "
+            "start a new run"
+        )
     return cfg

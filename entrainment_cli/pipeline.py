@@ -42,7 +42,7 @@ from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs import merge
 from .runs.hidden import write_hidden
-from .runs.rundir import RunDir
+from .runs.rundir import RUN_CONFIG, RunDir
 from .runs.sharding import parse_shard
 from .science import controls, sparsity
 from .studies import Study
@@ -106,7 +106,7 @@ def save_config(rd, cfg: Any) -> None:
     import yaml
 
     text = yaml.safe_dump(options.saved_values(cfg), sort_keys=False, allow_unicode=True)
-    rd.write_text("config.yaml", text)
+    rd.write_text(RUN_CONFIG, text)
 
 
 def run_study(entry: Study, cfg: Any) -> Path:
@@ -134,7 +134,7 @@ def run_study(entry: Study, cfg: Any) -> Path:
         runs_dir=cfg.runs_dir,
         name_parts=name_parts,
         resume=cfg.resume,
-        weights_sha256=models.weights_hash(setup.resolved.path) if setup is not None else None,
+        model_hashes=models.model_hashes(setup.resolved.path) if setup is not None else None,
     )
     with rd:
         if setup is not None:
@@ -603,11 +603,24 @@ def token_generation_stage(
     return model, tokenizer
 
 
+def probed_ids(gens: pd.DataFrame, tokens: pd.DataFrame | None) -> set:
+    """The generations whose every token is in ``tokens``: the table that holds the work is
+    its own record, so tokens lost with a damaged shard are probed again, whatever else
+    survived."""
+    have: dict = {}
+    if tokens is not None:
+        tokens = tokens.drop_duplicates(["id", "step"], keep="last").sort_values(["id", "step"])
+        have = tokens.groupby("id")["token_id"].agg(list).to_dict()
+    return {
+        i for i, t in zip(gens["id"], gens["token_ids"], strict=True) if have.get(i, []) == list(t)
+    }
+
+
 def token_probe_stage(rd, cfg, probe, tokenizer, ids, device) -> None:
     """The per-token probe stage (resumable): one teacher-forced :class:`TokenProbe` pass over
-    each ``generations`` row not yet ``probed``, its tokens appended to ``tokens``."""
-    gens = rd.read_shards("generations")
-    done = rd.done_ids("probed", "id")
+    each ``generations`` row whose tokens are not all in ``tokens``, appended there."""
+    gens = rd.read_shards("generations").drop_duplicates("id", keep="last")
+    done = probed_ids(gens, rd.read_shards("tokens"))
     gens = gens[~gens["id"].isin(done)].reset_index(drop=True)
     with rd.stage("token_probe") as timing, progress(cfg.quiet) as bar:
         task = bar.add_task("token probe", total=len(gens), unit="prompts")
@@ -632,7 +645,6 @@ def token_probe_stage(rd, cfg, probe, tokenizer, ids, device) -> None:
                 engine_lp = [lp for lps in part["engine_logprobs"] for lp in lps]
                 frame["engine_logprob"] = np.asarray(engine_lp, dtype=np.float64)
                 rd.append_shard("tokens", frame)
-            rd.append_shard("probed", part[["id"]])
             bar.advance(task, len(part))
         timing["prompts"] = len(gens)
         timing["tokens"] = int(sum(len(t) for t in gens["token_ids"]))

@@ -26,6 +26,7 @@ def model_option() -> Any:
         None,
         "Hub id, local Hugging Face model directory (any saved checkpoint), or .gguf file. "
         "Default: the embedded SmolLM2-135M-Instruct (offline).",
+        identity=True,
         show_default=False,
     )
 
@@ -132,14 +133,12 @@ def sample_temperature_option() -> Any:
     )
 
 
-def seed_option(identity: bool) -> Any:
-    return option(
-        0, "Seeds every random choice (bootstrap included).", identity=identity, minimum=0
-    )
+def seed_option() -> Any:
+    return option(0, "Seeds every random choice (bootstrap included).", identity=True, minimum=0)
 
 
 def n_boot_option(help: str = "Bootstrap resamples for the CIs.") -> Any:
-    return option(1000, help, minimum=1)
+    return option(1000, help, identity=True, minimum=1)
 
 
 def quiet_option() -> Any:
@@ -178,8 +177,9 @@ class RunOptions:
     )
     resume: bool = option(
         False,
-        "Continue the run in --run-dir: finished examples are kept, those of missing or "
-        "unreadable shards redone; refused if the settings or the model's weights changed.",
+        "Continue the run in --run-dir with the options it was started with: finished "
+        "examples are kept, those of missing or unreadable shards redone. Flags may change "
+        "only options that change no number; refused if the model's files or the data changed.",
         saved=False,
     )
     log_to: str | None = log_to_option()
@@ -233,6 +233,7 @@ class VLLMParallel(Distributed):
     max_model_len: int | None = option(
         None,
         "Prompt + generation in tokens at most (default: the model's context).",
+        identity=True,
         minimum=2,
         show_default=False,
     )
@@ -256,7 +257,7 @@ class RankmathConfig(RunOptions, Distributed):
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=False)
+    seed: int = seed_option()
     n_boot: int = n_boot_option()
 
 
@@ -274,7 +275,7 @@ class DeepmathConfig(RunOptions, Distributed):
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=True)  # picks the sample
+    seed: int = seed_option()  # picks the sample
     n_boot: int = n_boot_option()
 
 
@@ -289,7 +290,7 @@ class ConflictConfig(RunOptions, Distributed):
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=False)
+    seed: int = seed_option()
 
 
 @dataclass
@@ -311,7 +312,7 @@ class LongreasonConfig(RunOptions, VLLMParallel):
     )
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=False)
+    seed: int = seed_option()
     engine: str = engine_option()
     max_tokens: int = max_tokens_option(8)
 
@@ -327,7 +328,7 @@ class AccuracyConfig(RunOptions, VLLMParallel):
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=False)
+    seed: int = seed_option()
     engine: str = engine_option()
     max_tokens: int = max_tokens_option(1024)
     generations: int = generations_option()
@@ -359,7 +360,7 @@ class RobustnessSelection:
         "5 near-duplicate options), heavy (20%, 10 options).",
         identity=True,
     )
-    seed: int = seed_option(identity=True)
+    seed: int = seed_option()
 
 
 @dataclass
@@ -436,7 +437,7 @@ class CotConfig(RunOptions, VLLMParallel):
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=True)
+    seed: int = seed_option()
 
 
 @dataclass
@@ -445,11 +446,16 @@ class CorrelateAnalysis:
     `entrain correlate-analyze` on finished runs."""
 
     min_nucleus: int = option(
-        2, "Pool only tokens whose nucleus has at least this many tokens.", minimum=1
+        2,
+        "Pool only tokens whose nucleus has at least this many tokens.",
+        identity=True,
+        minimum=1,
     )
-    bins: int = option(50, "Equal-width entropy bins for the median curve.", minimum=1)
+    bins: int = option(
+        50, "Equal-width entropy bins for the median curve.", identity=True, minimum=1
+    )
     n_boot: int = n_boot_option("Bootstrap resamples (of prompts) for the CIs.")
-    seed: int = seed_option(identity=True)
+    seed: int = seed_option()
 
 
 @dataclass
@@ -608,7 +614,7 @@ class PretrainConfig(RunOptions):
         choices=("auto", "bfloat16", "float32"),
     )
     device: str = device_option()
-    seed: int = seed_option(identity=True)
+    seed: int = seed_option()
 
 
 @dataclass
@@ -720,7 +726,7 @@ class ProbeConfig(RunOptions, VLLMParallel):
     batch_size: int = batch_size_option(8)
     device: str = device_option()
     dtype: str = dtype_option()
-    seed: int = seed_option(identity=True)  # the sampling and the bootstrap
+    seed: int = seed_option()  # the sampling and the bootstrap
     n_boot: int = n_boot_option()
 
 

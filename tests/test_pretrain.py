@@ -403,6 +403,41 @@ def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "different settings" in result.output
 
 
+def test_a_lost_evaluation_before_the_saved_state_is_redone(finished, tmp_path, monkeypatch):
+    """Stopped after the step-40 checkpoint with the step-20 evaluation's shard damaged: that
+    evaluation cannot be redone from the step-40 state, so the run trains again from step 0
+    (it ended done with step 20 missing from dynamics)."""
+    out = tmp_path / "run"
+    real_pack, calls = train.pack, {"n": 0}
+
+    def dying_pack(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 45:
+            raise RuntimeError("killed")
+        return real_pack(*args, **kwargs)
+
+    monkeypatch.setattr(train, "pack", dying_pack)
+    with pytest.raises(RuntimeError, match="killed"):
+        _invoke(*RUN, "--run-dir", out, "--save-every", "20")
+    monkeypatch.setattr(train, "pack", real_pack)
+    shard = out / "tables" / "shards" / "eval" / "000001.parquet"
+    assert set(pd.read_parquet(shard)["step"]) == {20}
+    shard.write_bytes(shard.read_bytes()[:100])  # damaged
+
+    result = _invoke("pretrain", "--resume", "--run-dir", out)
+    assert result.exit_code == 0, result.output
+    assert "evaluation at step(s) 20 is lost" in (out / "run.log").read_text()
+    for table in ("dynamics", "train"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / "tables" / f"{table}.parquet").drop(
+                columns="tokens_per_s", errors="ignore"
+            ),
+            pd.read_parquet(finished / "tables" / f"{table}.parquet").drop(
+                columns="tokens_per_s", errors="ignore"
+            ),
+        )
+
+
 def test_seeds_report_mean_and_ci(tmp_path):
     out = tmp_path / "seeds"
     args = [*RUN, "--steps", "10", "--eval-every", "0", "--seeds", "0,1", "--run-dir", out]

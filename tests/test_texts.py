@@ -72,3 +72,41 @@ def test_render_chat_and_plain(embedded):
     assert render(tok, convo, None, chat=False) == ("user: 2 + 2?\nassistant: 4", "plain")
     tok.chat_template = None  # a base model: plain text even with chat on
     assert render(tok, "x", None, chat=True) == ("x", "plain")
+
+
+TEXT = ["--text-field", "q"]
+MESSAGES = ["--messages-field", "m"]
+M0 = "--messages-field 'm', message 0"
+
+
+@pytest.mark.parametrize(
+    ("row", "args", "subject", "shown"),
+    [
+        ({"q": None}, TEXT, "--text-field 'q'", "null"),
+        ({"q": ""}, TEXT, "--text-field 'q'", "an empty string"),
+        ({"q": [1, 2]}, TEXT, "--text-field 'q'", "list '[1, 2]'"),
+        ({"q": None}, ["--template", "Q: {q}"], "--template field 'q'", "null"),
+        ({"m": [{"role": "user", "content": None}]}, MESSAGES, f"{M0} 'content'", "null"),
+        ({"m": [{"role": "user", "content": [1]}]}, MESSAGES, f"{M0} 'content'", "list '[1]'"),
+        ({"m": [{"role": None, "content": "hi"}]}, MESSAGES, f"{M0} 'role'", "null"),
+    ],
+)  # fmt: skip
+def test_probe_refuses_rows_without_text(cli, tiny_llama, tmp_path, row, args, subject, shown):
+    """A null, empty or list text (or message) is one line and exit 2, naming the row and the
+    field; it was probed as the literal text 'None' or '[1, 2]'."""
+    import json
+
+    data = tmp_path / "rows.jsonl"
+    good = {key: [{"role": "user", "content": "hi"}] if key == "m" else "hi" for key in row}
+    data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    result = cli("probe", "--model", tiny_llama, "--data-file", data, *args, "--quiet")
+    assert result.exit_code == 2, result.output
+    expected = f"row 1: {subject} must be a non-empty string or a number, not {shown}; fix that row"
+    assert f"{data.resolve()} {expected}" in " ".join(result.output.split())
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_a_csv_empty_cell_is_no_text():
+    with pytest.raises(UserError, match="row 2: --text-field 'q' .* not null"):
+        TextSource(text_field="q").content({"q": float("nan")}, "row 2")
+    assert TextSource(template="{n:.1f}").content({"n": 2.25}, "row 0") == "2.2"

@@ -82,7 +82,7 @@ for _entry in STUDIES:
     _command(
         qa if group == "qa" else app,
         name,
-        build_command(_entry.config, _runner(_entry), _entry.help),
+        build_command(_entry.config, _runner(_entry), _entry.help, _entry.name),
     )
 _command(
     app,

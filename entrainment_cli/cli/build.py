@@ -58,9 +58,12 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def build_command(cls: type, action: Callable[[Any], None], help: str) -> Callable[..., None]:
+def build_command(
+    cls: type, action: Callable[[Any], None], help: str, study: str | None = None
+) -> Callable[..., None]:
     """A Typer callback whose options are the fields of ``cls``; it builds the config
-    (defaults < ``--config`` file < flags given) and calls ``action`` with it."""
+    (defaults < the resumed run's config.yaml, for the ``study`` command < ``--config`` file <
+    flags given) and calls ``action`` with it."""
     types = options.field_types(cls)
     params = [
         inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
@@ -79,7 +82,7 @@ def build_command(cls: type, action: Callable[[Any], None], help: str) -> Callab
     @command
     def callback(ctx: typer.Context, config: Path | None = None, **values: Any) -> None:
         given = {name for name in values if _given(ctx, name)}
-        action(options.build(cls, values, given, config))
+        action(options.build(cls, values, given, config, study))
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     callback.__doc__ = reflow(help)

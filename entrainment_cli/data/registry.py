@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import assets_dir, hub
 from ..errors import UserError
+from .texts import described
 
 log = logging.getLogger("entrain")
 
@@ -268,8 +269,9 @@ def _check_fields(rows: list, spec: DatasetSpec, where: str, line_of=None) -> No
             value, wanted = row[name], list if name in spec.list_fields else (str, int, float)
             if not isinstance(value, wanted) or isinstance(value, bool) or value == []:
                 kind = "a non-empty list" if wanted is list else "a string or a number"
-                shown = "null" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
-                raise UserError(f"{where}, {at}: field '{name}' must be {kind}, not {shown}")
+                raise UserError(
+                    f"{where}, {at}: field '{name}' must be {kind}, not {described(value)}"
+                )
 
 
 def _groups(text: str) -> dict[str, list[dict]] | None:

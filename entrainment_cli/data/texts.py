@@ -5,6 +5,7 @@ filled from the row; then, with an optional system prompt, the exact text the mo
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,25 @@ def template_fields(template: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def described(value: Any) -> str:
+    """A data value as an error names it: ``null``, or its type and its first characters."""
+    return "null" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def text_of(value: Any, where: str) -> str:
+    """``value`` as prompt text: a non-empty string or a number. A null (or a CSV's empty
+    cell, NaN), an empty string, a list or an object is a UserError: it would be probed as
+    the text 'None', '' or '[1, 2]'."""
+    blank = isinstance(value, float) and math.isnan(value)
+    if blank or isinstance(value, bool) or not isinstance(value, str | int | float):
+        shown = "null" if blank else described(value)
+    elif not str(value).strip():
+        shown = "an empty string"
+    else:
+        return str(value)
+    raise UserError(f"{where} must be a non-empty string or a number, not {shown}; fix that row")
+
+
 @dataclass(frozen=True)
 class TextSource:
     """Where a row's text comes from: exactly one of a field, a messages field or a template."""
@@ -69,25 +89,42 @@ class TextSource:
         return {option: name}
 
     def content(self, row: dict[str, Any], where: str) -> str | Messages:
-        """The row's text, or its chat messages (checked: a list of role/content objects)."""
+        """The row's text, or its chat messages (a list of role/content objects); every text
+        read is checked by :func:`text_of`."""
         if self.template is not None:
-            return self.template.format(**row)
+            return _CheckedFormatter(where).format(self.template, **row)
         if self.text_field is not None:
-            return str(row[self.text_field])
+            return text_of(row[self.text_field], f"{where}: --text-field '{self.text_field}'")
+        field = f"{where}: --messages-field '{self.messages_field}'"
         messages = row[self.messages_field]
         if (
             not isinstance(messages, list)
             or not messages
-            or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m
-                for m in messages
-            )
+            or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)
         ):
             raise UserError(
-                f"{where}: --messages-field '{self.messages_field}' must hold a non-empty list of "
-                '{"role": ..., "content": ...} objects'
+                f"{field} must hold a non-empty list of " + '{"role": ..., "content": ...} objects'
             )
-        return [{"role": m["role"], "content": str(m["content"])} for m in messages]
+        return [
+            {
+                "role": text_of(m["role"], f"{field}, message {j} 'role'"),
+                "content": text_of(m["content"], f"{field}, message {j} 'content'"),
+            }
+            for j, m in enumerate(messages)
+        ]
+
+
+class _CheckedFormatter(string.Formatter):
+    """``str.format`` whose every placeholder's value (after any ``.attr`` or ``[key]``) must
+    be text by :func:`text_of`."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def get_field(self, field_name, args, kwargs):
+        value, key = super().get_field(field_name, args, kwargs)
+        text_of(value, f"{self.where}: --template field '{field_name}'")
+        return value, key
 
 
 def chat_text(tokenizer, messages: Messages, add_generation_prompt: bool = True) -> str:

@@ -49,12 +49,9 @@ class ResolvedModel:
     source: str  # embedded | gguf | local | hub
 
     def identity(self) -> dict[str, str]:
-        return {
-            "id": self.id,
-            "path": str(self.path),
-            "source": self.source,
-            "weights_sha256": weights_hash(self.path),
-        }
+        return {"id": self.id, "path": str(self.path), "source": self.source} | model_hashes(
+            self.path
+        )
 
 
 def embedded_gguf() -> Path:
@@ -72,8 +69,7 @@ def embedded_gguf() -> Path:
 
 def dequantize_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF file once into ``<cache>/models/<name>-<hash>`` and return that dir."""
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([str(gguf.resolve()), stamp(gguf)]).encode()).hexdigest()
     out = cache_dir() / "models" / f"{gguf.stem.lower()}-{key[:12]}"
     if (out / ".complete").is_file():
         return out
@@ -179,16 +175,25 @@ def check_model_dir(path: Path) -> Path:
     return path
 
 
-def weights_hash(path: Path) -> str:
-    """SHA-256 over the weight files, cached by (name, size, mtime) so it is paid once."""
-    files = sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+def stamp(path: Path) -> list:
+    """What tells a file's content changed without reading it: name, size, mtime, and the
+    inode and ctime, which a copy that keeps the size and mtime (``cp -p``, ``rsync -a``,
+    ``tar``) still changes."""
+    st = path.stat()
+    return [path.name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def files_hash(path: Path, files: list[Path]) -> str:
+    """SHA-256 over ``files`` (of the directory ``path``), in order, cached by their
+    :func:`stamp` so that gigabytes of weights are read once."""
     memo_path = cache_dir() / "weights-hashes.json"
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, json.JSONDecodeError):
         memo = {}
-    key = hashlib.sha256(json.dumps([str(path.resolve()), stamp]).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([str(path.resolve()), [stamp(p) for p in files]]).encode()
+    ).hexdigest()
     if key in memo:
         return memo[key]
     digest = hashlib.sha256()
@@ -200,6 +205,23 @@ def weights_hash(path: Path) -> str:
     memo_path.parent.mkdir(parents=True, exist_ok=True)
     memo_path.write_text(json.dumps(memo))
     return memo[key]
+
+
+def weights_hash(path: Path) -> str:
+    """SHA-256 over the weight files."""
+    return files_hash(
+        path, sorted(p for p in path.iterdir() if p.suffix in {".safetensors", ".bin"})
+    )
+
+
+def model_hashes(path: Path) -> dict[str, str]:
+    """The model's identity in its files: the weights, and the config, tokenizer and chat
+    template (the files :data:`HUB_FILES` names), any of which changes the numbers."""
+    others = sorted({p for pattern in HUB_FILES for p in path.glob(pattern) if p.is_file()})
+    return {
+        "weights_sha256": weights_hash(path),
+        "config_tokenizer_sha256": files_hash(path, others),
+    }
 
 
 def pick_device(device: str) -> str:

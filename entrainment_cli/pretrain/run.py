@@ -171,6 +171,14 @@ def prepare(cfg: PretrainConfig, setup: None) -> Prepared:
     return Prepared(None, name_parts, resolved, (size, graph, device, amp, compile_model))
 
 
+def lost_evaluations(rd: RunDir, eval_steps: set[int], saved_step: int) -> list[int]:
+    """The evaluation steps a resumed run would not redo (at or before the saved state's
+    step) that no readable ``eval`` shard holds."""
+    evals = rd.read_shards("eval")
+    have = set() if evals is None else set(evals["step"].tolist())
+    return sorted(s for s in eval_steps if s <= saved_step and s not in have)
+
+
 def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> None:
     if isinstance(prep.state, list):
         return run_seeds(rd, cfg, prep.state)
@@ -236,6 +244,13 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
     eval_steps = {cfg.steps} | (
         set(range(0, cfg.steps + 1, cfg.eval_every)) if cfg.eval_every else set()
     )
+    if state is not None and (lost := lost_evaluations(rd, eval_steps, state["step"])):
+        log.warning(
+            "the evaluation at step(s) %s is lost (its shard is missing or damaged) and the "
+            "saved training state is past it: training again from step 0 to redo it",
+            ", ".join(map(str, lost)),
+        )
+        state = None
     train_log: list[dict] = state["train_log"] if state else []
     clock = {"eval": state["eval_seconds"] if state else 0.0, "last": time.perf_counter()}
     if state:

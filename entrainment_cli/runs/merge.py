@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from ..options import shown
 from .hidden import copy_hidden
 from .rundir import RunDir, environment, read_manifest
 from .sharding import Shard, shard_of
@@ -66,9 +67,9 @@ def _same(run: Path, first: Path, what: str, a: Any, b: Any) -> None:
     if a != b:
         if isinstance(a, dict) and isinstance(b, dict):
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            detail = ", ".join(f"{k}: {b.get(k)!r} vs {a.get(k)!r}" for k in keys)
+            detail = ", ".join(f"{k}: {shown(b.get(k))} vs {shown(a.get(k))}" for k in keys)
         else:
-            detail = f"{b!r} vs {a!r}"
+            detail = f"{shown(b)} vs {shown(a)}"
         raise UserError(
             f"{run} and {first} are not shards of one study: their {what} differ ({detail}); "
             "merge only the shards of one run's command line"

@@ -30,11 +30,13 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from ..options import shown
 from ..ui import console, replay_backlog
 
 log = logging.getLogger("entrain")
 
 MANIFEST = "manifest.json"
+RUN_CONFIG = "config.yaml"  # the resolved options: what --resume continues with
 LOCK = ".lock"
 SHARD_NAME = re.compile(r"^(\d+)\.parquet(\.corrupt)?$")  # 000012.parquet[.corrupt]
 
@@ -182,20 +184,32 @@ class RunDir:
         runs_dir: Path | None,
         name_parts: list[str],
         resume: bool,
-        weights_sha256: str | None = None,
+        model_hashes: dict[str, str] | None = None,
     ) -> RunDir:
         """Create a new run, or reopen one for ``--resume``.
 
-        ``identity`` holds the options that define the work, and ``weights_sha256`` the
-        model's weights (a local path can hold other weights tomorrow); resuming with
-        different ones would mix two experiments in one table, so it is refused.
+        ``identity`` holds the options that define the work, and ``model_hashes`` the model's
+        files (a local path can hold other weights, another tokenizer or chat template
+        tomorrow); resuming with different ones would mix two experiments in one table, so it
+        is refused.
         """
-        if weights_sha256 is not None:
-            identity = {**identity, "weights_sha256": weights_sha256}
-        if resume and run_dir is None:
-            raise UserError("--resume needs --run-dir naming the run to continue")
+        identity = {**identity, **(model_hashes or {})}
         if run_dir is not None and run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir} is a file, not a directory; name a directory")
+        if resume:
+            manifest = resumable(run_dir, command)
+            old = manifest.get("identity", {})
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            if diff:
+                detail = "; ".join(
+                    f"{k}: {shown(old.get(k))} -> {shown(identity.get(k))}" for k in diff
+                )
+                raise UserError(
+                    f"cannot resume {run_dir} with different settings ({detail}): the model's "
+                    "files, the data or what an option resolves to changed; restore them or "
+                    "start a new run"
+                )
+            return cls(run_dir, manifest)
         if run_dir is None:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
             base = default_runs_dir(runs_dir) / command.replace(" ", "-")
@@ -204,36 +218,12 @@ class RunDir:
             while run_dir.exists():
                 n += 1
                 run_dir = run_dir.with_name(f"{run_dir.name.rsplit('~', 1)[0]}~{n}")
-        manifest_path = run_dir / MANIFEST
-        if resume:
-            if not manifest_path.is_file():
-                raise UserError(
-                    f"cannot resume: {run_dir} holds no {MANIFEST}; "
-                    "drop --resume to start a new run there"
-                )
-            manifest = read_manifest(run_dir)
-            if manifest.get("command") != command:
-                raise UserError(
-                    f"cannot resume: {run_dir} is a '{manifest.get('command')}' run, "
-                    f"not '{command}'"
-                )
-            old = manifest.get("identity", {})
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            if diff:
-                detail = ", ".join(f"{k}: {old.get(k)!r} -> {identity.get(k)!r}" for k in diff)
-                raise UserError(
-                    f"cannot resume {run_dir} with different settings ({detail}); "
-                    "use the original options or start a new run"
-                )
-        else:
-            if run_dir.exists() and any(run_dir.iterdir()):
-                raise UserError(
-                    f"run directory {run_dir} is not empty; pass --resume to continue "
-                    "that run or choose another --run-dir"
-                )
-            manifest = {"command": command, "identity": identity}
-        run = cls(run_dir, manifest)
-        return run
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(
+                f"run directory {run_dir} is not empty; pass --resume to continue "
+                "that run or choose another --run-dir"
+            )
+        return cls(run_dir, {"command": command, "identity": identity})
 
     def __enter__(self) -> RunDir:
         try:
@@ -459,6 +449,24 @@ class RunDir:
 def _shard_number(path: Path) -> int:
     m = SHARD_NAME.match(path.name)
     return int(m[1]) if m else -1
+
+
+def resumable(run_dir: Path | None, command: str) -> dict[str, Any]:
+    """The manifest of ``run_dir`` if ``--resume`` of ``command`` can continue it: it is named
+    and is a run of that command (its identity is checked once the data and the model are
+    resolved)."""
+    if run_dir is None:
+        raise UserError("--resume needs --run-dir naming the run to continue")
+    if not (run_dir / MANIFEST).is_file():
+        raise UserError(
+            f"cannot resume: {run_dir} holds no {MANIFEST}; drop --resume to start a new run there"
+        )
+    manifest = read_manifest(run_dir)
+    if manifest["command"] != command:
+        raise UserError(
+            f"cannot resume: {run_dir} is a '{manifest['command']}' run, not '{command}'"
+        )
+    return manifest
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
