@@ -233,7 +233,7 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
     if fallen:
         warning = (
             f"{', '.join(fallen)}: no relation has 10 answers to balance negatives over, so "
-            "its queries have frequency negatives (the relation prior beside its accuracy "
+            "those queries have frequency negatives (the relation prior beside the accuracy "
             "shows what they leave); another --seed may balance it"
         )
         log.warning(warning)
