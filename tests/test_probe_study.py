@@ -176,7 +176,9 @@ def test_plot_rebuilds_and_compares_runs(template_run, questions_run, tmp_path):
     shutil.rmtree(figures)
     result = _invoke("plot", questions_run)
     assert result.exit_code == 0 and (figures / "paired_layer-1_last-prompt.png").is_file()
-    result = _invoke("plot", template_run, template_run, "--out", tmp_path / "cmp")
+    twin = tmp_path / "twin"  # a run named twice is one run: compare it with a copy
+    shutil.copytree(template_run, twin)
+    result = _invoke("plot", template_run, twin, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp" / "compare_label_correlations_layer-1_last-prompt.png").is_file()
 
