@@ -165,8 +165,20 @@ def merge_study(run_dirs: Sequence[Path], out: Path, quiet: bool = False) -> Pat
     names = {f.name for f in dataclasses.fields(entry.config)}
     given |= {n: 1 for n in ("tensor_parallel_size", "pipeline_parallel_size") if n in names}
     cfg = options.build(entry.config, given, set(given), shards.runs[0] / "config.yaml")
-    with merge.open_merged(shards, out) as rd:
-        merge.copy_work(shards, rd)
+    previous = merge.previous_merge(shards, out)
+    if previous is None or previous.get("merge") != "copied":
+        # a merge stopped while copying starts its copy again; one stopped after it (or
+        # finished) only redoes the analysis: either way, the same merged run
+        rd = merge.open_merged(shards, out) if previous is None else None
+        rd = rd or merge.restart_merged(shards, out, previous)
+        with rd:
+            merge.copy_work(shards, rd)
+            save_config(rd, cfg)
+            rd.manifest["merge"] = "copied"
+            rd.unfinished = (
+                f"the merge stopped before its analysis; run the same entrain merge again "
+                f"(--out {out}) or entrain {command} --resume --run-dir {out} to finish it"
+            )
     return run_study(entry, cfg)
 
 

@@ -4,6 +4,7 @@ pieces)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -111,3 +112,60 @@ def test_entrain_probe_merged_equals_unsharded(cli, tiny_llama, tmp_path):
     for i in range(2):
         samples = pd.read_parquet(tmp_path / f"shard{i}" / "tables" / "samples.parquet")
         assert (samples.groupby("pair")["phrasing"].nunique() == 2).all()
+
+
+def test_killed_merge_restarts_to_the_same_result(cli, tiny_llama, tmp_path, monkeypatch):
+    """Issue 23.9: a merge killed after copying the shards' work (before its analysis) or
+    while copying it is not left 'done'; the same merge again, or the study's --resume,
+    finishes it, equal to the unsharded run."""
+    from entrainment_cli import pipeline
+    from entrainment_cli.runs import merge as merging
+
+    args = ["qa", "rankmath", "--model", tiny_llama, "--limit", "2", "--layers", "-1"]
+    args += ["--metrics", "l1", "--n-boot", "50", "--quiet"]
+    merged, whole = _shard_and_merge(cli, tmp_path, args, 2)
+    shards = [tmp_path / "shard0", tmp_path / "shard1"]
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    # killed before its analysis: not done, the merge again finishes it
+    out = tmp_path / "again"
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "run_study", stop)
+        with contextlib.suppress(KeyboardInterrupt):
+            cli("merge", *shards, "--out", out, "--quiet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "entrain merge again" in manifest["error"]
+    assert (out / "config.yaml").is_file()
+    assert cli("merge", *shards, "--out", out, "--quiet").exit_code == 0
+    assert "samples.parquet" in _tables_equal(out, whole)
+    # ... or the study's own --resume does
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "run_study", stop)
+        with contextlib.suppress(KeyboardInterrupt):
+            cli("merge", *shards, "--out", out, "--quiet")
+    result = cli("qa", "rankmath", "--resume", "--run-dir", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "samples.parquet" in _tables_equal(out, whole)
+
+    # killed while copying: half the work copied; the merge again copies it once
+    out = tmp_path / "halfway"
+    copy = merging.copy_work
+
+    def half(shard_set, rd):
+        copy(merging.ShardSet(shard_set.runs[:1], shard_set.manifests[:1], shard_set.order), rd)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(merging, "copy_work", half)
+        assert cli("merge", *shards, "--out", out, "--quiet").exit_code == 130
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    result = cli("qa", "rankmath", "--resume", "--run-dir", out, "--quiet")
+    assert result.exit_code == 2 and "run the same entrain merge again" in result.output
+    assert cli("merge", *shards, "--out", out, "--quiet").exit_code == 0
+    assert "samples.parquet" in _tables_equal(out, whole)
+    # a directory holding another run is refused, and left as it was
+    result = cli("merge", *shards, "--out", whole, "--quiet")
+    assert result.exit_code == 2 and "not a merge of these shards" in result.output

@@ -10,6 +10,7 @@ run's example order. The analysis and figures are then redone over the merged ta
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ import pandas as pd
 
 from ..errors import UserError
 from ..options import shown
-from .hidden import copy_hidden
-from .rundir import RunDir, environment, read_manifest
+from .hidden import HIDDEN, copy_hidden
+from .rundir import MANIFEST, RunDir, environment, read_manifest
 from .sharding import Shard, shard_of
 
 SELECTION = "selection"  # tables/selection.parquet of a shard run: id, shard
@@ -155,11 +156,48 @@ def open_merged(shards: ShardSet, out: Path) -> RunDir:
             **{k: v for k, v in rd.manifest["options"].items() if k != "shard"},
             "run_dir": str(out),
         }
-    rd.manifest["merged_from"] = [
+    rd.manifest["merged_from"] = _merged_from(shards)
+    rd.manifest.update(environment())
+    return rd
+
+
+def _merged_from(shards: ShardSet) -> list[dict[str, Any]]:
+    return [
         {"run": str(run), "shard": m["shard"]}
         for run, m in zip(shards.runs, shards.manifests, strict=True)
     ]
-    rd.manifest.update(environment())
+
+
+def previous_merge(shards: ShardSet, out: Path) -> dict[str, Any] | None:
+    """The manifest of an earlier ``entrain merge`` of these very shards at ``out`` (stopped
+    or finished), which the merge restarts; None when ``out`` is new or empty. Anything else
+    there is refused: a merge never writes over another run."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    if not (out / MANIFEST).is_file():
+        raise UserError(f"--out {out} is not empty and holds no run; name a new or empty directory")
+    manifest = read_manifest(out)
+    first = shards.manifests[0]
+    mine = [m["shard"] for m in manifest.get("merged_from") or []]
+    if (
+        manifest.get("command") != first["command"]
+        or manifest.get("identity") != {**first.get("identity", {}), "shard": None}
+        or mine != [m["shard"] for m in shards.manifests]
+    ):
+        raise UserError(
+            f"--out {out} holds another run, not a merge of these shards; name a new or "
+            "empty directory"
+        )
+    return manifest
+
+
+def restart_merged(shards: ShardSet, out: Path, manifest: dict[str, Any]) -> RunDir:
+    """``out``, a merge of ``shards`` that stopped while it copied their work, reopened
+    with what it copied removed (the shards still hold it all), to be copied again."""
+    rd = RunDir(out, manifest)
+    rd.manifest["merged_from"] = _merged_from(shards)
+    for partial in (out / "tables" / "shards", out / HIDDEN):
+        shutil.rmtree(partial, ignore_errors=True)
     return rd
 
 

@@ -171,6 +171,9 @@ class RunDir:
         self._log_handler: logging.Handler | None = None
         self._lock_fd: int | None = None
         self._old_sigterm: Any = None
+        # set while a run's work is not yet complete at a clean exit (a merge before its
+        # analysis): the run then ends 'failed' with this as its error, never 'done'
+        self.unfinished: str | None = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -264,7 +267,10 @@ class RunDir:
             self._old_sigterm = None
         try:
             self.manifest["ended"] = utc_now()
-            if exc_type is None:
+            if exc_type is None and self.unfinished:
+                self.manifest["status"] = "failed"
+                self.manifest["error"] = self.unfinished
+            elif exc_type is None:
                 self.manifest["status"] = "done"
             else:
                 self.manifest["status"] = "failed"
@@ -465,6 +471,11 @@ def resumable(run_dir: Path | None, command: str) -> dict[str, Any]:
     if manifest["command"] != command:
         raise UserError(
             f"cannot resume: {run_dir} is a '{manifest['command']}' run, not '{command}'"
+        )
+    if manifest.get("merged_from") and not (run_dir / RUN_CONFIG).is_file():
+        raise UserError(
+            f"cannot resume: {run_dir} is a merge stopped while it copied the shards' work; "
+            f"run the same entrain merge again (--out {run_dir}) to finish it"
         )
     return manifest
 
