@@ -606,3 +606,39 @@ def test_broken_models_are_one_line(cli, tiny_llama, tmp_path, monkeypatch):
         run = tmp_path / f"run-{model.name}"
         _one_error(_rankmath(cli, model, run), *needles)
         assert not run.exists()
+
+
+def test_interrupted_dequantization_leaves_no_temporary(tmp_path, monkeypatch):
+    """Issue 23.10: Ctrl-C while a GGUF is dequantized removes its temporary directory, and
+    the next run removes those a dead process (kill -9) left."""
+    import transformers
+
+    from entrainment_cli.engines import models
+
+    monkeypatch.setenv("ENTRAIN_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "cache" / "models" / f"other-123.tmp{dead.pid}"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"x" * 100)
+    mine = tmp_path / "cache" / "models" / f"other-456.tmp{os.getpid()}x"  # not a pid: kept
+    mine.mkdir()
+
+    class Half:
+        config = type("C", (), {})()
+
+        def save_pretrained(self, path):
+            Path(path).mkdir(parents=True)
+            (Path(path) / "model.safetensors").write_bytes(b"x" * 100)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: None)
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Half()
+    )
+    with pytest.raises(KeyboardInterrupt):
+        models.dequantize_gguf(gguf)
+    left = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    assert left == [mine.name]

@@ -77,26 +77,51 @@ def dequantize_gguf(gguf: Path) -> Path:
 
     quiet_transformers()
     log.info("dequantizing %s into %s (once)", gguf, out)
+    remove_stale_temporaries(out.parent)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as e:  # not GGUF, truncated, or an architecture transformers lacks
-        raise UserError(
-            f"--model {gguf} is not a GGUF model transformers can read ({_first_line(e)}); "
-            "pass a whole .gguf file of a supported architecture"
-        ) from None
-    # The weights are now plain float tensors; drop the GGUF quantizer so they serialize.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / ".complete").write_text(str(gguf))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except Exception as e:  # not GGUF, truncated, or an architecture transformers lacks
+            raise UserError(
+                f"--model {gguf} is not a GGUF model transformers can read "
+                f"({_first_line(e)}); pass a whole .gguf file of a supported architecture"
+            ) from None
+        # The weights are now plain float tensors; drop the GGUF quantizer so they serialize.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ".complete").write_text(str(gguf))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk: no half-written copy stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_temporaries(models: Path) -> None:
+    """Remove the ``<name>.tmp<pid>`` directories of dequantizations whose process is gone
+    (killed with ``kill -9`` or a power cut, which no handler sees)."""
+    for path in models.glob("*.tmp*") if models.is_dir() else []:
+        pid = path.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            log.info("removing %s, left by a dequantization that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 HUB_FILES = ["*.json", "*.model", "*.txt", "*.jinja"]  # config, tokenizer, chat template
