@@ -27,6 +27,8 @@ def _metadata(
     identity: bool = False,
     flags: Sequence[str] = (),
     minimum: float | None = None,
+    maximum: float | None = None,
+    list_ok: bool = False,
     choices: Sequence[str] | None = None,
     saved: bool = True,
     argument: bool = False,
@@ -37,6 +39,8 @@ def _metadata(
         "identity": identity,
         "flags": tuple(flags),
         "minimum": minimum,
+        "maximum": maximum,
+        "list_ok": list_ok,
         "choices": tuple(choices) if choices else None,
         "saved": saved,
         "argument": argument,
@@ -122,6 +126,13 @@ def coerce(f: dataclasses.Field, tp: Any, value: Any, where: str) -> Any:
         if base is Path:
             return Path(value)
         if base is str:
+            if f.metadata.get("list_ok") and isinstance(value, list | tuple):
+                # a comma-list text option (--layers) given as a YAML/TOML list
+                if not value or any(
+                    not isinstance(v, str | int) or v is True or v is False for v in value
+                ):
+                    raise TypeError
+                return ",".join(str(v) for v in value)
             if not isinstance(value, str | int | float):
                 raise TypeError
             return str(value)
@@ -140,6 +151,9 @@ def check(cfg: Any) -> None:
         if minimum is not None and value is not None and value < minimum:
             least = "0 or more" if minimum == 0 else f"at least {minimum:g}"
             raise UserError(f"{name} must be {least}, got {value}")
+        maximum = f.metadata.get("maximum")
+        if maximum is not None and value is not None and value > maximum:
+            raise UserError(f"{name} must be at most {maximum}, got {value}")
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise UserError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")

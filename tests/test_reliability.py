@@ -642,3 +642,30 @@ def test_interrupted_dequantization_leaves_no_temporary(tmp_path, monkeypatch):
         models.dequantize_gguf(gguf)
     left = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
     assert left == [mine.name]
+
+
+def test_option_values_refused_or_read_as_the_docs_say(cli, tmp_path):
+    """Issue 23.12 and 23.11: `layers: [0, -1]` in a config is read as 0,-1; --layers -0 is
+    refused (not layer 0); --seeds=-3 is refused as --seed -3 is; a seed too large for the
+    random generators is refused before the run directory exists."""
+    from entrainment_cli import options
+    from entrainment_cli.engines.probe import parse_layers
+    from entrainment_cli.errors import UserError
+    from entrainment_cli.studies import STUDIES
+
+    entry = next(s for s in STUDIES if s.name == "probe")
+    config = tmp_path / "c.yaml"
+    config.write_text("layers: [0, -1]\n")
+    assert options.build(entry.config, {}, set(), config).layers == "0,-1"
+    config.write_text("layers: [0, [1]]\n")
+    with pytest.raises(UserError, match="layers"):
+        options.build(entry.config, {}, set(), config)
+    with pytest.raises(UserError, match="'-0' is not a layer; use 0"):
+        parse_layers("0,-0", 4)
+    for args in (["--seeds=-3"], ["--seed", "99999999999999999999"], ["--seeds", "0,2**40"]):
+        run = tmp_path / "run"
+        result = cli("pretrain", *args, "--run-dir", run, "--quiet")
+        assert result.exit_code == 2, result.output
+        assert "seed" in result.output and not run.exists()
+    result = cli("pretrain", "--seeds", f"0,{2**40}", "--run-dir", tmp_path / "r", "--quiet")
+    assert result.exit_code == 2 and "every seed must be 0 to" in result.output

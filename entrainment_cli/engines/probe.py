@@ -51,6 +51,11 @@ def parse_layers(spec: str, n_blocks: int) -> list[int]:
         try:
             span = re.fullmatch(r"(\d+)-(\d+)", part)
             values = range(int(span[1]), int(span[2]) + 1) if span else [int(part)]
+            if re.fullmatch(r"-\s*0+", part):  # int('-0') is 0: not what -0 seems to say
+                raise UserError(
+                    f"--layers: '{part}' is not a layer; use 0 (the embeddings) or -1 (after "
+                    "the final norm)"
+                )
         except ValueError:
             raise UserError(
                 f"--layers: cannot read '{part}'; use -1, a list like 0,10,-1, a range like "

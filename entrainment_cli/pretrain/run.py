@@ -89,12 +89,20 @@ def _validate(cfg: PretrainConfig) -> None:
 
 def _seeds(cfg: PretrainConfig) -> list[int]:
     """``--seeds`` as distinct integers, in the order given."""
+    from ..studies import SEED_MAX
+
     try:
-        return list(dict.fromkeys(int(s) for s in cfg.seeds or ()))
+        seeds = list(dict.fromkeys(int(s) for s in cfg.seeds or ()))
     except ValueError:
         raise UserError(
             f"--seeds must be a comma list of integers, e.g. 0,1,2 (got {','.join(cfg.seeds)})"
         ) from None
+    wrong = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if wrong:  # as --seed: 0 or more, and what every random generator accepts
+        raise UserError(
+            f"--seeds: every seed must be 0 to {SEED_MAX}, got {wrong[0]}; e.g. --seeds 0,1,2"
+        )
+    return seeds
 
 
 def generate_graph(cfg: PretrainConfig) -> kg.KnowledgeGraph:
