@@ -70,7 +70,7 @@ LAYERS_HELP = (
 
 
 def layers_option(default: str = "-1", help: str = LAYERS_HELP) -> Any:
-    return option(default, help, identity=True)
+    return option(default, help, identity=True, list_ok=True)
 
 
 def metrics_option(**kw: Any) -> Any:
@@ -133,8 +133,17 @@ def sample_temperature_option() -> Any:
     )
 
 
+SEED_MAX = 2**32 - 1  # what every random generator used (numpy's included) accepts
+
+
 def seed_option() -> Any:
-    return option(0, "Seeds every random choice (bootstrap included).", identity=True, minimum=0)
+    return option(
+        0,
+        "Seeds every random choice (bootstrap included).",
+        identity=True,
+        minimum=0,
+        maximum=SEED_MAX,
+    )
 
 
 def n_boot_option(help: str = "Bootstrap resamples for the CIs.") -> Any:
