@@ -10,6 +10,7 @@ This module imports nothing heavy: it answers ``--help`` and option errors.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -187,7 +188,16 @@ def read_config_file(path: Path, name: str = "--config") -> dict[str, Any]:
     where the file came from."""
     if not path.is_file():
         raise UserError(f"{name} {path}: no such file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{name} {path} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise UserError(
+            f"{name} {path} cannot be read ({e.strerror}); name a readable file"
+        ) from None
     try:
         if path.suffix.lower() == ".toml":
             import tomllib
@@ -218,6 +228,9 @@ def _file_values(
     values = {}
     for key, value in read_config_file(path, name).items():
         if key not in fields:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), list(fields), n=1)
+            if close:
+                raise UserError(f"{name} {path}: unknown key '{key}'; did you mean '{close[0]}'?")
             raise UserError(f"{name} {path}: unknown key '{key}'; valid keys: " + ", ".join(fields))
         values[key] = coerce(fields[key], types[key], value, f"{name} {path}: {key}")
     return values

@@ -66,7 +66,8 @@ def test_toml_config_and_bad_config_files(cli, tiny_llama, tmp_path):
     assert _rankmath(cli, tiny_llama, out, "--config", toml).exit_code == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["metrics"] == ["l1"]
     cases = {
-        "unknown.yaml": ("limt: 1\n", "unknown key 'limt'; valid keys:"),
+        "typo.yaml": ("limt: 1\n", "unknown key 'limt'; did you mean 'limit'?"),
+        "unknown.yaml": ("zzzq: 1\n", "unknown key 'zzzq'; valid keys:"),
         "type.yaml": ("batch_size: many\n", "batch_size: expected int, got 'many'"),
         "list.yaml": ("- 1\n- 2\n", "expected a mapping of option names to values"),
         "broken.toml": ("a = [\n", "does not parse"),

@@ -669,3 +669,18 @@ def test_option_values_refused_or_read_as_the_docs_say(cli, tmp_path):
         assert "seed" in result.output and not run.exists()
     result = cli("pretrain", "--seeds", f"0,{2**40}", "--run-dir", tmp_path / "r", "--quiet")
     assert result.exit_code == 2 and "every seed must be 0 to" in result.output
+
+
+def test_config_typo_says_did_you_mean_and_non_utf8_config(cli, tmp_path):
+    """Issue 22.7: a --config typo names the key meant, not all 35; issue 23.11: a --config
+    that is not UTF-8 is one line, exit 2, not a traceback."""
+    config = tmp_path / "c.yaml"
+    config.write_text("metrcs: l1\n")
+    result = cli("probe", "--config", config, "--run-dir", tmp_path / "r", "--quiet")
+    assert result.exit_code == 2 and "unknown key 'metrcs'; did you mean 'metrics'?" in (
+        " ".join(result.output.split())
+    )
+    config.write_bytes(b"metrics: l1\xff\n")
+    result = cli("probe", "--config", config, "--run-dir", tmp_path / "r", "--quiet")
+    assert result.exit_code == 2 and "is not UTF-8 text" in result.output
+    assert not (tmp_path / "r").exists()
