@@ -124,3 +124,26 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         atomic_write_text(path, json.dumps({"v": 2}))
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_stage_line_rounds_rates_to_three_digits(tmp_path, caplog):
+    """Issue 22.7: the stage log line says 60.9 tokens/s, not 60.895 (the manifest keeps
+    its own precision)."""
+    import logging
+
+    from entrainment_cli.runs.rundir import RunDir, three_digits
+
+    assert [three_digits(v) for v in (60.895, 0.012345, 12345.6, 7)] == [
+        "60.9",
+        "0.0123",
+        "12,300",
+        "7",
+    ]
+    rd = RunDir.open(
+        command="x", identity={}, run_dir=tmp_path / "r", runs_dir=None, name_parts=[], resume=False
+    )
+    with rd, caplog.at_level(logging.INFO, logger="entrain"), rd.stage("probe") as info:
+        info["tokens"] = 1234567
+    line = next(r.getMessage() for r in caplog.records if "stage probe done" in r.getMessage())
+    rate = line.split(", ")[1].split()[0]
+    assert len(rate.replace(",", "").rstrip("0").replace(".", "").lstrip("0")) <= 3, line

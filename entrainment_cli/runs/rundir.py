@@ -51,6 +51,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower() or "x"
 
 
+def three_digits(value: float) -> str:
+    """A rate as a person reads it: 3 significant digits, no exponent from 100 up (60.9,
+    0.0123, 12,300)."""
+    r = float(f"{value:.3g}")
+    return f"{r:,.0f}" if abs(r) >= 100 else f"{r:g}"
+
+
 def default_runs_dir(runs_dir: Path | None) -> Path:
     if runs_dir is not None:
         return runs_dir
@@ -385,7 +392,9 @@ class RunDir:
             self.manifest.setdefault("timings", {})[
                 name if not resumed else f"{name}#{resumed}"
             ] = entry
-        rates = "".join(f", {v} {k[:-6]}/s" for k, v in entry.items() if k.endswith("_per_s"))
+        rates = "".join(  # 3 significant digits: 60.9 tokens/s, not 60.895
+            f", {three_digits(v)} {k[:-6]}/s" for k, v in entry.items() if k.endswith("_per_s")
+        )
         log.info("stage %s done in %.1f s%s", name, seconds, rates)
         self.write_manifest()
 
