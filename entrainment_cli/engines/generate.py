@@ -375,13 +375,24 @@ class HFEngine:
         n: int,
         on_done: Callable[[int], None] | None = None,
     ) -> list[list[Generation]]:
-        """``n`` answers per prompt: ``n`` rows of it, each from its own seed, ``batch_size``
-        rows a call (a prompt's rows are adjacent: same length, no padding between them)."""
+        """``n`` answers per prompt: ``n`` rows of it, each from its own seed, about
+        ``batch_size`` rows (``batch_size // n`` prompts, at least one) a call. The prompts of a
+        call are prefilled once, their KV cache repeated ``n`` times, so that ``generate``
+        computes only the answers (as vLLM's prefix cache does)."""
         _check_inputs(prompts, keys, self.max_model_len)
-        rows = [list(p) for p in prompts for _ in range(n)]
-        seeds = [sample_seed(sampling.seed, key) + k for key in keys for k in range(n)]
-        flat = self._rows(rows, seeds, sampling, on_done)
-        return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        per_call = max(1, self.batch_size // n)
+        results: list[list[Generation]] = [[] for _ in prompts]
+        for start in range(0, len(order), per_call):
+            idx = order[start : start + per_call]
+            rows = [list(prompts[i]) for i in idx for _ in range(n)]
+            seeds = [sample_seed(sampling.seed, keys[i]) + k for i in idx for k in range(n)]
+            flat = self._batch(rows, seeds, sampling, share=n)
+            for j, i in enumerate(idx):
+                results[i] = flat[j * n : (j + 1) * n]
+            if on_done is not None:
+                on_done(len(rows))
+        return results
 
     def _rows(self, prompts, seeds, sampling, on_done) -> list[Generation]:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -396,7 +407,9 @@ class HFEngine:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _batch(self, prompts: list[list[int]], seeds: list[int], sampling: Sampling):
+    def _batch(self, prompts: list[list[int]], seeds: list[int], sampling: Sampling, share=1):
+        """One ``generate`` call; ``share`` > 1: rows come in groups of ``share`` copies of one
+        prompt, whose KV cache is computed once (all but the last token) and repeated."""
         device = self.model.device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -415,6 +428,9 @@ class HFEngine:
         # generate() fills every setting we leave unset from model.generation_config, so the
         # checkpoint's config is swapped for the neutral one for the duration of the call.
         saved, self.model.generation_config = self.model.generation_config, self.generation_config
+        extra = {}
+        if share > 1 and width > 1:
+            extra["past_key_values"] = self._prefill(input_ids[::share], mask[::share], share)
         try:
             sequences = self.model.generate(
                 input_ids=input_ids.to(device),
@@ -423,10 +439,31 @@ class HFEngine:
                 do_sample=False,
                 num_beams=1,
                 max_new_tokens=max(budgets),
+                **extra,
             )
         finally:
             self.model.generation_config = saved
         generated = sequences[:, width:].cpu()
+        return self._finish(generated, sampler, budgets)
+
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, share: int):
+        """The KV cache of every token but the last of each (left-padded) prompt, at the
+        positions ``generate`` gives them (from the attention mask), repeated ``share`` times
+        row by row; ``generate`` then feeds only the last token of each row."""
+        device = self.model.device
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids[:, :-1].to(device),
+            attention_mask=mask[:, :-1].to(device),
+            position_ids=positions[:, :-1].to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(share)
+        return cache
+
+    def _finish(self, generated: torch.Tensor, sampler: _RowSampler, budgets: list[int]):
         tokens = torch.stack(sampler.tokens, dim=1).cpu()
         logprobs = torch.stack(sampler.logprobs, dim=1).cpu()
         out = []
@@ -499,6 +536,12 @@ def _vllm_llm(
         # and minutes). With eager mode and an explicit KV cache size vLLM also skips its
         # warm-up pass.
         kwargs["enforce_eager"] = True
+        # Whole prefills: a prompt prefilled in chunks has its first sampled token discarded,
+        # and vLLM then rewinds the request's seeded generator by an offset, which CPU
+        # generators do not have ("CPU Generator does not use offset": the engine dies once
+        # seeded requests' prompts exceed one step's token budget, e.g. K = 8 samples of
+        # 8-shot GSM8K prompts).
+        kwargs["enable_chunked_prefill"] = False
         if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kwargs["kv_cache_memory_bytes"] = _CPU_KV_CACHE_BYTES
     log.info(
