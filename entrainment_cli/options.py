@@ -158,6 +158,10 @@ def check(cfg: Any) -> None:
         choices = f.metadata.get("choices")
         if choices and value is not None and value not in choices:
             raise UserError(f"unknown {name} '{value}'; use one of {', '.join(choices)}")
+        if f.name == "data_file" and value is not None and not Path(value).is_file():
+            # told now, not after the seconds the data and model libraries take to import
+            what = "is a directory" if Path(value).is_dir() else "does not exist"
+            raise UserError(f"{name} {value} {what}; name an existing data file")
         if f.metadata.get("kind") == _LIST and value is not None and not value:
             raise UserError(f"{name} is empty; give a comma list, e.g. {f.metadata['text']}")
 

@@ -117,6 +117,11 @@ def test_a_hub_model_is_downloaded_only_after_the_data_are_checked(
     base = ["qa", "rankmath", "--model", "org/tiny", "--quiet", "--metrics", "l1"]
     result = cli(*base, "--data-file", tmp_path / "missing.jsonl")
     assert result.exit_code == 2 and "missing.jsonl does not exist" in result.stderr
+    assert calls == []  # a missing file is told before anything (issue 22.7)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    result = cli(*base, "--data-file", bad)
+    assert result.exit_code == 2 and "bad.jsonl" in result.stderr
     assert [patterns for _, patterns in calls] == [sorted(models.HUB_FILES)]  # no weights
     assert not list((tmp_path / "snapshot").glob("*.safetensors"))
 

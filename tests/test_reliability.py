@@ -684,3 +684,20 @@ def test_config_typo_says_did_you_mean_and_non_utf8_config(cli, tmp_path):
     result = cli("probe", "--config", config, "--run-dir", tmp_path / "r", "--quiet")
     assert result.exit_code == 2 and "is not UTF-8 text" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_file_is_told_before_the_slow_imports(tmp_path):
+    """Issue 22.7: `--data-file nope.csv` is told before torch (and the rest) are imported,
+    not 5 s later."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from entrainment_cli.cli.app import app\n"
+        f"r = CliRunner().invoke(app, ['probe', '--data-file', {str(tmp_path / 'nope.csv')!r},"
+        " '--quiet'])\n"
+        "print(r.exit_code, 'torch' in sys.modules, ' '.join(r.output.split()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    code_, torch_loaded, message = out.stdout.strip().split(" ", 2)
+    assert code_ == "2" and torch_loaded == "False", out.stdout + out.stderr
+    assert "nope.csv does not exist; name an existing data file" in message
