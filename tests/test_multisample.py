@@ -239,3 +239,30 @@ def test_engines_sample_reproducibly_by_key(tiny_llama, vllm_engine, embedded):
     assert [g[0].token_ids for g in one] == [g.token_ids for g in a[1]]
     for single, child in zip(one, a[1], strict=True):
         assert single[0].logprobs == pytest.approx(child.logprobs, abs=1e-4)
+
+
+def test_hf_sample_prefills_once_and_equals_separate_rows(tiny_llama, monkeypatch):
+    """hf: the K rows of a prompt reuse one prefill (its KV cache repeated), and draw exactly
+    the tokens that K independent rows with the same seeds draw (left padding included)."""
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, torch_dtype=torch.float32)
+    engine = generate.HFEngine(model, tok, batch_size=6)
+    prompts = [tok("Question: 2 + 3 =")["input_ids"], tok("My name is Anna and I")["input_ids"]]
+    keys, n, sampling = ["a", "b"], 3, Sampling(1.0, 0.9, 6, 2)
+    real, prefills = generate.HFEngine._prefill, []
+
+    def counted(self, input_ids, mask, share):
+        prefills.append((len(input_ids), share))
+        return real(self, input_ids, mask, share)
+
+    monkeypatch.setattr(generate.HFEngine, "_prefill", counted)
+    shared = engine.sample(prompts, keys, sampling, n)
+    assert prefills == [(2, 3)]  # 6 rows a call: both prompts, each prefilled once
+    rows = [p for p in prompts for _ in range(n)]
+    seeds = [sample_seed(2, k) + j for k in keys for j in range(n)]
+    plain = engine._rows(rows, seeds, sampling, None)
+    assert len(prefills) == 1
+    for q, answers in enumerate(shared):
+        for a, b in zip(answers, plain[q * n : (q + 1) * n], strict=True):
+            assert a.token_ids == b.token_ids
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
