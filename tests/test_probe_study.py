@@ -423,3 +423,27 @@ def test_vllm_generation_on_embedded_model(vllm_engine, tmp_path):
     assert summary["entropy_mean"].to_numpy() == pytest.approx(
         tokens.groupby("id")["entropy"].mean()[summary["id"]].to_numpy()
     )
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("Q: {text:d}", "--template cannot format this row (ValueError"),
+        ("Q: {difficulty:%}x{text:q}", "--template cannot format this row (ValueError"),
+        ("Q: {text!x}", "--template has an unknown conversion '!x' in '{text}'"),
+        ("Q: {text[zz]}", "--template cannot format this row (TypeError"),
+    ],
+)
+def test_template_format_spec_conversion_or_index_is_one_line(
+    tiny_llama, csv_file, tmp_path, template, message
+):
+    """Issue 23.11: a --template with a format spec, conversion or index the row's value does
+    not take is one line, exit 2, before the run directory exists."""
+    out = tmp_path / "run"
+    result = _invoke(
+        "probe", "--model", tiny_llama, "--data-file", csv_file, "--template", template,
+        "--no-chat", "--id-field", "id", "--run-dir", out, "--quiet",
+    )  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and message in text, text
+    assert "Traceback" not in result.output and not out.exists()

@@ -25,9 +25,14 @@ def template_fields(template: str) -> list[str]:
             f"--template is not a valid template ({e}); write fields as {{name}}"
         ) from None
     names = []
-    for _, name, _, _ in parsed:
+    for _, name, _, conversion in parsed:
         if name is None:
             continue
+        if conversion not in (None, "r", "s", "a"):
+            raise UserError(
+                f"--template has an unknown conversion '!{conversion}' in '{{{name}}}'; use "
+                f"!r, !s or !a, or none: {{{name}}}"
+            )
         base = name.split(".")[0].split("[")[0]
         if not base or base.isdigit():
             raise UserError(
@@ -92,7 +97,14 @@ class TextSource:
         """The row's text, or its chat messages (a list of role/content objects); every text
         read is checked by :func:`text_of`."""
         if self.template is not None:
-            return _CheckedFormatter(where).format(self.template, **row)
+            try:
+                return _CheckedFormatter(where).format(self.template, **row)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+                # a format spec, conversion or index the row's value does not take
+                raise UserError(
+                    f"{where}: --template cannot format this row ({type(e).__name__}: {e}); "
+                    "drop the format spec, conversion or index, e.g. write {difficulty}"
+                ) from None
         if self.text_field is not None:
             return text_of(row[self.text_field], f"{where}: --text-field '{self.text_field}'")
         field = f"{where}: --messages-field '{self.messages_field}'"
