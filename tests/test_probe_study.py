@@ -71,10 +71,11 @@ def questions_run(tiny_llama, tmp_path_factory):
 def test_per_example_metrics_equal_output_hidden_states(template_run, sample_rows, tiny_llama):
     samples = pd.read_parquet(template_run / "tables" / "samples.parquet")
     ids = [r["id"] for r in sample_rows]
+    # the question's column, then the data's others as given
     assert list(samples.columns) == [
         "id", "prompt", "difficulty", "text", "answer", "multi_step", "operation", "pair",
         "phrasing", "n_prompt_tokens", "layer", "position", *NAMES,
-    ]  # fmt: skip (the question's column, then the data's others as given)
+    ]  # fmt: skip
     assert (
         len(samples) == 4 * len(ids) and not samples.duplicated(["id", "layer", "position"]).any()
     )
