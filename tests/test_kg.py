@@ -300,6 +300,7 @@ def test_an_unbalanceable_split_falls_back_to_frequency_negatives(graph):
     assert len(medium) == g.stats["pool_available"]["ood_medium"] > 0
     assert all(len(set(q.options)) == 10 and q.options[q.gold] == q.t for q in medium)
 
+
 def test_text_format():
     assert kg.fact_text(17, 3, 2051) == "Q17 P3 Q2051"
     assert kg.prompt_text(17, 3) == "Q17 P3 "

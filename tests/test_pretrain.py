@@ -537,6 +537,7 @@ def test_checkpoint_follows_the_umask_and_rank_eval_is_timed_apart(finished):
     assert {"save", "rank_eval"} <= set(timings)
     assert (finished / "tables" / "rank.csv").is_file()
 
+
 def test_unwritable_run_dir_exits_2(cli, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
