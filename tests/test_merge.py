@@ -169,3 +169,28 @@ def test_killed_merge_restarts_to_the_same_result(cli, tiny_llama, tmp_path, mon
     # a directory holding another run is refused, and left as it was
     result = cli("merge", *shards, "--out", whole, "--quiet")
     assert result.exit_code == 2 and "not a merge of these shards" in result.output
+
+
+def test_merge_refuses_a_damaged_shard_naming_it(cli, tiny_llama, tmp_path):
+    """Issue 23.12: a shard lacking config.yaml is named (not --config blamed); one whose
+    shard tables were deleted is refused rather than probed again by the merge."""
+    import shutil
+
+    args = ["qa", "rankmath", "--model", tiny_llama, "--limit", "2", "--layers", "-1"]
+    args += ["--metrics", "l1", "--n-boot", "20", "--quiet"]
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, run in enumerate(shards):
+        assert cli(*args, "--shard", f"{i}/2", "--run-dir", run).exit_code == 0
+    out = tmp_path / "merged"
+    config = (shards[1] / "config.yaml").read_text()
+    (shards[1] / "config.yaml").unlink()
+    result = cli("merge", *shards, "--out", out)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "shard1 has no config.yaml" in text, text
+    assert "--config" not in text and not out.exists()
+    (shards[1] / "config.yaml").write_text(config)
+    shutil.rmtree(shards[1] / "tables" / "shards")
+    result = cli("merge", *shards, "--out", out)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "shard1 has no finished work in tables/shards/" in text
+    assert not out.exists()

@@ -125,6 +125,23 @@ def check_shards(run_dirs: Sequence[Path]) -> ShardSet:
             "(--shard I/N) and pass every shard's run directory"
         )
     runs = [found[i][0] for i in range(count)]
+    for run in runs:
+        if not (run / "config.yaml").is_file():
+            raise UserError(
+                f"{run} has no config.yaml (the options it ran with); the shard run is "
+                "damaged: run that shard again into a new --run-dir and merge that one"
+            )
+    work = [_work_tables(run) for run in runs]
+    every = set().union(*work)
+    for i, (run, tables) in enumerate(zip(runs, work, strict=True)):
+        if found[i][1]["shard"].get("examples") == 0:  # a shard with no examples: no work
+            continue
+        if missing := sorted(every - tables):
+            raise UserError(
+                f"{run} has no finished work in tables/shards/{missing[0]} (deleted?), which "
+                "merge would have to probe again; run that shard again into a new --run-dir "
+                "and merge that one"
+            )
     selections = [_selection(run) for run in runs]
     for run, selection in zip(runs[1:], selections[1:], strict=True):
         if not selection.equals(selections[0]):
@@ -211,6 +228,14 @@ def copy_work(shards: ShardSet, rd: RunDir) -> None:
         for table_dir in sorted((run / "tables" / "shards").glob("*")):
             if table_dir.is_dir() and (work := source.read_shards(table_dir.name)) is not None:
                 rd.append_shard(table_dir.name, work)
+
+
+def _work_tables(run: Path) -> set[str]:
+    """The tables of which ``run`` holds finished pieces of work (``tables/shards/<table>``)."""
+    shards = run / "tables" / "shards"
+    return {
+        d.name for d in (shards.iterdir() if shards.is_dir() else []) if any(d.glob("*.parquet"))
+    }
 
 
 def _selection(run: Path) -> pd.DataFrame:
