@@ -701,3 +701,20 @@ def test_missing_data_file_is_told_before_the_slow_imports(tmp_path):
     code_, torch_loaded, message = out.stdout.strip().split(" ", 2)
     assert code_ == "2" and torch_loaded == "False", out.stdout + out.stderr
     assert "nope.csv does not exist; name an existing data file" in message
+
+
+def test_a_path_component_over_255_bytes_is_one_line(cli, tiny_llama, tmp_path):
+    """Issue 23.11: a name over 255 bytes in --run-dir, report, plot or merge is one line,
+    exit 2, not an OSError traceback."""
+    long = tmp_path / ("a" * 300)
+    for args in (
+        ["plot", long],
+        ["report", long],
+        ["merge", long, "--out", tmp_path / "m"],
+        ["probe", "--model", tiny_llama, "--limit", "1", "--run-dir", long / "r", "--quiet"],
+    ):
+        result = cli(*args)
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "a path is too long (" in text, (args, text)
+        assert "may have at most 255 bytes; choose a shorter name" in text
+    assert not (tmp_path / "m").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import re
@@ -79,7 +80,17 @@ def command(func):
     def wrapper(*args, **kwargs):
         setup_logging(bool(kwargs.get("quiet", False)))
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except OSError as e:
+                if e.errno != errno.ENAMETOOLONG:
+                    raise
+                name = str(e.filename or "")
+                shown = name if len(name) <= 80 else f"{name[:40]}...{name[-30:]}"
+                raise UserError(
+                    f"a path is too long ({shown}): a file or directory name may have at most "
+                    "255 bytes; choose a shorter name"
+                ) from None
         except UserError as e:
             console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
