@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -362,9 +363,11 @@ def test_plot_rebuilds_figures(finished, cli, tmp_path):
     result = cli("plot", finished)
     assert result.exit_code == 0, result.output
     assert (finished / "figures" / "dynamics_layer-1.png").is_file()
-    result = cli("plot", finished, finished, "--out", tmp_path)
+    twin = tmp_path / "twin"  # a run named twice is one run: compare it with a copy
+    shutil.copytree(finished, twin)
+    result = cli("plot", finished, twin, "--out", tmp_path / "cmp")
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "pretrain_compare.png").is_file()
+    assert (tmp_path / "cmp" / "pretrain_compare.png").is_file()
 
 
 def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
