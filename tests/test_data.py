@@ -178,3 +178,16 @@ def test_no_user_data_is_the_bundled_probe_sample_loudly(caplog):
         if r["phrasing"] == "symbolic":
             expr = r["text"].removeprefix("What is ").removesuffix("?")
             assert eval(expr.replace("×", "*").replace("÷", "/")) == r["answer"], r["id"]
+
+
+def test_invalid_utf8_in_jsonl_is_warned_naming_the_row(tmp_path, caplog):
+    """Issue 23.12: bytes that are not UTF-8 become U+FFFD with a warning naming the line,
+    not silently."""
+    path = tmp_path / "d.jsonl"
+    rows = [json.dumps(r).encode() for r in registry.load(MATH).rows[:3]]
+    rows[1] = rows[1][:-1] + b', "x": "a\xffb"}'
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with caplog.at_level(logging.WARNING, logger="entrain"):
+        data = registry.load(MATH, path)
+    assert data.rows[1]["x"] == "a\ufffdb"
+    assert "d.jsonl, line 2: bytes that are not UTF-8, read as U+FFFD" in caplog.text

@@ -328,7 +328,9 @@ def read_data_file(
         raise UserError(
             f"{option} {path}: unsupported type '{suffix}'; use .jsonl, .json, .csv or .parquet"
         )
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    _warn_invalid_utf8(raw, f"{option} {path}")
     if suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -358,6 +360,30 @@ def read_data_file(
         lines.append(lineno)
     _check_fields(rows, spec, f"{option} {path}", line_of=lambda i: lines[i])
     return rows
+
+
+def _warn_invalid_utf8(raw: bytes, where: str) -> None:
+    """A warning naming the lines whose bytes are not UTF-8 (read with U+FFFD in their place),
+    never a silent change of the text."""
+    try:
+        raw.decode("utf-8")
+        return
+    except UnicodeDecodeError:
+        pass
+    bad = []
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(lineno)
+    more = f" (and {len(bad) - 1} more line(s))" if len(bad) > 1 else ""
+    log.warning(
+        "%s, line %d%s: bytes that are not UTF-8, read as U+FFFD (the replacement "
+        "character); save the file as UTF-8 to keep that text",
+        where,
+        bad[0],
+        more,
+    )
 
 
 def sample_path(spec: DatasetSpec) -> Path:
