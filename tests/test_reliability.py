@@ -5,6 +5,7 @@ bad input and dying processes end in one line (exit 2) with the run left resumab
 """
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -718,3 +719,24 @@ def test_a_path_component_over_255_bytes_is_one_line(cli, tiny_llama, tmp_path):
         assert result.exit_code == 2 and "a path is too long (" in text, (args, text)
         assert "may have at most 255 bytes; choose a shorter name" in text
     assert not (tmp_path / "m").exists()
+
+
+def test_analyze_on_a_damaged_tokens_table_is_one_line(cli, corr_run, tmp_path):
+    """Issue 23.11: correlate-analyze on a damaged tables/tokens.parquet is one line, exit 2,
+    naming the fix, and keeps the old analysis; the fix it names works."""
+    run = tmp_path / "R"
+    shutil.copytree(corr_run, run)
+    tokens = run / "tables" / "tokens.parquet"
+    whole = tokens.read_bytes()
+    before = _analysis_files(run)
+    tokens.write_bytes(whole[: len(whole) // 2])
+    result = cli("correlate-analyze", run, "--quiet")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "tokens.parquet does not read (" in text, text
+    assert f"entrain correlate --resume --run-dir {run}" in text
+    assert "Traceback" not in result.output and _analysis_files(run) == before
+    pd.read_parquet(io.BytesIO(whole)).drop(columns="stops").to_parquet(tokens)
+    result = cli("correlate-analyze", run, "--quiet")
+    assert result.exit_code == 2 and "has no column(s) stops" in " ".join(result.output.split())
+    assert cli("correlate", "--resume", "--run-dir", run, "--quiet").exit_code == 0
+    assert cli("correlate-analyze", run, "--quiet").exit_code == 0

@@ -40,7 +40,15 @@ def analyze_run(run_dir: Path, min_nucleus: int, bins: int, n_boot: int, seed: i
     path = run_dir / "tables" / "tokens.parquet"
     if not path.is_file():
         raise UserError(f"{run_dir} has no tables/tokens.parquet; finish it with --resume")
-    tokens = pd.read_parquet(path)
+    fix = f"rebuild it from the run's shards with entrain correlate --resume --run-dir {run_dir}"
+    try:
+        tokens = pd.read_parquet(path)
+    except Exception as e:  # cut short or damaged: pyarrow's own error types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} does not read ({first}); {fix}") from None
+    missing = [c for c in ("id", "nucleus_size", X, Y) if c not in tokens.columns]
+    if missing:
+        raise UserError(f"{path} has no column(s) {', '.join(missing)}; {fix}")
     points = stats.pool_tokens(tokens, X, Y, min_nucleus)
     corr = stats.correlate(points[X], points[Y], groups=points["id"], n_boot=n_boot, seed=seed)
     if corr["n_dropped_nonfinite"]:
