@@ -740,3 +740,24 @@ def test_analyze_on_a_damaged_tokens_table_is_one_line(cli, corr_run, tmp_path):
     assert result.exit_code == 2 and "has no column(s) stops" in " ".join(result.output.split())
     assert cli("correlate", "--resume", "--run-dir", run, "--quiet").exit_code == 0
     assert cli("correlate-analyze", run, "--quiet").exit_code == 0
+
+
+def test_hub_offline_by_the_user_is_said_not_the_network(cli, tmp_path, monkeypatch):
+    """Issue 22.7: with HF_HUB_OFFLINE=1 a hub model not in the cache is blamed on that
+    setting (with the way out: a local path), not on the network or HF_TOKEN."""
+    import huggingface_hub
+
+    from entrainment_cli import hub
+
+    def snapshot_download(repo_id, allow_patterns):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(hub, "_unreachable", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli("qa", "rankmath", "--model", "org/tiny", "--run-dir", tmp_path / "r", "--quiet")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "not in the Hugging Face cache and the hub is offline by HF_HUB_OFFLINE=1" in text
+    assert "--model PATH" in text and "HF_TOKEN" not in text and "network," not in text
+    assert not (tmp_path / "r").exists()

@@ -441,9 +441,10 @@ def load(
             all_rows = read_data_file(path, spec)
             log.warning(
                 "could not load %s from the hub or its cache (%s); using the bundled sample "
-                "%s (%s rows): results are a smoke test, not the study",
+                "%s (%s rows): results are a smoke test, not the study; pass --data-file "
+                "for the study",
                 spec.hub_id,
-                type(e).__name__,
+                hub.offline_reason() or type(e).__name__,
                 path.name,
                 len(all_rows),
             )

@@ -155,6 +155,12 @@ def resolve_model(spec: str | None, weights: bool = True) -> ResolvedModel:
         patterns = [*HUB_FILES, "*.safetensors"] if weights else HUB_FILES
         local = snapshot_download(spec, allow_patterns=patterns)
     except Exception as e:  # network, auth, unknown repo: all end the same way for the user
+        if (offline := hub.offline_reason()) is not None:
+            raise UserError(
+                f"model '{spec}' is not in the Hugging Face cache and {offline}; pass a local "
+                "model directory or .gguf file with --model PATH (or unset HF_HUB_OFFLINE on a "
+                "machine with network to download it once)"
+            ) from None
         raise UserError(
             f"model '{spec}' not found: no local directory or .gguf file of that name, and the "
             f"Hugging Face hub (or its cache) could not provide it ({type(e).__name__}); "
