@@ -28,6 +28,7 @@ def merge(
     options; every shard 0..N-1 exactly once; each finished), puts their finished work in the
     new run and redoes the analysis and figures there over all examples. The model is loaded
     again (its tokenizer and config are needed), but nothing is generated or probed again.
+    A stopped merge is finished by the same command again, with the same --out.
     """
     from ..pipeline import merge_study
 
