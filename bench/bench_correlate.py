@@ -294,9 +294,9 @@ def run_ours(engine: str, model_spec, run_dir: Path, args) -> dict:
     cores = (time.process_time() - cpu0) / wall  # this process only: not vLLM's engine
     manifest = read_manifest(path)
     timings = manifest["timings"]
-    gen_s, probe_s = timings["generate"]["seconds"], timings["probe"]["seconds"]
+    gen_s, probe_s = timings["generate"]["seconds"], timings["token_probe"]["seconds"]
     tokens = timings["generate"]["tokens"]
-    assert tokens == timings["probe"]["tokens"] == manifest["counts"]["tokens"]
+    assert tokens == timings["token_probe"]["tokens"] == manifest["counts"]["tokens"]
     seconds = gen_s + probe_s
     table = pd.read_parquet(path / "tables" / "tokens.parquet")
     return {
