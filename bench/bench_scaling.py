@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the bundled math500 sample, with
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from bench_probe import token_lists  # noqa: E402  (bench/ is on sys.path)
 from common import RANDOM_CONFIGS, RESULTS  # noqa: E402
 
@@ -114,6 +115,8 @@ def shard_worker(args: argparse.Namespace) -> None:
         resume=False,
     )
     with run as rd:
+        # what a study's shard holds and merge checks for: the options it ran with
+        rd.write_text("config.yaml", yaml.safe_dump(dict(rd.manifest["identity"])))
         keep = merge.record_selection(rd, shard, ids)
         examples = pd.DataFrame({"id": [ids[i] for i in keep]})
         probe = HiddenProbe(model, [-1], ["last-prompt"])
