@@ -319,6 +319,7 @@ def _shard_run(root: Path, index: int, count: int, identity=None, ids=IDS, done=
     )
     with rd:
         rd.update(seed=0, model={"weights_sha256": "w"}, dataset={"fingerprint": "fp"})
+        rd.write_text("config.yaml", "seed: 0\n")  # a study's shard holds its options
         keep = merge.record_selection(rd, Shard(index, count), ids)
         rows = [(ids[i], layer) for i in keep for layer in (0, -1)]
         rd.write_table(
