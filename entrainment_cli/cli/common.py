@@ -21,9 +21,14 @@ def print_done(run_dir: Path, log_to: str | None = None) -> None:
     """Write the run's one-page report and results.json (and log it to a tracker), print its
     key results, then say where all went (paths on one line each, never wrapped: a log can
     be grepped for ``report:``)."""
+    import logging
+    import time
+
     from ..plots.report import finish_run
 
+    start = time.perf_counter()
     report, run, tracked = finish_run(run_dir, log_to)
+    logging.getLogger("entrain").info("report written in %.1f s", time.perf_counter() - start)
     results_table(run)
     console.print(
         f"[green]done:[/] {run_dir}\n  tables:  {run_dir / 'tables'}\n"
