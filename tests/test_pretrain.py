@@ -568,3 +568,28 @@ def test_unwritable_run_dir_exits_2(cli, tmp_path):
 def test_bad_options_exit_2(cli, tmp_path, option, value):
     result = cli("pretrain", "--llm-size", "llama-1-1", *GRAPH, option, value)
     assert result.exit_code == 2 and option in result.output
+
+
+def test_killed_in_the_rank_evaluation_resumes_to_every_stage(finished, tmp_path, monkeypatch):
+    """Issue 23.7: stopped in its final stage (the rank evaluation), a run is not 'finished':
+    --resume does the rank evaluation and the checkpoint, and its tables equal the whole run's."""
+    from entrainment_cli.pretrain import run as pretrain_run
+
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(pretrain_run, "_rank_eval", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            _invoke(*RUN, "--run-dir", out, "--save-every", "20")
+    assert read_manifest(out)["status"] == "failed" and not (out / "tables" / "final.csv").exists()
+    result = _invoke(*RUN, "--run-dir", out, "--save-every", "20", "--resume")
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m["status"] == "done" and m["model"]["weights_sha256"] and not (out / "resume").exists()
+    for table in ("final.csv", "rank.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / "tables" / table), pd.read_csv(finished / "tables" / table)
+        )

@@ -344,7 +344,6 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         rd.write_table("eval", evals)
         dyn = evaluate.dynamics(evals, metric_names)
         rd.write_table("dynamics", dyn)
-        rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
         rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
     if cfg.rank_eval:
         with rd.stage("rank_eval"):
@@ -352,6 +351,9 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
     shutil.rmtree(state_path.parent, ignore_errors=True)
     resolved = models.ResolvedModel(str(checkpoint), checkpoint, "local")
     rd.update(model={**resolved.identity(), "params": n_params, "llm_size": cfg.llm_size})
+    # last: final.csv marks the run finished, so a run killed in its rank evaluation or
+    # checkpoint resumes them (from the saved state, its training already done)
+    rd.write_text("tables/final.csv", dyn[dyn.step == cfg.steps].to_csv(index=False))
     final = dyn[(dyn.step == cfg.steps) & (dyn.layer == layers[0])]
     for row in final.itertuples():
         log.info(
