@@ -45,12 +45,6 @@ def _vectors(run_dir: Path, part: pd.DataFrame, layer: int, position: str) -> np
     return x[rows].astype(np.float64)
 
 
-def _scored(values: np.ndarray, y: np.ndarray, kind: str, groups, n_boot: int, seed: int):
-    keep = np.isfinite(values) & np.isfinite(y)
-    units = None if groups is None else np.asarray(groups)[keep]
-    return controls.score_prediction(values[keep], y[keep], kind, units, n_boot, seed)
-
-
 def ceiling_table(
     run_dir: Path,
     samples: pd.DataFrame,
@@ -78,14 +72,16 @@ def ceiling_table(
         )
         best = None
         for metric in metrics:
-            scored = _scored(part[metric].to_numpy(dtype=np.float64), y, kind, g, n_boot, seed)
+            scored = controls.score_prediction(
+                part[metric].to_numpy(dtype=np.float64), y, kind, g, n_boot, seed
+            )
             strength = abs(scored["value"] - (0.5 if kind == "binary" else 0.0))
             if np.isfinite(strength) and (best is None or strength > best[0]):
                 best = (strength, metric, scored)
         if best is not None:
             records.append({**where, "scorer": "best metric", "name": best[1], **best[2]})
         length = part[controls.LENGTH].to_numpy(dtype=np.float64)
-        scored = _scored(length, y, kind, g, n_boot, seed)
+        scored = controls.score_prediction(length, y, kind, g, n_boot, seed)
         records.append({**where, "scorer": "prompt length", "name": controls.LENGTH, **scored})
     return pd.DataFrame.from_records(records)
 

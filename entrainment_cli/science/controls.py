@@ -234,8 +234,13 @@ def lexical_baseline(
 def score_prediction(
     pred: np.ndarray, y: np.ndarray, kind: str, groups, n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """A cross-validated prediction scored like a metric: Spearman rho with the label (numeric)
-    or AUROC for the label's 1s (two-valued), with a bootstrap CI over units."""
+    """A cross-validated prediction (or any score) scored like a metric: Spearman rho with the
+    label (numeric) or AUROC for the label's 1s (two-valued), with a bootstrap CI over units;
+    pairs with a non-finite value are left out."""
+    pred, y = np.asarray(pred, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(pred) & np.isfinite(y)
+    pred, y = pred[keep], y[keep]
+    groups = None if groups is None else np.asarray(groups)[keep]
     if kind == "binary":
         pos, neg = pred[y == 1], pred[y == 0]
         rank = stats.rank_test(pos, neg)
@@ -362,11 +367,7 @@ def baselines_table(
     g = None if groups is None else frame[groups].to_numpy()
     records = []
     for name in LENGTHS:
-        x = frame[name].to_numpy(dtype=np.float64)
-        keep = np.isfinite(x) & np.isfinite(y)
-        scored = score_prediction(
-            x[keep], y[keep], kind, None if g is None else g[keep], n_boot, seed
-        )
+        scored = score_prediction(frame[name].to_numpy(), y, kind, g, n_boot, seed)
         records.append({"baseline": name, "label": label, **scored, "cv_folds": 0})
     if text is not None:
         lexical = lexical_baseline(frame[text], y, kind, g, n_boot, seed)
