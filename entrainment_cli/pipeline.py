@@ -216,24 +216,26 @@ class ProbeStudy:
         if self.positions is not None:
             resolved["positions"] = check_positions(self.positions(cfg))
         resolved["metrics"] = names
-        return Prepared(data, [spec.name], resolved, frame, selection=selection)
-
-    def execute(self, rd: RunDir, cfg: Any, setup: Setup, prep: Prepared) -> None:
-        """Load the model, build each row's prompt, tokenize (rows too long are skipped and
-        counted), probe the ``samples`` table, then the study's analysis."""
-        frame, r = prep.state, prep.resolved
-        positions = r.get("positions", ["last-prompt"])
-        model, tokenizer = load_model(rd, setup)
+        tokenizer, config = prompt_tokenizer(setup)
         built = [self.prompt(tokenizer, row) for row in frame.itertuples(index=False)]
         frame["prompt"] = [text for text, _ in built]
-        tokens = tokenize_prompts(frame, tokenizer, model)
+        tokens = tokenize_prompts(frame, tokenizer, config)
+        state = (frame, tokens, built[0][1])
+        return Prepared(data, [spec.name], resolved, state, selection=selection)
+
+    def execute(self, rd: RunDir, cfg: Any, setup: Setup, prep: Prepared) -> None:
+        """Load the model, probe the ``samples`` table with the prompts ``prepare`` built and
+        tokenized (rows too long are skipped and counted), then the study's analysis."""
+        (frame, tokens, prompt_format), r = prep.state, prep.resolved
+        positions = r.get("positions", ["last-prompt"])
+        model, tokenizer = load_model(rd, setup)
         probe = HiddenProbe(model, layers=r["layers"], positions=positions)
         columns = list(self.columns)
         already_done = probe_samples(
             rd, cfg, frame[columns], tokens, probe, r["metrics"], tokenizer.pad_token_id
         )
         rd.update(
-            prompt_format=built[0][1],
+            prompt_format=prompt_format,
             counts={
                 **self.counts(frame),
                 "skipped_too_long": len(tokens.skipped),
@@ -380,17 +382,19 @@ def check_positions(positions: Sequence[str]) -> list[str]:
     return out
 
 
-def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
-    """Indices of prompts that do not fit the context of ``model`` (a model or its config) with
-    ``reserve`` tokens to spare, reported once: they are skipped and counted, never truncated."""
-    config = getattr(model, "config", model)
-    limit = getattr(config, "max_position_embeddings", None) or 10**12
-    out = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
-    if out:
-        log.warning(
-            "skipping %d prompt(s) longer than the model's context (%s tokens)", len(out), limit
-        )
-    return out
+def prompt_tokenizer(setup: Setup):
+    """(tokenizer, model config) from the model's directory, without its weights: ``prepare``
+    builds and measures the prompts with them before the run directory exists."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    models.quiet_transformers()
+    path = setup.resolved.path
+    return AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
+
+
+def context_limit(model) -> int | None:
+    """The context length of ``model`` (a model or its config); None: not declared."""
+    return getattr(getattr(model, "config", model), "max_position_embeddings", None)
 
 
 class Tokenized(NamedTuple):
@@ -400,12 +404,26 @@ class Tokenized(NamedTuple):
 
 
 def tokenize_prompts(frame: pd.DataFrame, tokenizer, model, reserve: int = 0) -> Tokenized:
-    """Tokenize ``frame["prompt"]`` (no special tokens: the prompt text holds its own), set
-    ``frame["n_prompt_tokens"]``, and find the rows that do not fit ``model``'s context (a
-    model or its config) with ``reserve`` tokens to spare (see :func:`too_long`)."""
+    """Tokenize ``frame["prompt"]`` (no special tokens: the prompt text holds its own) and set
+    ``frame["n_prompt_tokens"]``. Rows that do not fit ``model``'s context (a model or its
+    config) with ``reserve`` (``--max-tokens``) tokens to spare are skipped and counted, never
+    truncated; when no row fits, a UserError says so."""
     token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in frame["prompt"]]
-    frame["n_prompt_tokens"] = [len(t) for t in token_lists]
-    skipped = too_long(model, frame["n_prompt_tokens"], reserve)
+    n_tokens = [len(t) for t in token_lists]
+    frame["n_prompt_tokens"] = n_tokens
+    limit = context_limit(model) or 10**12
+    skipped = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
+    if skipped and len(skipped) == len(frame):
+        spare = f" with --max-tokens {reserve} to spare" if reserve else ""
+        raise UserError(
+            f"none of the {len(frame)} prompt(s) fits the model's context of {limit} tokens"
+            f"{spare} (the shortest has {min(n_tokens)} tokens); use shorter texts"
+            f"{', a lower --max-tokens' if reserve else ''} or a model with a longer context"
+        )
+    if skipped:
+        log.warning(
+            "skipping %d prompt(s) longer than the model's context (%s tokens)", len(skipped), limit
+        )
     return Tokenized(token_lists, skipped, [i for i in range(len(frame)) if i not in skipped])
 
 

@@ -523,7 +523,7 @@ def test_layers_out_of_range_is_one_line(cli, tiny_llama, tmp_path, study):
         (["deepmath", "--sample", "0"], "--sample must be at least 1"),
         (["conflict", "--metrics", "l1,spikiness"], "unknown metric 'spikiness'"),
         (["accuracy", "--max-tokens", "0"], "--max-tokens must be at least 1"),
-        (["accuracy"], "no prompt leaves room for --max-tokens 1024 in the model's context"),
+        (["accuracy"], "fits the model's context of 512 tokens with --max-tokens 1024 to spare"),
     ],
 )  # fmt: skip
 def test_bad_options_are_one_line(cli, tiny_llama, tmp_path, args, message):

@@ -575,6 +575,27 @@ def test_bad_data_file_rows_name_row_and_field(cli, tiny_llama, tmp_path, rows, 
     assert not (tmp_path / "R").exists()
 
 
+def test_every_row_too_long_is_refused_before_the_run_exists(cli, tiny_llama, tmp_path):
+    """Issue 23.12: rows that cannot fit the context (512 tokens here) are found while the data
+    are checked, so a run of nothing but such rows leaves no run directory behind."""
+    long_text = "word " * 700
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"text": long_text, "y": i}) + "\n" for i in range(3)))
+    result = cli("probe", "--model", tiny_llama, "--data-file", data, "--text-field", "text",
+                 "--run-dir", tmp_path / "P", "--quiet")  # fmt: skip
+    _one_error(result, "none of the 3 prompt(s) fits the model's context of 512 tokens")
+    assert not (tmp_path / "P").exists()
+    result = cli("probe", "--model", tiny_llama, "--data-file", data, "--text-field", "text",
+                 "--max-tokens", "8", "--run-dir", tmp_path / "P", "--quiet")  # fmt: skip
+    _one_error(result, "with --max-tokens 8 to spare", "a lower --max-tokens")
+    good = {"problem": long_text, "solution": "2", "answer": "2", "subject": "a", "level": 1}
+    path = tmp_path / "math.json"
+    path.write_text(json.dumps([{**good, "unique_id": f"u{i}"} for i in range(2)]))
+    result = _rankmath(cli, tiny_llama, tmp_path / "R", "--data-file", path)
+    _one_error(result, "none of the 2 prompt(s) fits the model's context")
+    assert not (tmp_path / "R").exists()
+
+
 def test_run_dir_that_is_a_file(cli, tiny_llama, tmp_path):
     path = tmp_path / "R"
     path.write_text("keep me")

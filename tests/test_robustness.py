@@ -215,6 +215,23 @@ def test_export_writes_the_variants_the_run_used(cli, finished, tmp_path):
     assert result.exit_code == 2 and "use a .jsonl or .json file name" in result.stderr
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_an_exported_file_reads_back_as_data(cli, finished, tiny_llama, tmp_path, suffix):
+    """Issue 23.12: both files robustness-export writes are a --data-file of qa robustness
+    (question_id in every record; the .json's {"meta", "data"}), giving the same variants."""
+    path = tmp_path / f"noisy{suffix}"
+    args = ["--limit", PER_CATEGORY, "--seed", 3, "--out", path, "--quiet"]
+    assert cli("qa", "robustness-export", *args).exit_code == 0
+    records = json.loads(path.read_text())["data"] if suffix == ".json" else None
+    records = records or [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(r["question_id"] == r["id"] for r in records)
+    out = tmp_path / "again"
+    result = cli(*_args(tiny_llama, out, "--data-file", path, "--layers", "1,-1", "--seed", "3"))
+    assert result.exit_code == 0, result.output
+    again = pd.read_parquet(out / "tables" / "variants.parquet")
+    pd.testing.assert_frame_equal(again, pd.read_parquet(finished / "tables" / "variants.parquet"))
+
+
 def test_categories_per_category_and_noise_levels(cli, tiny_llama, tmp_path):
     out = tmp_path / "r"
     args = _args(tiny_llama, out, "--categories", "math,History", "--limit", "2")

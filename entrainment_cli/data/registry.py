@@ -290,6 +290,18 @@ def _groups(text: str) -> dict[str, list[dict]] | None:
     return None
 
 
+def _data_list(text: str) -> list[dict] | None:
+    """The rows of a JSON object whose ``data`` is a list of rows beside a ``meta`` object
+    (upstream's noisy MMLU-Pro file, and ``qa robustness-export``'s .json), else None."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(obj, dict) and set(obj) == {"meta", "data"} and isinstance(obj["data"], list):
+        return obj["data"]
+    return None
+
+
 def _flatten_groups(groups: dict[str, list[dict]]) -> list[dict[str, Any]]:
     """``{"group": [row, ...], ...}`` (the knowledge-conflict data.json layout) -> rows in file
     order, each keeping its group name in ``subject`` unless it has one."""
@@ -336,6 +348,10 @@ def read_data_file(
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{option} {path}: invalid JSON at line {e.lineno} ({e.msg})") from None
+        _check_fields(rows, spec, str(path))
+        return rows
+    rows = _data_list(text) if suffix == ".json" else None
+    if rows is not None:  # {"meta": ..., "data": [row, ...]}, as robustness-export writes
         _check_fields(rows, spec, str(path))
         return rows
     groups = _groups(text) if suffix == ".json" else None

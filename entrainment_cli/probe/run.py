@@ -190,22 +190,19 @@ def prepare(cfg: ProbeConfig, setup: pipeline.Setup) -> Prepared:
     by = examples[cfg.pair_id] if cfg.pair_id is not None else examples["id"]
     keep, selection = pipeline.take_shard(cfg, by)
     examples = examples.iloc[keep].reset_index(drop=True)
-    state = (examples, questions, sampling, warnings)
+    tokenizer, config = pipeline.prompt_tokenizer(setup)
+    built = [render(tokenizer, c, cfg.system, cfg.chat) for c in examples[CONTENT]]
+    examples = examples.drop(columns=CONTENT).assign(prompt=[text for text, _ in built])
+    tokens = pipeline.tokenize_prompts(examples, tokenizer, config, cfg.max_tokens)
+    state = (examples, tokenizer, tokens, built[0][1], questions, sampling, warnings)
     return Prepared(data, [data.spec.name], resolved, state, selection=selection)
 
 
 def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    examples, questions, sampling, warnings = prep.state
+    examples, tokenizer, tokens, prompt_format, questions, sampling, warnings = prep.state
     r = prep.resolved
     for warning in warnings:
         warn(rd, warning)
-    from transformers import AutoConfig, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
-    built = [render(tokenizer, c, cfg.system, cfg.chat) for c in examples[CONTENT]]
-    examples = examples.drop(columns=CONTENT).assign(prompt=[text for text, _ in built])
-    config = AutoConfig.from_pretrained(setup.resolved.path)
-    tokens = pipeline.tokenize_prompts(examples, tokenizer, config, cfg.max_tokens)
     asked = [*dict.fromkeys(questions.values())]
     others = [c for c in examples.columns if c not in ("id", "prompt", *asked, "n_prompt_tokens")]
     columns = ["id", "prompt", *asked, *others, "n_prompt_tokens"]
@@ -227,7 +224,7 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
         tokenizer.pad_token_id,
     )
     rd.update(
-        prompt_format=built[0][1],
+        prompt_format=prompt_format,
         counts={
             "examples": len(examples),
             "skipped_too_long": len(tokens.skipped),

@@ -50,18 +50,10 @@ def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
     problems["gold"] = problems["id"].map(gold)
     layers = pipeline.model_layers(setup.resolved, cfg.layers)
 
-    from transformers import AutoConfig, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
+    tokenizer, config = pipeline.prompt_tokenizer(setup)
     built = [build_prompt(tokenizer, p) for p in problems["problem"]]
     problems["prompt"] = [text for text, _ in built]
-    config = AutoConfig.from_pretrained(setup.resolved.path)
     tokens = pipeline.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
-    if not tokens.keep:
-        raise UserError(
-            f"no prompt leaves room for --max-tokens {cfg.max_tokens} in the model's context "
-            f"({config.max_position_embeddings} tokens); lower --max-tokens"
-        )
     resolved = {"layers": layers, "metrics": metric_names, "engine": kind}
     if cfg.generations:  # the samples' seed is part of what the run is
         resolved["seed"] = cfg.seed

@@ -23,7 +23,7 @@ from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
 from ..engines.probe import HiddenProbe
 from ..errors import UserError
-from ..pipeline import Prepared, finish_counts
+from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir
 from ..science import sparsity, stats
 from ..science.answers import parse_choice
@@ -98,29 +98,30 @@ def prepare(cfg: LongreasonConfig, setup: pipeline.Setup) -> Prepared:
     frame = frame.iloc[keep].reset_index(drop=True)
     layers = pipeline.model_layers(setup.resolved, cfg.layers)
     resolved = {"splits": splits, "layers": layers, "metrics": metric_names, "engine": kind}
+    tokenizer, config = pipeline.prompt_tokenizer(setup)
+    built = [
+        build_prompt(tokenizer, b, q) for b, q in zip(frame.background, frame.question, strict=True)
+    ]
+    frame["prompt"] = [text for text, _ in built]
+    # skipped, never truncated: a cut context may no longer hold what the question needs
+    tokens = pipeline.tokenize_prompts(frame, tokenizer, config, reserve=cfg.max_tokens)
     return Prepared(
         loaded,
         [spec.name, *splits],
         resolved,
-        frame,
+        (frame, tokens, built[0][1]),
         extra={"dataset_splits": {d.split: d.identity() for d in loaded}},
         selection=selection,
     )
 
 
 def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    frame = prep.state
+    frame, tokens, prompt_format = prep.state
     splits, layers, metric_names, kind = (
         prep.resolved[k] for k in ("splits", "layers", "metrics", "engine")
     )
     sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
     model, tokenizer = pipeline.load_model(rd, setup)
-    built = [
-        build_prompt(tokenizer, b, q) for b, q in zip(frame.background, frame.question, strict=True)
-    ]
-    frame["prompt"] = [text for text, _ in built]
-    # skipped, never truncated: a cut context may no longer hold what the question needs
-    tokens = pipeline.tokenize_prompts(frame, tokenizer, model, reserve=cfg.max_tokens)
     frame["skipped_too_long"] = [i in tokens.skipped for i in range(len(frame))]
     frame["n_prompt_chars"] = frame["prompt"].str.len()
     columns = ["id", "split", "example_idx", "n_prompt_tokens", "n_prompt_chars"]
@@ -146,7 +147,7 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prep
             rd, cfg, setup, engine, "answers", sampling, ids, tokens.token_lists, todo, min_step=8
         )
     rd.update(
-        prompt_format=built[0][1],
+        prompt_format=prompt_format,
         counts={
             "prompts": len(frame),
             "skipped_too_long": len(tokens.skipped),
@@ -154,13 +155,9 @@ def execute(rd: RunDir, cfg: LongreasonConfig, setup: pipeline.Setup, prep: Prep
         },
     )
     with rd.stage("analysis"):
-        samples = rd.read_in_order("samples", ["id", "layer"], ids)
-        if samples is None:
-            raise UserError(
-                "no prompt fits the model's context (all were skipped); use shorter "
-                "--splits or a model with a longer context"
-            )
-        samples = samples[[*columns, "layer", "position", *metric_names]]
+        samples = read_samples(
+            rd, ["id", "layer"], ids, [*columns, "layer", "position", *metric_names]
+        )
         rd.write_table("samples", samples)
         answers = answer_table(frame, rd.read_in_order("answers", ["id"], ids), tokenizer)
         rd.write_table("answers", answers)

@@ -191,6 +191,7 @@ def export_variants(cfg: RobustnessExportConfig) -> Path:
         records.append(
             {
                 "id": str(q.id),
+                "question_id": str(q.id),  # the field --data-file reads the id from
                 "area": q.area,
                 "category": q.category,
                 "question": q.question,
@@ -268,28 +269,29 @@ def prepare(cfg: RobustnessConfig, setup: pipeline.Setup) -> Prepared:
     noise_record = {lv.name: asdict(lv) for lv in levels}
     keep, selection = pipeline.take_shard(cfg, questions["id"])  # after the categories
     questions = questions.iloc[keep].reset_index(drop=True)
+    variants = make_variants(questions, levels, cfg.seed)
+    tokenizer, config = pipeline.prompt_tokenizer(setup)
+    prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
+    variants["prompt"] = list(prompts)
+    tokens = pipeline.tokenize_prompts(variants, tokenizer, config)
     return Prepared(
         data,
         [spec.name],
         resolved,
-        (questions, levels),
+        (questions, levels, variants, tokens, formats[0]),
         extra={"noise_levels": noise_record},
         selection=selection,
     )
 
 
 def execute(rd: RunDir, cfg: RobustnessConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    questions, levels = prep.state
+    questions, levels, variants, tokens, prompt_format = prep.state
     metric_names = prep.resolved["metrics"]
-    variants = make_variants(questions, levels, cfg.seed)
-    rd.write_table("variants", variants)
+    rd.write_table("variants", variants.drop(columns=["prompt", "n_prompt_tokens"]))
     rates = noise_rates(variants, levels)
     rd.write_text("tables/noise_rates.csv", rates.to_csv(index=False))
     model, tokenizer = pipeline.load_model(rd, setup)
-    prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
-    letter_ids = letter_token_ids(tokenizer, int(variants["n_options"].max()), formats[0])
-    variants["prompt"] = list(prompts)
-    tokens = pipeline.tokenize_prompts(variants, tokenizer, model)
+    letter_ids = letter_token_ids(tokenizer, int(variants["n_options"].max()), prompt_format)
     columns = ["id", "question_id", "category", "area", "noise", "n_options", "answer"]
     columns += ["prompt", "n_prompt_tokens"]
     already_done = pipeline.probe_samples(
@@ -302,7 +304,7 @@ def execute(rd: RunDir, cfg: RobustnessConfig, setup: pipeline.Setup, prep: Prep
         tokenizer.pad_token_id,
     )
     rd.update(
-        prompt_format=formats[0],
+        prompt_format=prompt_format,
         answer_letter_ids=letter_ids,
         counts={
             "questions": len(questions),
