@@ -1,15 +1,18 @@
 """Every confidence signal of a graded run scored against correctness, from its saved tables.
 
 One call at the end of a graded study's analysis (``correlate --grade``, ``qa accuracy``,
-``cot``) writes ``tables/signal_values.parquet`` (one row per example: correct, every signal),
-``tables/signals.csv`` (one row per signal: ROC-AUC, PR-AUC, PRR, AURC, ECE, Brier with
-bootstrap CIs, best PRR first) and ``tables/risk_coverage.csv``, then the figures.
+``cot``, ``probe --answer-field``) writes ``tables/signal_values.parquet`` (one row per
+example: correct, every signal), ``tables/signals.csv`` (one row per signal: ROC-AUC,
+PR-AUC, PRR, AURC, ECE, Brier with bootstrap CIs, best PRR first) and
+``tables/risk_coverage.csv``, then the figures.
 
 What each study has saved, and so what "answer" and "generation" mean there:
 
 - ``correlate --grade``: the probe's per-token table (log-prob, entropy, nucleus, STOPS,
   LogTokU, optional hidden-state metrics at generated positions); answer tokens are those
   spelling the parsed number (``answer_steps``), the generation is every generated token.
+- ``probe --answer-field``: the same per-token signals, answer tokens those spelling the
+  graded answer (tables/answers), plus the hidden-state sparsity of the prompt.
 - ``qa accuracy`` and ``cot``: the engine's log-prob of each generated token (no probe of the
   generation, so no entropy or nucleus); answer tokens are those spelling the content of the
   last ``\\boxed{}``; plus the hidden-state sparsity of the prompt's last token (``prompt_``).
@@ -43,7 +46,13 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
     command = manifest.get("command")
     tables = run_dir / "tables"
     if command == "correlate":
-        values = _correlate(tables)
+        prompts = pd.read_parquet(tables / "prompts.parquet")
+        values = _token_signals(prompts, tables, prompts["prompt_token_ids"].map(len))
+    elif command == "probe":  # --answer-field
+        graded = pd.read_parquet(tables / "answers.parquet")
+        values = _token_signals(graded, tables, graded["n_prompt_tokens"])
+        samples = pd.read_parquet(tables / "samples.parquet")
+        values = values.merge(_prompt_signals(samples), on="id", how="left")
     else:
         rd = RunDir(run_dir, manifest)
         if command == "qa accuracy":
@@ -100,14 +109,15 @@ def analyze_run(run_dir: Path, seed: int, n_boot: int = 1000, tokenizer=None) ->
     ]
 
 
-def _correlate(tables: Path) -> pd.DataFrame:
-    prompts = pd.read_parquet(tables / "prompts.parquet")
+def _token_signals(graded: pd.DataFrame, tables: Path, prompt_length: pd.Series) -> pd.DataFrame:
+    """The probe's per-token signals (tables/tokens) over each graded example's answer tokens
+    (``answer_steps``) and its whole generation, beside ``correct`` and the lengths."""
     tokens = pd.read_parquet(tables / "tokens.parquet")
-    steps = dict(zip(prompts["id"], prompts["answer_steps"], strict=True))
+    steps = dict(zip(graded["id"], graded["answer_steps"], strict=True))
     per = science.per_example(tokens, "id", {"answer": steps, "generation": None})
-    values = prompts[["id", "correct"]].merge(per, on="id", how="left")
-    values["prompt_length"] = prompts["prompt_token_ids"].map(len).astype(float).to_numpy()
-    values["response_length"] = prompts["n_tokens"].astype(float).to_numpy()
+    values = graded[["id", "correct"]].merge(per, on="id", how="left")
+    values["prompt_length"] = prompt_length.astype(float).to_numpy()
+    values["response_length"] = graded["n_tokens"].astype(float).to_numpy()
     return values
 
 

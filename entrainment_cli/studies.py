@@ -729,8 +729,21 @@ class ProbeConfig(RunOptions, VLLMParallel):
         identity=True,
         minimum=0,
     )
+    answer_field: str | None = option(
+        None,
+        "Field with each row's gold answer: grade the greedy answer (with --max-tokens; a "
+        "\\boxed{} by math-verify, a numeric gold by the last number, else the first line) and "
+        "score every signal against correctness: tables/answers, signals.csv.",
+        identity=True,
+        show_default=False,
+    )
     top_p: float = option(0.9, "Nucleus mass for sampling and STOPS, in (0, 1].", identity=True)
-    temperature: float = option(1.0, "Sampling temperature (0 = greedy).", identity=True, minimum=0)
+    temperature: float = option(
+        1.0,
+        "Sampling temperature (0 = greedy; --answer-field: always 0).",
+        identity=True,
+        minimum=0,
+    )
     engine: str = engine_option()
     batch_size: int = batch_size_option(8)
     device: str = device_option()

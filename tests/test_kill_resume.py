@@ -68,7 +68,7 @@ STUDIES = {
                  "--layers", "-1", "--batch-size", "2"],
     "correlate": ["correlate", "--limit", "6", "--engine", "hf", "--max-tokens", "6",
                   "--batch-size", "2"],
-    "cot": ["cot", "--curriculum", "--sample", "3", "--pool-size", "8", "--n-levels", "2",
+    "cot": ["cot", "--curriculum", "--sample", "3", "--pool-size", "9", "--n-levels", "3",
             "--max-tokens", "6", "--engine", "hf", "--batch-size", "2"],
     "pretrain": ["pretrain", "--llm-size", "llama-1-1", "--steps", "30", "--eval-every", "10",
                  "--save-every", "10", "--batch-size", "16", "--layers", "0,-1", "--num-test",

@@ -16,9 +16,9 @@ PANELS = ("Data", "Model", "Measurement", "Output", "Scale-out", "vLLM")
 _PANEL_OF = {
     "Data": """dataset data_file split subset limit sample categories noise splits text_field
         messages_field template system chat id_field label label_order group pair_id condition
-        reference pool_file pool_size prompting strategy curriculum shots n_levels entities
-        relations rules deductible_rules attach n_atomic n_derived negatives max_per_relation
-        num_test run_dirs""",
+        reference answer_field pool_file pool_size prompting strategy curriculum shots n_levels
+        entities relations rules deductible_rules attach n_atomic n_derived negatives
+        max_per_relation num_test run_dirs""",
     "Model": """model device dtype batch_size engine max_tokens temperature top_p llm_size steps
         lr warmup_ratio compile eval_batch_size save_every""",
     "Measurement": """layers positions metrics save_hidden grade rank_metric n_boot min_nucleus

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import pandas as pd
 
-from .. import pipeline, vectors
+from .. import pipeline, signals, vectors
 from ..data import registry
 from ..data.texts import TextSource, render
 from ..engines.generate import Sampling, resolve_kind
@@ -24,13 +24,14 @@ from ..engines.token_probe import TokenProbe
 from ..errors import UserError
 from ..pipeline import Prepared, finish_counts, read_samples
 from ..runs.rundir import RunDir, atomic_write_files
-from ..science import controls, labels, stats
+from ..science import answers, controls, labels, stats
 from ..studies import ProbeConfig
 
 log = logging.getLogger("entrain")
 
 SAMPLE = "probe"  # the registered dataset whose bundled sample stands in when no data is given
 CONTENT = "_content"  # the examples frame's column of each row's text or messages
+GOLD = "_gold"  # and of each row's --answer-field, as text
 # columns the per-example table writes itself: a question column may not take these names
 WRITTEN = ("id", "prompt", "n_prompt_tokens", "layer", "position")
 AGGREGATES = ("mean", "max")  # of each per-token metric over an example's generated tokens
@@ -120,7 +121,7 @@ def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tup
         split=cfg.split,
         subset=cfg.subset,
         id_field=cfg.id_field,
-        fields={**text.fields(), **questions},
+        fields={**text.fields(), **questions, **answer_fields(cfg)},
         default=SAMPLE,
     )
     keep = list(range(len(data.rows)))
@@ -134,6 +135,8 @@ def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tup
     ]
     for name in dict.fromkeys(questions.values()):
         frame[name] = [r[name] for r in rows]
+    if cfg.answer_field is not None:
+        frame[GOLD] = gold_answers(cfg.answer_field, rows, keep, data.location)
     warnings = []
     if cfg.label is not None:
         labels.label_kind(label_ranks(cfg, frame[cfg.label]))
@@ -155,6 +158,29 @@ def select(cfg: ProbeConfig, text: TextSource, questions: dict[str, str]) -> tup
         labels.comparisons(frame, cfg.pair_id, cfg.condition)
     check_reference(cfg, frame)
     return data, frame, warnings
+
+
+def answer_fields(cfg: ProbeConfig) -> dict[str, str]:
+    """--answer-field, checked to come with --max-tokens (grading needs an answer)."""
+    if cfg.answer_field is None:
+        return {}
+    if not cfg.max_tokens:
+        raise UserError("--answer-field grades generated answers: give --max-tokens N too")
+    return {"--answer-field": cfg.answer_field}
+
+
+def gold_answers(field: str, rows: list[dict], keep: list[int], location: str) -> list[str]:
+    """Each row's gold answer as text; an empty or structured one is a UserError naming it."""
+    out = []
+    for i, row in zip(keep, rows, strict=True):
+        value = row[field]
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or not str(value):
+            raise UserError(
+                f"{location} row {i}: --answer-field '{field}' is {json.dumps(value, default=str)}"
+                "; give every row a text or numeric gold answer, or drop the row"
+            )
+        out.append(str(value))
+    return out
 
 
 def check_reference(cfg: ProbeConfig, frame: pd.DataFrame) -> None:
@@ -182,8 +208,10 @@ def prepare(cfg: ProbeConfig, setup: pipeline.Setup) -> Prepared:
     }
     sampling = None
     if cfg.max_tokens:
-        sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
+        temperature = 0.0 if cfg.answer_field is not None else cfg.temperature  # graded: greedy
+        sampling = Sampling(temperature, cfg.top_p, cfg.max_tokens, cfg.seed)
         resolved["engine"] = resolve_kind(cfg.engine)
+        resolved["temperature"] = temperature
     questions = question_columns(cfg)
     data, examples, warnings = select(cfg, text_source(cfg), questions)
     # by pair: a pair's conditions stay together in one shard (the paired tests)
@@ -203,6 +231,7 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
     r = prep.resolved
     for warning in warnings:
         warn(rd, warning)
+    golds = examples.pop(GOLD) if GOLD in examples else None
     asked = [*dict.fromkeys(questions.values())]
     others = [c for c in examples.columns if c not in ("id", "prompt", *asked, "n_prompt_tokens")]
     columns = ["id", "prompt", *asked, *others, "n_prompt_tokens"]
@@ -231,10 +260,12 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
             "already_done": already_done,
         },
     )
-    per_token = None
+    per_token = generated = None
     if sampling is not None:
         ids = [examples["id"].iloc[i] for i in tokens.keep]
-        per_token = token_summary(rd, cfg, setup, model, tokenizer, examples[columns], ids)
+        per_token, generated = token_summary(
+            rd, cfg, setup, model, tokenizer, examples[columns], ids
+        )
     metrics = r["metrics"]
     with rd.stage("analysis"):
         keys = ["id", "layer", "position"]
@@ -245,8 +276,43 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
         for warning in constant_metrics(samples, metrics):
             warn(rd, warning)
         write_analysis(rd, cfg, samples, metrics, per_token)
+        graded = {}
+        if golds is not None:
+            gold = dict(zip(examples["id"], golds, strict=True))
+            answers = grade_answers(generated, gold, tokenizer, samples)
+            rd.write_table("answers", answers)
+            signals.analyze_run(rd.path, cfg.seed, cfg.n_boot)
+            graded = {"graded": len(answers), "correct": int(answers["correct"].sum())}
     nonfinite = pipeline.count_nonfinite(samples, metrics)
-    finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite)
+    finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite, **graded)
+
+
+def grade_answers(
+    generated: pd.DataFrame, gold: dict[str, str], tokenizer, samples: pd.DataFrame
+) -> pd.DataFrame:
+    """tables/answers: each generation graded against its gold (:func:`answers.grade_output`),
+    with the generated tokens that spell the answer (``answer_steps``, for the signals over
+    the answer) and the prompt and response lengths (the baselines)."""
+    prompt_tokens = samples.drop_duplicates("id").set_index("id")["n_prompt_tokens"]
+    records = []
+    for row in generated.itertuples(index=False):
+        text, offsets = answers.token_offsets(tokenizer, list(row.token_ids))
+        g = answers.grade_output(text, gold[row.id])
+        steps = [] if g.prediction is None else answers.answer_tokens(offsets, g.start, g.end)
+        records.append(
+            {
+                "id": row.id,
+                "gold": gold[row.id],
+                "prediction": g.prediction,
+                "answer_how": g.how,
+                "correct": g.correct,
+                "answer_steps": steps,
+                "n_answer_tokens": len(steps),
+                "n_prompt_tokens": int(prompt_tokens[row.id]),
+                "n_tokens": row.n_tokens,
+            }
+        )
+    return pd.DataFrame.from_records(records)
 
 
 def warn(rd: RunDir, warning: str) -> None:
@@ -278,10 +344,10 @@ def constant_metrics(samples: pd.DataFrame, metrics: list[str]) -> list[str]:
     return out
 
 
-def token_summary(rd, cfg, setup, model, tokenizer, examples, ids) -> pd.DataFrame:
+def token_summary(rd, cfg, setup, model, tokenizer, examples, ids) -> tuple[pd.DataFrame, ...]:
     """The per-token metrics of ``correlate`` over each generation (tables/prompts and
     tables/tokens), and their mean and max per example beside the example's columns
-    (tables/token_summary)."""
+    (tables/token_summary); returns (token_summary, prompts)."""
     pipeline.token_probe_stage(rd, cfg, TokenProbe(model, cfg.top_p), tokenizer, ids, setup.device)
     generated, per_token = pipeline.token_tables(rd, tokenizer, ids)
     gap = (per_token["engine_logprob"] - per_token["logprob"]).abs()
@@ -292,7 +358,7 @@ def token_summary(rd, cfg, setup, model, tokenizer, examples, ids) -> pd.DataFra
     )
     summary["n_tokens"] = summary["n_tokens"].fillna(0).astype(int)
     rd.write_table("token_summary", summary)
-    return summary
+    return summary, generated
 
 
 def write_analysis(

@@ -293,3 +293,43 @@ def math_equal(pred: str | None, gold: str) -> bool:
         return bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed))
     except Exception:  # math-verify raises on inputs sympy cannot handle: not equal
         return False
+
+
+# -- probe --answer-field: the user's gold, of any kind ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Graded:
+    prediction: str | None  # the answer as written in the output
+    start: int | None  # text[start:end] is the prediction
+    end: int | None
+    how: str  # boxed | json | hashes | last_number | first_line | none
+    correct: bool
+
+
+def _plain(s: str) -> str:
+    return re.sub(r"\s+", " ", s).strip().strip("\"'`*").rstrip(".!").strip().casefold()
+
+
+def grade_output(text: str, gold: str) -> Graded:
+    """Grade a free generation against a gold answer of any kind, by the first rule that
+    applies: a ``\\boxed{}`` in the output is compared by :func:`math_equal`; a numeric gold
+    with the output's final number (:func:`extract_answer`); any other gold with the output's
+    first non-empty line, ignoring case, surrounding quotes and spacing, and a final period.
+    No answer is never correct."""
+    span = boxed_span(text)
+    if span is not None:
+        pred = text[span[0] : span[1]]
+        return Graded(pred, *span, "boxed", math_equal(pred, gold))
+    number = parse_number(gold) if gold.strip() else None
+    if number is not None:
+        a = extract_answer(text)
+        if a.value is None:
+            return Graded(None, None, None, "none", False)
+        return Graded(text[a.start : a.end], a.start, a.end, a.how, is_correct(a.value, number))
+    line = re.search(r"\S[^\n]*", text)
+    if line is None:
+        return Graded(None, None, None, "none", False)
+    pred = line.group().rstrip()
+    start = line.start()
+    return Graded(pred, start, start + len(pred), "first_line", _plain(pred) == _plain(gold))
