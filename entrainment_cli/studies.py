@@ -609,6 +609,7 @@ class PretrainConfig(RunOptions):
     )
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
+    save_hidden: bool = save_hidden_option()  # the final evaluation's; shift.csv: ID vs OOD
     eval_batch_size: int = option(64, "Queries (x 10 options) per evaluation forward.", minimum=1)
     compile: str = option(
         "auto",

@@ -74,7 +74,7 @@ STUDIES = {
                  "--save-every", "10", "--batch-size", "16", "--layers", "0,-1", "--num-test",
                  "20", "--rank-eval", "3", "--entities", "200", "--relations", "10", "--rules",
                  "5", "--deductible-rules", "4", "--n-atomic", "400", "--n-derived", "400",
-                 "--dtype", "float32"],
+                 "--dtype", "float32", "--save-hidden"],
 }  # fmt: skip
 NO_MODEL = {"pretrain"}  # trains its own
 

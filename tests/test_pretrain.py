@@ -593,3 +593,34 @@ def test_killed_in_the_rank_evaluation_resumes_to_every_stage(finished, tmp_path
         pd.testing.assert_frame_equal(
             pd.read_csv(out / "tables" / table), pd.read_csv(finished / "tables" / table)
         )
+
+
+def test_save_hidden_keeps_the_final_vectors_and_scores_the_shift(tmp_path):
+    """Issue 21.3, pretrain: --save-hidden keeps the final evaluation's vectors (they give back
+    its metrics) and shift.csv scores ID against each OOD split, a metric's AUROC as sklearn's."""
+    from sklearn.metrics import roc_auc_score
+
+    from entrainment_cli.runs.hidden import read_hidden
+    from entrainment_cli.science import sparsity
+
+    out = tmp_path / "run"
+    args = [a if a != str(STEPS) else "20" for a in RUN]
+    result = _invoke(*args, "--eval-every", "10", "--save-hidden", "--run-dir", out)
+    assert result.exit_code == 0, result.output
+    evals = pd.read_parquet(out / "tables" / "eval.parquet")
+    final = evals[evals.step == 20]
+    for layer in (0, -1):
+        ids, x = read_hidden(out, "samples", layer, "last-prompt")
+        part = final[final.layer == layer].set_index("id")
+        assert ids == part.index.tolist()
+        got = sparsity.compute_metrics(torch.from_numpy(x.astype(np.float32)), METRICS)
+        for name in METRICS:
+            np.testing.assert_allclose(got[name].numpy(), part[name], rtol=2e-2, atol=1e-3)
+    shift = pd.read_csv(out / "tables" / "shift.csv")
+    assert set(shift.score) == {"md", "rmd", "n_prompt_tokens", *METRICS}
+    assert set(shift.positive) == {"ood_medium", "ood_hard"} and set(shift.reference) == {"id"}
+    row = shift[(shift.score == "l1") & (shift.positive == "ood_hard") & (shift.layer == -1)]
+    part = final[(final.layer == -1) & final.split.isin(["id", "ood_hard"])]
+    expected = roc_auc_score(part.split == "ood_hard", part["l1"])
+    assert row["auroc"].item() == pytest.approx(expected)
+    assert row["n_shifted"].item() == (part.split == "ood_hard").sum()

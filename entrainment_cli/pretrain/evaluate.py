@@ -66,6 +66,10 @@ class Evaluator:
             }
         )
 
+    def prompt_lengths(self) -> dict[str, int]:
+        """Each query's prompt length in tokens, by id (the length control)."""
+        return dict(zip(self.frame["id"], map(len, self.prompts), strict=True))
+
     def _scores(self, chunk: range) -> torch.Tensor:
         """[len(chunk), options] mean answer-token cross-entropy."""
         return self._score_rows([self.prompts[i] for i in chunk], [self.answers[i] for i in chunk])
@@ -138,8 +142,10 @@ class Evaluator:
         return pd.DataFrame(rows)
 
     @torch.inference_mode()
-    def __call__(self, step: int) -> pd.DataFrame:
-        """One row per (query, layer) at this training step."""
+    def __call__(self, step: int, keep_vectors: bool = False) -> pd.DataFrame:
+        """One row per (query, layer) at this training step. ``keep_vectors``: the probed
+        vectors stay in ``self.vectors`` ({(layer, "last-prompt"): [queries, d]}, float32),
+        for ``--save-hidden``."""
         was_training = self.model.training
         self.model.eval()
         with torch.autocast(
@@ -156,11 +162,17 @@ class Evaluator:
                 layer: {m: np.empty(len(self.queries)) for m in self.metrics}
                 for layer in self.layers
             }
+            kept: dict[tuple[int, str], np.ndarray] = {}
             for batch in batches(self.prompts, 8 * self.batch_queries, self.pad, self.device):
                 out = probe.measure(batch.input_ids, batch.attention_mask, self.metrics)
                 for (layer, _), values in out.items():
                     for name, tensor in values.items():
                         measured[layer][name][batch.indices] = tensor.double().cpu().numpy()
+                for key, v in probe.vectors.items() if keep_vectors else ():
+                    v = v.float().cpu().numpy()
+                    kept.setdefault(key, np.empty((len(self.queries), v.shape[1]), np.float32))
+                    kept[key][batch.indices] = v
+            self.vectors = kept
         if was_training:
             self.model.train()
         gold = torch.tensor([q.gold for q in self.queries])

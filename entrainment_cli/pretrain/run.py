@@ -27,13 +27,14 @@ import pandas as pd
 import torch
 from scipy import stats as scipy_stats
 
-from .. import options, pipeline, studies
+from .. import options, pipeline, studies, vectors
 from ..engines import models
 from ..engines.probe import parse_layers
 from ..errors import UserError
 from ..pipeline import Prepared
+from ..runs.hidden import write_hidden
 from ..runs.rundir import MANIFEST, RunDir, atomic_write_parquet, file_mode, temp_beside
-from ..science import kg
+from ..science import controls, kg
 from ..studies import PretrainConfig
 from ..ui import progress
 from . import evaluate, train
@@ -290,7 +291,10 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
             if step not in eval_steps:
                 return
             t0 = time.perf_counter()
-            frame = evaluator(step)
+            final_vectors = cfg.save_hidden and step == cfg.steps
+            frame = evaluator(step, keep_vectors=final_vectors)
+            if final_vectors:  # first, as the probes do: an evaluation done has its vectors
+                write_hidden(rd.path, "samples", evaluator.frame["id"].tolist(), evaluator.vectors)
             rd.append_shard("eval", frame)
             acc = frame[frame.layer == layers[0]].groupby("split")["correct"].mean()
             log.info(
@@ -345,6 +349,14 @@ def execute(rd: RunDir, cfg: PretrainConfig, setup: None, prep: Prepared) -> Non
         dyn = evaluate.dynamics(evals, metric_names)
         rd.write_table("dynamics", dyn)
         rd.write_text("tables/relations.csv", evaluate.by_relation(evals).to_csv(index=False))
+    if cfg.save_hidden:
+        with rd.stage("shift"):
+            final = evals[evals.step == cfg.steps].assign(position="last-prompt")
+            final[controls.LENGTH] = final["id"].map(evaluator.prompt_lengths())
+            vectors.write_tables(
+                rd, final, metric_names, condition="split", reference=kg.SPLITS[0], groups="h",
+                seed=cfg.seed,
+            )  # fmt: skip
     if cfg.rank_eval:
         with rd.stage("rank_eval"):
             _rank_eval(rd, evaluator, graph, cfg.rank_eval)
