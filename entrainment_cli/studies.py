@@ -447,6 +447,8 @@ class CotConfig(RunOptions, VLLMParallel):
     device: str = device_option()
     dtype: str = dtype_option()
     seed: int = seed_option()
+    generations: int = generations_option()
+    sample_temperature: float = sample_temperature_option()
 
 
 @dataclass

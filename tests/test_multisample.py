@@ -266,3 +266,37 @@ def test_hf_sample_prefills_once_and_equals_separate_rows(tiny_llama, monkeypatc
         for a, b in zip(answers, plain[q * n : (q + 1) * n], strict=True):
             assert a.token_ids == b.token_ids
             assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+def test_cot_generations_join_its_signals(cli, tiny_llama, tmp_path, monkeypatch):
+    """cot --generations K (issue 21.4): K answers per test problem beside the greedy graded
+    one, classed by math-verify against each other, their estimators in signals.csv."""
+    from entrainment_cli.data import registry
+
+    data = registry.load(registry.get_spec("math500"))
+    gold = {i: str(r["answer"]) for i, r in zip(data.ids, data.rows, strict=True)}
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+
+    def samples(key):
+        return [f"\\boxed{{{gold[key]}}}", f"So \\boxed{{ {gold[key]} }}.", "\\boxed{-1}"]
+
+    calls = _script(monkeypatch, tok, lambda k: "\\boxed{-1}", samples)
+    out = tmp_path / "c"
+    result = cli("cot", "--model", tiny_llama, "--engine", "hf", "--sample", 3, "--pool-size", 9,
+                 "--n-levels", 3, "--max-tokens", 16, "--generations", 3,
+                 "--sample-temperature", 0.7, "--seed", 3, "--run-dir", out,
+                 "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls["sample"] == 1
+    table = pd.read_parquet(out / "tables" / "answer_samples.parquet")
+    assert table.groupby("id").size().eq(3).all() and table["id"].nunique() == 3
+    assert all(c == [0, 0, 1] for c in table.groupby("id")["class"].agg(list))
+    assert table["correct"].tolist() == [True, True, False] * 3
+    est = pd.read_parquet(out / "tables" / "sample_estimators.parquet")
+    assert est["samples_semantic_entropy"].tolist() == pytest.approx([_by_hand_entropy([2, 1])] * 3)
+    signals = pd.read_csv(out / "tables" / "signals.csv").set_index("signal")
+    assert set(multisample.SIGNALS) <= set(signals.index)
+    generations = pd.read_parquet(out / "tables" / "generations.parquet")
+    assert not generations["correct"].any()  # the greedy answer is still the graded one
+    identity = read_manifest(out)["identity"]
+    assert (identity["generations"], identity["sample_temperature"]) == (3, 0.7)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import pipeline, signals
+from .. import multisample, pipeline, signals
 from ..data import registry
 from ..engines import embed
 from ..engines.generate import Generation, Sampling, resolve_kind, row_seed
@@ -168,6 +168,7 @@ def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
     strategy = "curriculum" if cfg.curriculum else cfg.strategy or "cot"
     (metric,) = pipeline.metric_names([cfg.rank_metric])
     kind = resolve_kind(cfg.engine)
+    multisample.check(cfg.generations)
     test_data = registry.load(registry.get_spec("math500"), cfg.data_file)
     pool_data = registry.load(registry.get_spec("math_train"), cfg.pool_file, option="--pool-file")
     test = test_problems(test_data, cfg.sample, cfg.seed)
@@ -184,6 +185,7 @@ def prepare(cfg: CotConfig, setup: pipeline.Setup) -> Prepared:
         "rank_metric": metric,
         "engine": kind,
         "pool": pool_data.fingerprint,
+        "sample_temperature": cfg.sample_temperature if cfg.generations else None,
     }
     return Prepared(
         test_data,
@@ -261,11 +263,26 @@ def execute(rd: RunDir, cfg: CotConfig, setup: pipeline.Setup, prep: Prepared) -
             columns=columns,
             unit="problems",
         )
+    if cfg.generations:  # K sampled answers per problem, their prompt the graded answer's
+        fits = [ids[i] for i in tokens.keep]
+        model, tokenizer = multisample.sample_stage(
+            rd, cfg, setup, (kind, model, tokenizer), multisample.sampling(cfg, 1.0), ids,
+            tokens.token_lists, tokens.keep,
+        )  # fmt: skip
+        if model is None:  # vLLM on a GPU had its memory
+            model, tokenizer = pipeline.load_model(rd, setup)
+        multisample.embed_stage(
+            rd, cfg, model, fits, [tokens.token_lists[i] for i in tokens.keep],
+            tokenizer.pad_token_id,
+        )  # fmt: skip
     with rd.stage("grading"):
         table = grade(rd, strategy, test)
         rd.write_table("generations", table)
         summary = summarize(table, strategy, cfg.n_levels, metric, edges, len(tokens.skipped))
         rd.write_text("tables/summary.json", json.dumps(summary, indent=2) + "\n")
+        if cfg.generations:
+            golds = dict(zip(test["id"], test["answer"], strict=True))
+            multisample.write_tables(rd, ids, tokenizer, extract_boxed, math_equal, golds)
         signals.analyze_run(rd.path, cfg.seed, tokenizer=tokenizer)
     rd.update(
         counts={
