@@ -17,9 +17,9 @@ What each study has saved, and so what "answer" and "generation" mean there:
   generation, so no entropy or nucleus); answer tokens are those spelling the content of the
   last ``\\boxed{}``; plus the hidden-state sparsity of the prompt's last token (``prompt_``).
 
-With ``--generations K`` (``correlate --grade``, ``qa accuracy``, ``cot``), the multi-sample estimators
-of ``tables/sample_estimators.parquet`` (``samples_*``, see :mod:`entrainment_cli.multisample`)
-join every study's values.
+With ``--generations K`` (``correlate --grade``, ``qa accuracy``, ``cot``), the multi-sample
+estimators of ``tables/sample_estimators.parquet`` (``samples_*``, see
+:mod:`entrainment_cli.multisample`) join every study's values.
 """
 
 from __future__ import annotations

@@ -279,10 +279,10 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
         graded = {}
         if golds is not None:
             gold = dict(zip(examples["id"], golds, strict=True))
-            answers = grade_answers(generated, gold, tokenizer, samples)
-            rd.write_table("answers", answers)
+            table = grade_answers(generated, gold, tokenizer, samples)
+            rd.write_table("answers", table)
             signals.analyze_run(rd.path, cfg.seed, cfg.n_boot)
-            graded = {"graded": len(answers), "correct": int(answers["correct"].sum())}
+            graded = {"graded": len(table), "correct": int(table["correct"].sum())}
     nonfinite = pipeline.count_nonfinite(samples, metrics)
     finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite, **graded)
 
