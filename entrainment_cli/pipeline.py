@@ -41,6 +41,7 @@ from .engines.generate import (
 from .engines.probe import POSITIONS, HiddenProbe, batches, parse_layers
 from .errors import UserError
 from .runs import merge
+from .runs.hidden import estimate as estimate_hidden
 from .runs.hidden import write_hidden
 from .runs.rundir import RUN_CONFIG, RunDir
 from .runs.sharding import parse_shard
@@ -220,6 +221,7 @@ class ProbeStudy:
         built = [self.prompt(tokenizer, row) for row in frame.itertuples(index=False)]
         frame["prompt"] = [text for text, _ in built]
         tokens = tokenize_prompts(frame, tokenizer, config)
+        announce_hidden(cfg, len(tokens.keep), config.hidden_size, resolved)
         state = (frame, tokens, built[0][1])
         return Prepared(data, [spec.name], resolved, state, selection=selection)
 
@@ -380,6 +382,13 @@ def check_positions(positions: Sequence[str]) -> list[str]:
         if position not in POSITIONS:
             raise UserError(f"unknown position '{position}'; use one of {', '.join(POSITIONS)}")
     return out
+
+
+def announce_hidden(cfg: Any, n_examples: int, hidden_size: int, resolved: dict) -> None:
+    """With ``--save-hidden``, say (before the run exists) how much disk the vectors take."""
+    if getattr(cfg, "save_hidden", False):
+        positions = resolved.get("positions", ["last-prompt"])
+        estimate_hidden(n_examples, hidden_size, resolved["layers"], positions)
 
 
 def prompt_tokenizer(setup: Setup):

@@ -163,3 +163,28 @@ def test_a_declared_probe_study_saves_its_positions(tiny_llama, tmp_path):
         for position in ("last-prompt", "mean-prompt"):
             ids, x = hidden.read_hidden(out, "samples", layer, position)
             assert sorted(ids) == sorted(samples["id"].unique()) and x.shape[1] == 64
+
+
+def test_the_size_told_before_the_run_is_the_size_saved(tiny_llama, data_file, tmp_path):
+    """Issue 21.1: the estimate told before the run directory exists equals the bytes of the
+    float16 vectors the run then writes (2 layers x 2 positions here)."""
+    out = tmp_path / "run"
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # the entrain logger does not propagate to caplog
+    logging.getLogger("entrain").addHandler(handler)
+    try:
+        args = ("probe", "--model", tiny_llama, "--data-file", data_file, *ARGS)
+        assert _invoke(*args, "--limit", "7", "--run-dir", out).exit_code == 0
+    finally:
+        logging.getLogger("entrain").removeHandler(handler)
+    told = [r.getMessage() for r in records if r.getMessage().startswith("--save-hidden")]
+    assert told == ["--save-hidden: 7 example(s) x 2 layer(s) x 2 position(s) x 64 dims in "
+                    "float16, about 3.5 KiB in tables/hidden"]  # fmt: skip
+    assert told[0] in (out / "run.log").read_text()  # told before the run, kept in its log
+    saved = sum(
+        hidden.read_hidden(out, "samples", layer, position)[1].nbytes
+        for layer in (0, -1)
+        for position in ("last-prompt", "mean-prompt")
+    )
+    assert saved == hidden.estimate(7, 64, [0, -1], ["last-prompt", "mean-prompt"]) == 3584

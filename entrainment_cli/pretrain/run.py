@@ -176,6 +176,7 @@ def prepare(cfg: PretrainConfig, setup: None) -> Prepared:
         name_parts = [cfg.llm_size, "seeds-" + "-".join(map(str, seeds))]
         return Prepared(None, name_parts, resolved, seeds)
     graph = generate_graph(cfg)
+    pipeline.announce_hidden(cfg, len(graph.queries), size.hidden, resolved)
     name_parts = [cfg.llm_size, f"kg{graph.stats['entities']}", f"seed{cfg.seed}"]
     return Prepared(None, name_parts, resolved, (size, graph, device, amp, compile_model))
 

@@ -222,6 +222,7 @@ def prepare(cfg: ProbeConfig, setup: pipeline.Setup) -> Prepared:
     built = [render(tokenizer, c, cfg.system, cfg.chat) for c in examples[CONTENT]]
     examples = examples.drop(columns=CONTENT).assign(prompt=[text for text, _ in built])
     tokens = pipeline.tokenize_prompts(examples, tokenizer, config, cfg.max_tokens)
+    pipeline.announce_hidden(cfg, len(tokens.keep), config.hidden_size, resolved)
     state = (examples, tokenizer, tokens, built[0][1], questions, sampling, warnings)
     return Prepared(data, [data.spec.name], resolved, state, selection=selection)
 

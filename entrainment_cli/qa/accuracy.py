@@ -54,6 +54,7 @@ def prepare(cfg: AccuracyConfig, setup: pipeline.Setup) -> Prepared:
     built = [build_prompt(tokenizer, p) for p in problems["problem"]]
     problems["prompt"] = [text for text, _ in built]
     tokens = pipeline.tokenize_prompts(problems, tokenizer, config, reserve=cfg.max_tokens)
+    pipeline.announce_hidden(cfg, len(tokens.keep), config.hidden_size, {"layers": layers})
     resolved = {"layers": layers, "metrics": metric_names, "engine": kind}
     if cfg.generations:  # the samples' seed is part of what the run is
         resolved["seed"] = cfg.seed

@@ -105,6 +105,7 @@ def prepare(cfg: LongreasonConfig, setup: pipeline.Setup) -> Prepared:
     frame["prompt"] = [text for text, _ in built]
     # skipped, never truncated: a cut context may no longer hold what the question needs
     tokens = pipeline.tokenize_prompts(frame, tokenizer, config, reserve=cfg.max_tokens)
+    pipeline.announce_hidden(cfg, len(tokens.keep), config.hidden_size, resolved)
     return Prepared(
         loaded,
         [spec.name, *splits],

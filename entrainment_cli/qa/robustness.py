@@ -274,6 +274,7 @@ def prepare(cfg: RobustnessConfig, setup: pipeline.Setup) -> Prepared:
     prompts, formats = zip(*(build_prompt(tokenizer, t) for t in variants["text"]), strict=True)
     variants["prompt"] = list(prompts)
     tokens = pipeline.tokenize_prompts(variants, tokenizer, config)
+    pipeline.announce_hidden(cfg, len(tokens.keep), config.hidden_size, resolved)
     return Prepared(
         data,
         [spec.name],

@@ -37,6 +37,26 @@ FILE_NAME = re.compile(r"^(\d+)\.safetensors$")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
+def estimate(n_examples: int, hidden_size: int, layers: Sequence, positions: Sequence) -> int:
+    """The bytes ``--save-hidden`` will write (float16 vectors; the ids are negligible), told
+    before the run so that a run too large for its disk is never started."""
+    size = 2 * n_examples * hidden_size * len(layers) * len(positions)
+    log.info(
+        "--save-hidden: %d example(s) x %d layer(s) x %d position(s) x %d dims in float16, "
+        "about %s in %s",
+        n_examples, len(layers), len(positions), hidden_size, _human(size), HIDDEN,
+    )  # fmt: skip
+    return size
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
 def tensor_name(layer: int, position: str) -> str:
     """The tensor of one (layer, position) in a saved file, like the tables' ``h<layer>_...``."""
     return f"h{layer}_{position}"
