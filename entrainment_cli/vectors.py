@@ -32,6 +32,7 @@ from .science.sparsity import SPARSER
 log = logging.getLogger("entrain")
 
 SCOPE = ["layer", "position"]
+COMPARISON = "comparison"  # a stacked frame's two-way comparison, e.g. "conflict vs control"
 
 
 def _vectors(run_dir: Path, part: pd.DataFrame, layer: int, position: str) -> np.ndarray:
@@ -55,16 +56,20 @@ def ceiling_table(
     n_boot: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per layer and position: the linear probe, the best sparsity metric and prompt length,
-    each scored against ``label`` (numeric, or 0/1 for a two-valued ``kind``)."""
+    """Per layer and position (and ``comparison``, when the frame has one: a study with
+    several two-way comparisons stacks them): the linear probe, the best sparsity metric and
+    prompt length, each scored against ``label`` (numeric, or 0/1 for a two-valued ``kind``)."""
     records = []
     samples = samples[pd.to_numeric(samples[label], errors="coerce").notna()]
-    for (layer, position), part in samples.groupby(SCOPE, sort=True):
+    by = [COMPARISON] if COMPARISON in samples else []
+    for keys, part in samples.groupby([*by, *SCOPE], sort=True):
+        *compared, layer, position = keys
         y = pd.to_numeric(part[label]).to_numpy(dtype=np.float64)
         g = None if groups is None else part[groups].to_numpy()
         x = _vectors(run_dir, part, layer, position)
         record, _ = estimators.linear_probe(x, y, g, seed=seed, n_boot=n_boot)
         where = {"layer": layer, "position": position, "label": label}
+        where |= dict(zip(by, compared, strict=True))
         records.append(
             {**where, "scorer": "linear probe", "name": f"ridge/logistic on {x.shape[1]} dims"}
             | {k: record.get(k) for k in ("statistic", "value", "lo", "hi", "p", "n")}
@@ -156,11 +161,11 @@ def plot_ceiling(run_dir: Path) -> list[Path]:
     from .plots.common import panel_grid, save
 
     table = pd.read_csv(path)
-    positions = list(dict.fromkeys(table["position"]))
-    fig, axes = panel_grid(len(positions), 2, (7.0, 4.0))
+    by = [COMPARISON, "position"] if COMPARISON in table else ["position"]
+    panels = list(table.groupby(by, sort=False))
+    fig, axes = panel_grid(len(panels), 2, (7.0, 4.0))
     styles = {"linear probe": "#4C72B0", "best metric": "#55A868", "prompt length": "#C44E52"}
-    for ax, position in zip(axes, positions, strict=True):
-        part = table[table["position"] == position]
+    for ax, (keys, part) in zip(axes, panels, strict=True):
         layers = sorted(part["layer"].unique(), key=lambda layer: (layer == -1, layer))
         for scorer, color in styles.items():
             rows = part[part["scorer"] == scorer]
@@ -186,7 +191,7 @@ def plot_ceiling(run_dir: Path) -> list[Path]:
         statistic = part["statistic"].dropna().iloc[0] if part["statistic"].notna().any() else ""
         ax.set_ylabel(f"{statistic} with {part['label'].iloc[0]}", fontsize=8)
         ax.axhline(0.5 if statistic == "auroc" else 0.0, color="k", lw=0.6)
-        ax.set_title(str(position), fontsize=9)
+        ax.set_title(", ".join(map(str, keys)), fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle("Linear probe (ceiling), best sparsity metric, prompt length", fontsize=10)
     return save(fig, Path(run_dir) / "figures" / "ceiling")

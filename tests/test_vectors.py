@@ -103,3 +103,15 @@ def test_the_report_lists_the_ceiling_and_the_shift(cli, tiny_llama, tmp_path):
     names = list(load_run(out).stats["statistic"])
     assert "AUROC md: conflict vs nonconflict [layer -1, last-prompt]" in names
     assert "AUROC rmd: control vs nonconflict [layer -1, last-prompt]" in names
+    # the ceiling of each two-way comparison (issue 21.2: conflict's condition as the label)
+    ceiling = pd.read_csv(out / "tables" / "ceiling.csv")
+    assert set(ceiling["comparison"]) == {"conflict vs nonconflict", "conflict vs control"}
+    assert set(ceiling["scorer"]) == {"linear probe", "best metric", "prompt length"}
+    samples = pd.read_parquet(out / "tables" / "samples.parquet")
+    for other in ("nonconflict", "control"):
+        part = samples[samples.condition.isin([other, "conflict"])]
+        row = ceiling[(ceiling.comparison == f"conflict vs {other}")
+                      & (ceiling.scorer == "best metric")]  # fmt: skip
+        want = roc_auc_score(part.condition == "conflict", part["l1"])
+        assert row["value"].item() == pytest.approx(want) and row["n"].item() == len(part)
+    assert (out / "figures" / "ceiling.png").is_file()

@@ -124,9 +124,11 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
     rd.write_text("tables/summary.csv", summary.to_csv(index=False))
     rd.write_text("tables/paired.csv", paired_table(samples, metrics).to_csv(index=False))
     tables: dict[str, list[pd.DataFrame]] = {}
+    stacked = []
     for a, b in COMPARISONS:
         part = samples[samples["condition"].isin([a, b])]
         part = part.assign(is_b=(part["condition"] == b).astype(float))
+        stacked.append(part.assign(is_conflict=part["is_b"], **{vectors.COMPARISON: f"{b} vs {a}"}))
         made = controls.study_controls(
             part, "is_b", "binary", metrics, by=["layer"], groups="item", note=DESIGN[a], seed=seed
         )
@@ -134,6 +136,9 @@ def write_analysis(rd: RunDir, samples: pd.DataFrame, metrics: list[str], seed: 
             tables.setdefault(name, []).append(table.assign(a=a, b=b))
     for name, parts in tables.items():
         rd.write_text(f"tables/{name}.csv", pd.concat(parts).to_csv(index=False))
-    # the shift from the non-conflicting prompt (upstream's reference) to the other two
+    # the ceiling of each comparison, and the shift from the non-conflicting prompt
+    # (upstream's reference) to the other two
+    vectors.write_tables(rd, pd.concat(stacked), metrics, label="is_conflict", kind="binary",
+                         groups="item", seed=seed)  # fmt: skip
     vectors.write_tables(rd, samples, metrics, condition="condition", reference="nonconflict",
                          groups="item", seed=seed)  # fmt: skip
