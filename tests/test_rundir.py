@@ -112,6 +112,26 @@ def test_existing_run_needs_resume_and_same_identity(tmp_path):
     assert rd.read_shards("samples")["id"].tolist() == ["a", "b", "c"]
 
 
+def test_a_run_killed_before_its_manifest_starts_afresh(tmp_path):
+    """kill -9 between taking the lock and writing the first manifest leaves .lock and run.log
+    only: the same command without --resume starts the run there (it said so, and then
+    refused a directory that is 'not empty'); anything else there is still refused."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").write_text("999999999")  # a pid no process has
+    (run / "run.log").write_text("2026-12-05T00:00:00 INFO started\n")
+    with pytest.raises(UserError, match="holds no manifest.json; drop --resume"):
+        _open(run, resume=True)
+    with _open(run) as rd:
+        rd.append_shard("samples", pd.DataFrame({"id": ["a"]}))
+    assert read_manifest(run)["status"] == "done"
+    other = tmp_path / "o"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        _open(other)
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "x.json"
     atomic_write_text(path, json.dumps({"v": 1}))

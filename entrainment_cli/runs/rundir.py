@@ -38,6 +38,7 @@ log = logging.getLogger("entrain")
 MANIFEST = "manifest.json"
 RUN_CONFIG = "config.yaml"  # the resolved options: what --resume continues with
 LOCK = ".lock"
+RUN_LOG = "run.log"
 SHARD_NAME = re.compile(r"^(\d+)\.parquet(\.corrupt)?$")  # 000012.parquet[.corrupt]
 
 
@@ -228,7 +229,8 @@ class RunDir:
             while run_dir.exists():
                 n += 1
                 run_dir = run_dir.with_name(f"{run_dir.name.rsplit('~', 1)[0]}~{n}")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        # a run killed before its first manifest leaves only its lock and log: start afresh
+        if run_dir.exists() and any(p.name not in (LOCK, RUN_LOG) for p in run_dir.iterdir()):
             raise UserError(
                 f"run directory {run_dir} is not empty; pass --resume to continue "
                 "that run or choose another --run-dir"
@@ -245,7 +247,7 @@ class RunDir:
                 "choose a writable --run-dir or --runs-dir"
             ) from None
         try:
-            self._log_handler = RunLog(self.path / "run.log", encoding="utf-8")
+            self._log_handler = RunLog(self.path / RUN_LOG, encoding="utf-8")
             self._log_handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
             )
