@@ -54,6 +54,9 @@ for shape in $shapes; do
         --n-problems "$problems" --repeats 2
     row "correlate-$shape" "$PY" bench/bench_correlate.py --model "$model" --device "$device" \
         --engines "$engines" --n-prompts "$prompts" --max-tokens "$tokens" --check-tokens "$tokens"
+    row "samples-$shape" "$PY" bench/bench_samples.py --model "$model" --device "$device" \
+        --engines "$engines" --n-prompts "$prompts" --max-tokens "$tokens" --shots 2 \
+        --repeats 1 --skip-probe
     row "robustness-$shape" "$PY" bench/bench_robustness.py --model "$model" --device "$device" \
         --n-questions "$questions"
     row "cot-$shape" "$PY" bench/bench_cot.py --model "$model" --device "$device" \

@@ -426,7 +426,7 @@ def test_gpu_bench_script_runs_every_row_in_tiny_mode(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split()[0] for line in (out / "times.txt").read_text().splitlines()]
-    benches = ("probe", "correlate", "robustness", "cot", "longreason", "scaling")
+    benches = ("probe", "correlate", "samples", "robustness", "cot", "longreason", "scaling")
     assert rows == ["model-tiny", *(f"{b}-tiny" for b in benches), "pretrain"]
     written = {p.name.split("-")[0] for p in (out / "tiny").glob("*.json")}
     assert set(benches) <= written
