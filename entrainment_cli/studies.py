@@ -84,11 +84,13 @@ def metrics_option(**kw: Any) -> Any:
     )
 
 
-def save_hidden_option() -> Any:
+def save_hidden_option(which: str = "probed") -> Any:
     return option(
         False,
-        "Also save the probed hidden vectors (float16, at every --layers and position) in "
-        "tables/hidden/ as safetensors, one file per batch, readable by numpy or torch alone.",
+        f"Also save the {which} hidden vectors (float16, at every --layers and position) in "
+        "tables/hidden/ as safetensors, one file per batch, readable by numpy or torch alone; "
+        "the disk they take is told first. With them, a linear probe's ceiling of the label "
+        "and Mahalanobis distances from the reference: tables/ceiling.csv, shift.csv.",
         identity=True,
     )
 
@@ -611,7 +613,7 @@ class PretrainConfig(RunOptions):
     )
     layers: str = layers_option()
     metrics: list[str] | None = metrics_option()
-    save_hidden: bool = save_hidden_option()  # the final evaluation's; shift.csv: ID vs OOD
+    save_hidden: bool = save_hidden_option("final evaluation's")  # shift.csv: ID against OOD
     eval_batch_size: int = option(64, "Queries (x 10 options) per evaluation forward.", minimum=1)
     compile: str = option(
         "auto",
@@ -743,7 +745,7 @@ class ProbeConfig(RunOptions, VLLMParallel):
     top_p: float = option(0.9, "Nucleus mass for sampling and STOPS, in (0, 1].", identity=True)
     temperature: float = option(
         1.0,
-        "Sampling temperature (0 = greedy; --answer-field: always 0).",
+        "Sampling temperature (0 = greedy; with --answer-field: 0, the graded answer).",
         identity=True,
         minimum=0,
     )
