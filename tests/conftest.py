@@ -8,6 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import contextlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -77,6 +78,29 @@ def tiny_peaked(embedded, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen(embedded, tmp_path_factory) -> Path:
     return _tiny("qwen2", embedded.path, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@contextlib.contextmanager
+def _ctrl_c_at(cls, name: str, n: int):
+    """Ctrl-C (KeyboardInterrupt) at the ``n``-th call of ``cls.name`` inside the block, as if
+    the user pressed it mid-run; the method is itself again after the block."""
+    real, calls = getattr(cls, name), [0]
+
+    def dying(self, *a, **kw):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cls, name, dying)
+        yield
+
+
+@pytest.fixture
+def ctrl_c():
+    """``with ctrl_c(HiddenProbe, "measure", 3): ...``: see :func:`_ctrl_c_at`."""
+    return _ctrl_c_at
 
 
 @pytest.fixture

@@ -229,25 +229,15 @@ def test_empty_generation_is_a_row_not_a_crash(cli, tiny_peaked, tmp_path, monke
     assert read_manifest(out)["counts"]["empty_generations"] >= 1
 
 
-def test_interrupted_probe_resumes_without_duplicates(cli, tiny_peaked, tmp_path, monkeypatch):
+def test_interrupted_probe_resumes_without_duplicates(cli, ctrl_c, tiny_peaked, tmp_path):
     from entrainment_cli.engines.token_probe import TokenProbe
 
     whole = tmp_path / "whole"
     assert _run(cli, tiny_peaked, whole).exit_code == 0
-    real = TokenProbe.measure
-    calls = {"n": 0}
-
-    def dying(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(TokenProbe, "measure", dying)
     part = tmp_path / "part"
-    assert _run(cli, tiny_peaked, part).exit_code == 130
+    with ctrl_c(TokenProbe, "measure", 2):
+        assert _run(cli, tiny_peaked, part).exit_code == 130
     assert read_manifest(part)["status"] == "failed"
-    monkeypatch.setattr(TokenProbe, "measure", real)
     assert _run(cli, tiny_peaked, part, "--resume").exit_code == 0
     a = pd.read_parquet(whole / "tables" / "tokens.parquet")
     b = pd.read_parquet(part / "tables" / "tokens.parquet")

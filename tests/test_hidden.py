@@ -110,22 +110,15 @@ def test_saved_vectors_equal_output_hidden_states(saved_run, tiny_llama):
                 assert x[i].astype(np.float32) == pytest.approx(want, rel=2e-3, abs=2e-3)
 
 
-def test_interrupted_run_resumes_with_every_vector(saved_run, tiny_llama, data_file, tmp_path):
+def test_interrupted_run_resumes_with_every_vector(
+    saved_run, ctrl_c, tiny_llama, data_file, tmp_path
+):
     """Ctrl-C in the third batch, then --resume: the same vectors as the whole run's."""
     from entrainment_cli.engines.probe import HiddenProbe
 
     part = tmp_path / "part"
     args = ("probe", "--model", tiny_llama, "--data-file", data_file, *ARGS, "--run-dir", part)
-    real, calls = HiddenProbe.measure, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(HiddenProbe, "measure", dying)
+    with ctrl_c(HiddenProbe, "measure", 3):
         assert _invoke(*args).exit_code == 130
     assert len(hidden.read_hidden(part)[0]) == 10  # two batches of 5 before the interruption
     assert _invoke(*args, "--resume").exit_code == 0

@@ -372,7 +372,9 @@ def test_report_names_each_question_with_its_effect(questions_run, tmp_path):
     assert f"rank-biserial r(hoyer: verbal - symbolic) {where}" in rows.index  # b - a
 
 
-def test_interrupted_probe_resumes_to_the_same_tables(tiny_llama, template_run, csv_file, tmp_path):
+def test_interrupted_probe_resumes_to_the_same_tables(
+    tiny_llama, ctrl_c, template_run, csv_file, tmp_path
+):
     """Ctrl-C in the third batch, then --resume: the tables equal the uninterrupted run's."""
     from entrainment_cli.engines.probe import HiddenProbe
 
@@ -383,16 +385,7 @@ def test_interrupted_probe_resumes_to_the_same_tables(tiny_llama, template_run, 
         ",".join(NAMES), "--batch-size", "5", "--n-boot", "200", "--quiet",
     )  # fmt: skip
     part = tmp_path / "part"
-    real, calls = HiddenProbe.measure, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(HiddenProbe, "measure", dying)
+    with ctrl_c(HiddenProbe, "measure", 3):
         assert _invoke(*args, "--run-dir", part).exit_code == 130
     assert read_manifest(part)["status"] == "failed"
     assert not (part / "tables" / "samples.parquet").exists()

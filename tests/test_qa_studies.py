@@ -437,26 +437,19 @@ def test_accuracy_grades_and_associates(cli, tiny_llama, scripted, tmp_path):
     _replot(cli, out, "accuracy")
 
 
-def test_accuracy_resumes_without_regenerating(cli, tiny_llama, scripted, tmp_path, monkeypatch):
+def test_accuracy_resumes_without_regenerating(
+    cli, ctrl_c, tiny_llama, scripted, tmp_path, monkeypatch
+):
     from entrainment_cli.engines.probe import HiddenProbe
 
     args = ["qa", "accuracy", "--model", tiny_llama, "--engine", "hf", "--max-tokens", 32,
             "--limit", 1, "--batch-size", 2, "--metrics", "l1", "--quiet"]  # fmt: skip
     whole = tmp_path / "whole"
     _ok(cli(*args, "--run-dir", whole))
-    real, calls = HiddenProbe.measure, {"n": 0}
-
-    def dying(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(HiddenProbe, "measure", dying)
     part = tmp_path / "part"
-    assert cli(*args, "--run-dir", part).exit_code == 130
+    with ctrl_c(HiddenProbe, "measure", 2):
+        assert cli(*args, "--run-dir", part).exit_code == 130
     assert read_manifest(part)["status"] == "failed"
-    monkeypatch.setattr(HiddenProbe, "measure", real)
     monkeypatch.setattr(
         "entrainment_cli.pipeline.make_engine",
         lambda *a, **k: pytest.fail("a resumed run must not generate again"),

@@ -135,28 +135,16 @@ def test_summary_and_correlations_recomputed(finished):
     assert c["sparser_when"] == "higher"
 
 
-def test_interrupted_run_resumes_to_the_same_table(cli, tiny_llama, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_table(cli, ctrl_c, tiny_llama, tmp_path):
     whole = tmp_path / "whole"
     assert _run(cli, tiny_llama, whole).exit_code == 0
-
-    real = HiddenProbe.measure
-    calls = {"n": 0}
-
-    def dying(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-run
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(HiddenProbe, "measure", dying)
     part = tmp_path / "part"
-    assert _run(cli, tiny_llama, part).exit_code == 130  # interrupted, as after Ctrl-C
+    with ctrl_c(HiddenProbe, "measure", 3):
+        assert _run(cli, tiny_llama, part).exit_code == 130  # interrupted, as after Ctrl-C
     m = read_manifest(part)
     assert m["status"] == "failed" and not (part / "tables" / "samples.parquet").exists()
     assert len(list((part / "tables" / "shards" / "samples").glob("*.parquet"))) == 2
     assert not (part / ".lock").exists()
-
-    monkeypatch.setattr(HiddenProbe, "measure", real)
     result = _run(cli, tiny_llama, part, "--resume")
     assert result.exit_code == 0, result.output
     m = read_manifest(part)

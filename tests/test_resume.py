@@ -92,20 +92,13 @@ def _probe(cli, model, run_dir, *extra):
 CAP = ("--limit", "40", "--batch-size", "8", "--max-tokens", "24", "--max-model-len", "32")
 
 
-def test_max_model_len_is_kept_on_resume_and_changing_it_is_refused(cli, tiny_llama, tmp_path):
+def test_max_model_len_is_kept_on_resume_and_changing_it_is_refused(
+    cli, ctrl_c, tiny_llama, tmp_path
+):
     """Killed after the first generation shard (32 of 40 rows) at --max-model-len 32, then
     resumed without the flag: all 40 rows are capped and the manifest says so."""
     run = tmp_path / "R"
-    real, calls = HFEngine.generate, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(HFEngine, "generate", dying)
+    with ctrl_c(HFEngine, "generate", 2):
         assert _probe(cli, tiny_llama, run, *CAP).exit_code == 130
     assert len(pd.read_parquet(next((run / "tables/shards/generations").iterdir()))) == 32
 
@@ -138,18 +131,9 @@ def test_merge_refuses_shards_of_different_caps(cli, tiny_llama, tmp_path):
 # -- 23.2 and 23.3: every model file is in the identity, however it was replaced ---------------
 
 
-def _interrupted_probe(cli, model, run, *extra):
+def _interrupted_probe(cli, ctrl_c, model, run, *extra):
     """A probe of 6 rows killed by Ctrl-C in its second batch of 2."""
-    real, calls = HiddenProbe.measure, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(HiddenProbe, "measure", dying)
+    with ctrl_c(HiddenProbe, "measure", 2):
         result = cli(
             "probe", "--model", model, "--run-dir", run, "--limit", "6", "--batch-size", "2",
             "--metrics", "l1", "--n-boot", "20", "--quiet", *extra,
@@ -157,11 +141,11 @@ def _interrupted_probe(cli, model, run, *extra):
     assert result.exit_code == 130
 
 
-def test_resume_refuses_a_changed_chat_template(cli, tiny_llama, tmp_path):
+def test_resume_refuses_a_changed_chat_template(cli, ctrl_c, tiny_llama, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_llama, model)
     run = tmp_path / "R"
-    _interrupted_probe(cli, model, run)
+    _interrupted_probe(cli, ctrl_c, model, run)
     template = model / "chat_template.jinja"
     assert "SmolLM" in template.read_text()  # the default system prompt
     template.write_text(template.read_text().replace("SmolLM", "OtherLM"))
@@ -172,12 +156,14 @@ def test_resume_refuses_a_changed_chat_template(cli, tiny_llama, tmp_path):
     assert len(pd.read_parquet(next((run / "tables/shards/samples").iterdir()))) == 2  # kept
 
 
-def test_resume_refuses_weights_replaced_with_size_and_mtime_kept(cli, tiny_llama, tmp_path):
+def test_resume_refuses_weights_replaced_with_size_and_mtime_kept(
+    cli, ctrl_c, tiny_llama, tmp_path
+):
     """As `cp -p` or `rsync -a` replace a file: other bytes, same size, same mtime."""
     model = tmp_path / "model"
     shutil.copytree(tiny_llama, model)
     run = tmp_path / "R"
-    _interrupted_probe(cli, model, run)
+    _interrupted_probe(cli, ctrl_c, model, run)
     weights = model / "model.safetensors"
     before = weights.stat()
     tensors = load_file(weights)
@@ -259,19 +245,10 @@ def _rankmath(cli, model, run, *extra):
     )  # fmt: skip
 
 
-def test_the_interrupt_hint_resumes_the_run_as_it_was_started(cli, tiny_llama, tmp_path):
+def test_the_interrupt_hint_resumes_the_run_as_it_was_started(cli, ctrl_c, tiny_llama, tmp_path):
     whole, run = tmp_path / "whole", tmp_path / "R"
     assert _rankmath(cli, tiny_llama, whole).exit_code == 0
-    real, calls = HiddenProbe.measure, {"n": 0}
-
-    def dying(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(HiddenProbe, "measure", dying)
+    with ctrl_c(HiddenProbe, "measure", 3):
         result = _rankmath(cli, tiny_llama, run)
     assert result.exit_code == 130
     hint = f"continue it with --resume --run-dir {run}"
