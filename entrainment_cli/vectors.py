@@ -161,7 +161,9 @@ def plot_ceiling(run_dir: Path) -> list[Path]:
     from .plots.common import panel_grid, save
 
     table = pd.read_csv(path)
-    by = [COMPARISON, "position"] if COMPARISON in table else ["position"]
+    # one panel per position, and per label and comparison where a run scored several
+    by = [c for c in (COMPARISON, "label") if c in table and table[c].nunique() > 1]
+    by.append("position")
     panels = list(table.groupby(by, sort=False))
     fig, axes = panel_grid(len(panels), 2, (7.0, 4.0))
     styles = {"linear probe": "#4C72B0", "best metric": "#55A868", "prompt length": "#C44E52"}

@@ -88,7 +88,8 @@ def test_answers_graded_and_signals_scored(cli, tiny_peaked, scripted, data_file
     out = tmp_path / "run"
     result = cli("probe", "--model", tiny_peaked, "--data-file", data_file, "--text-field", "q",
                  "--id-field", "id", "--answer-field", "gold", "--max-tokens", 16, "--engine",
-                 "hf", "--layers", "1,-1", "--n-boot", 50, "--run-dir", out, "--quiet")  # fmt: skip
+                 "hf", "--layers", "1,-1", "--n-boot", 50, "--save-hidden", "--run-dir", out,
+                 "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert scripted == [0.0]  # graded: greedy, whatever --temperature says
     m = read_manifest(out)
@@ -128,6 +129,12 @@ def test_answers_graded_and_signals_scored(cli, tiny_peaked, scripted, data_file
     sign = 1 if length["direction"] == "higher" else -1
     assert length["roc_auc"] == pytest.approx(roc_auc_score(err, sign * values["prompt_length"]))
     assert np.isfinite(table["prr"]).any()
+    # with --save-hidden: the ceiling of correctness (issue 21.2, "correctness in graded runs")
+    ceiling = pd.read_csv(out / "tables" / "ceiling.csv")
+    assert set(ceiling["label"]) == {"answer_correct"} and set(ceiling["layer"]) == {1, -1}
+    best = ceiling[(ceiling.scorer == "best metric") & (ceiling.layer == -1)].iloc[0]
+    want = roc_auc_score(values["correct"], last.set_index("id").loc[values.index, best["name"]])
+    assert best["value"] == pytest.approx(want) and best["n"] == 8
     assert (out / "figures").is_dir() and any((out / "figures").glob("signals*.png"))
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger("entrain")
 SAMPLE = "probe"  # the registered dataset whose bundled sample stands in when no data is given
 CONTENT = "_content"  # the examples frame's column of each row's text or messages
 GOLD = "_gold"  # and of each row's --answer-field, as text
+CORRECT = "answer_correct"  # the graded answer as a label of the ceiling (1: right)
 # columns the per-example table writes itself: a question column may not take these names
 WRITTEN = ("id", "prompt", "n_prompt_tokens", "layer", "position")
 AGGREGATES = ("mean", "max")  # of each per-token metric over an example's generated tokens
@@ -276,14 +277,15 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
         rd.write_table("samples", samples)
         for warning in constant_metrics(samples, metrics):
             warn(rd, warning)
-        write_analysis(rd, cfg, samples, metrics, per_token)
-        graded = {}
+        measured = write_analysis(rd, cfg, samples, metrics, per_token)
+        graded, table = {}, None
         if golds is not None:
             gold = dict(zip(examples["id"], golds, strict=True))
             table = grade_answers(generated, gold, tokenizer, samples)
             rd.write_table("answers", table)
             signals.analyze_run(rd.path, cfg.seed, cfg.n_boot)
             graded = {"graded": len(table), "correct": int(table["correct"].sum())}
+        write_vectors(rd, cfg, measured, metrics, table)
     nonfinite = pipeline.count_nonfinite(samples, metrics)
     finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite, **graded)
 
@@ -368,12 +370,13 @@ def write_analysis(
     samples: pd.DataFrame,
     metrics: list[str],
     per_token: pd.DataFrame | None,
-) -> None:
+) -> pd.DataFrame:
     """Every table the question asks for (``labels.question_tables``), per layer and position
     of the hidden-state metrics (prompt length first, as the baseline) and, after generation,
     over the per-example token aggregates (layer empty, position ``generated``), with Holm and
     Benjamini-Hochberg p over each table's metrics x layers x positions; and the controls of
-    a label or pairs (``controls.csv``, ``baselines.csv``). Computed first, written at once."""
+    a label or pairs (``controls.csv``, ``baselines.csv``). Computed first, written at once.
+    Returns the samples as measured (an ordinal label as its ranks, the lengths added)."""
     ask = dict(
         label=cfg.label,
         group=cfg.group,
@@ -407,11 +410,33 @@ def write_analysis(
             table["layer"] = table["layer"].astype("Int64")
         files[rd.path / "tables" / f"{name}.csv"] = table.to_csv(index=False)
     atomic_write_files(files)
-    frame, kind = labelled(cfg, samples) if cfg.label is not None else (samples, "numeric")
-    column = cfg.condition or cfg.group
-    vectors.write_tables(rd, frame, metrics, label=cfg.label, kind=kind, condition=column,
-                         reference=cfg.reference, groups=cfg.pair_id, n_boot=cfg.n_boot,
-                         seed=cfg.seed)  # fmt: skip
+    return samples
+
+
+def write_vectors(
+    rd: RunDir,
+    cfg: ProbeConfig,
+    samples: pd.DataFrame,
+    metrics: list[str],
+    answers: pd.DataFrame | None,
+) -> None:
+    """On saved vectors: the ceiling of the --label and, with --answer-field, of correctness
+    (both in ceiling.csv, told apart by ``label``), and the shift from --reference."""
+    if not vectors.has_vectors(rd.path):
+        return
+    common = dict(groups=cfg.pair_id, n_boot=cfg.n_boot, seed=cfg.seed)
+    ceilings = []
+    if cfg.label is not None:
+        frame, kind = labelled(cfg, samples)
+        ceilings.append(vectors.ceiling_table(rd.path, frame, cfg.label, kind, metrics, **common))
+    if answers is not None:
+        graded = answers[["id"]].assign(**{CORRECT: answers["correct"].astype(float)})
+        frame = samples.drop(columns=CORRECT, errors="ignore").merge(graded, on="id")
+        ceilings.append(vectors.ceiling_table(rd.path, frame, CORRECT, "binary", metrics, **common))
+    if ceilings:
+        rd.write_text("tables/ceiling.csv", pd.concat(ceilings).to_csv(index=False))
+    vectors.write_tables(rd, samples, metrics, condition=cfg.condition or cfg.group,
+                         reference=cfg.reference, **common)  # fmt: skip
 
 
 P_VALUES = {  # table -> its p-value columns, and the columns that set one family apart
