@@ -401,9 +401,25 @@ def prompt_tokenizer(setup: Setup):
     return AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path)
 
 
-def context_limit(model) -> int | None:
-    """The context length of ``model`` (a model or its config); None: not declared."""
-    return getattr(getattr(model, "config", model), "max_position_embeddings", None)
+def too_long(model, n_tokens: Sequence[int], reserve: int = 0) -> set[int]:
+    """Indices of the prompts (of ``n_tokens`` tokens each) that do not fit the context of
+    ``model`` (a model or its config) with ``reserve`` (``--max-tokens``) tokens to spare:
+    skipped and counted, never truncated, and told once. When none fits, a UserError says so."""
+    config = getattr(model, "config", model)
+    limit = getattr(config, "max_position_embeddings", None) or 10**12
+    skipped = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
+    if skipped and len(skipped) == len(n_tokens):
+        spare = f" with --max-tokens {reserve} to spare" if reserve else ""
+        raise UserError(
+            f"none of the {len(n_tokens)} prompt(s) fits the model's context of {limit} tokens"
+            f"{spare} (the shortest has {min(n_tokens)} tokens); use shorter texts"
+            f"{', a lower --max-tokens' if reserve else ''} or a model with a longer context"
+        )
+    if skipped:
+        log.warning(
+            "skipping %d prompt(s) longer than the model's context (%s tokens)", len(skipped), limit
+        )
+    return skipped
 
 
 class Tokenized(NamedTuple):
@@ -413,26 +429,12 @@ class Tokenized(NamedTuple):
 
 
 def tokenize_prompts(frame: pd.DataFrame, tokenizer, model, reserve: int = 0) -> Tokenized:
-    """Tokenize ``frame["prompt"]`` (no special tokens: the prompt text holds its own) and set
-    ``frame["n_prompt_tokens"]``. Rows that do not fit ``model``'s context (a model or its
-    config) with ``reserve`` (``--max-tokens``) tokens to spare are skipped and counted, never
-    truncated; when no row fits, a UserError says so."""
+    """Tokenize ``frame["prompt"]`` (no special tokens: the prompt text holds its own), set
+    ``frame["n_prompt_tokens"]``, and find the rows that do not fit ``model``'s context with
+    ``reserve`` tokens to spare (:func:`too_long`)."""
     token_lists = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in frame["prompt"]]
-    n_tokens = [len(t) for t in token_lists]
-    frame["n_prompt_tokens"] = n_tokens
-    limit = context_limit(model) or 10**12
-    skipped = {i for i, n in enumerate(n_tokens) if n + reserve > limit}
-    if skipped and len(skipped) == len(frame):
-        spare = f" with --max-tokens {reserve} to spare" if reserve else ""
-        raise UserError(
-            f"none of the {len(frame)} prompt(s) fits the model's context of {limit} tokens"
-            f"{spare} (the shortest has {min(n_tokens)} tokens); use shorter texts"
-            f"{', a lower --max-tokens' if reserve else ''} or a model with a longer context"
-        )
-    if skipped:
-        log.warning(
-            "skipping %d prompt(s) longer than the model's context (%s tokens)", len(skipped), limit
-        )
+    frame["n_prompt_tokens"] = [len(t) for t in token_lists]
+    skipped = too_long(model, frame["n_prompt_tokens"].tolist(), reserve)
     return Tokenized(token_lists, skipped, [i for i in range(len(frame)) if i not in skipped])
 
 

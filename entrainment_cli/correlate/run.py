@@ -8,8 +8,6 @@ token at batch 1 and, by a bug, always used writingprompts; here ``--dataset`` i
 
 from __future__ import annotations
 
-import logging
-
 from .. import multisample, pipeline
 from ..data import prompts, registry
 from ..engines.generate import Sampling, resolve_kind
@@ -23,8 +21,6 @@ from ..science.answers import gold_answer
 from ..studies import CorrelateConfig
 from . import analysis
 from . import grading as grading_run
-
-log = logging.getLogger("entrain")
 
 
 def build_prompt(cfg: CorrelateConfig, text: str, tokenizer) -> tuple[str, list[int]]:
@@ -86,13 +82,8 @@ def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
     layers = parse_layers(cfg.layers, config.num_hidden_layers) if metric_names else []
     tokenizer = AutoTokenizer.from_pretrained(setup.resolved.path)
     built = [build_prompt(cfg, spec.prompt_text(r), tokenizer) for r in rows]
-    context = getattr(config, "max_position_embeddings", None) or 10**9
-    fits = [len(t) + cfg.max_tokens <= context for _, t in built]
-    if not any(fits):
-        raise UserError(
-            f"every prompt is longer than the model's context ({context} tokens) minus "
-            f"--max-tokens {cfg.max_tokens}; lower --max-tokens or use another model"
-        )
+    skipped = pipeline.too_long(config, [len(t) for _, t in built], cfg.max_tokens)
+    fits = [i not in skipped for i in range(len(built))]
     resolved = {
         "engine": kind,
         "metrics": metric_names,
@@ -106,24 +97,17 @@ def prepare(cfg: CorrelateConfig, setup: pipeline.Setup) -> Prepared:
         data,
         [spec.name],
         resolved,
-        (sampling, ids, golds, tokenizer, built, fits, context),
+        (sampling, ids, golds, tokenizer, built, fits),
         extra={"counts": {"prompts": len(built), "skipped_too_long": fits.count(False)}},
         selection=selection,
     )
 
 
 def execute(rd: RunDir, cfg: CorrelateConfig, setup: pipeline.Setup, prep: Prepared) -> None:
-    sampling, ids, golds, tokenizer, built, fits, context = prep.state
+    sampling, ids, golds, tokenizer, built, fits = prep.state
     kind = prep.resolved["engine"]
     texts = [text for text, _ in built]
     token_lists = [ids_ for _, ids_ in built]
-    if not all(fits):
-        log.warning(
-            "skipping %d prompt(s) that do not fit the context of %d tokens with --max-tokens %d",
-            fits.count(False),
-            context,
-            cfg.max_tokens,
-        )
     model, tokenizer = pipeline.token_generation_stage(
         rd, cfg, setup, kind, sampling, ids, texts, token_lists,
         [i for i, ok in enumerate(fits) if ok], tokenizer,
