@@ -104,6 +104,42 @@ def ctrl_c():
 
 
 @pytest.fixture
+def script_engine(monkeypatch):
+    """``script_engine(model, reply, logprob=0.0)``: every engine the pipeline makes
+    'generates' ``reply(key)`` for each prompt (each token at ``logprob``), so a grading
+    outcome is known; the probes still run on the real model. Returns the list of sampling
+    temperatures the engine was asked for."""
+    from transformers import AutoTokenizer
+
+    from entrainment_cli.engines import generate
+    from entrainment_cli.engines.generate import Generation
+
+    def script(model, reply, logprob: float = 0.0) -> list[float]:
+        tok, real, seen = AutoTokenizer.from_pretrained(model), generate.make_engine, []
+
+        def make(*args, **kwargs):
+            engine = real(*args, **kwargs)
+
+            def gen(prompts, keys, sampling, on_done=None):
+                seen.append(sampling.temperature)
+                out = []
+                for key in keys:
+                    ids = tok(reply(key), add_special_tokens=False)["input_ids"]
+                    out.append(Generation(ids, [logprob] * len(ids), "stop"))
+                if on_done:
+                    on_done(len(keys))
+                return out
+
+            engine.generate = gen
+            return engine
+
+        monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
+        return seen
+
+    return script
+
+
+@pytest.fixture
 def cli():
     runner = CliRunner()
 

@@ -9,8 +9,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
-from entrainment_cli.engines import generate
-from entrainment_cli.engines.generate import Generation
 from entrainment_cli.runs.rundir import read_manifest, run_label
 
 # What the "model" answers to each question, and the gold answers of those questions.
@@ -26,28 +24,10 @@ GOLDS = ["7", "-2.5", "1250", "13", "4", "9"]
 
 
 @pytest.fixture
-def scripted(monkeypatch, tiny_peaked):
+def scripted(script_engine, tiny_peaked):
     """An engine that 'generates' REPLIES, so the grading outcome is known."""
-    tok = AutoTokenizer.from_pretrained(tiny_peaked)
-    real = generate.make_engine
-
-    def make(*args, **kwargs):
-        engine = real(*args, **kwargs)
-
-        def gen(prompts, keys, sampling, on_done=None):
-            out = []
-            for key in keys:
-                ids = tok(REPLIES[int(key.split("-")[1])], add_special_tokens=False)["input_ids"]
-                out.append(Generation(ids, [0.0] * len(ids), "stop"))
-            if on_done:
-                on_done(len(keys))
-            return out
-
-        engine.generate = gen
-        return engine
-
-    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
-    return tok
+    script_engine(tiny_peaked, lambda key: REPLIES[int(key.split("-")[1])])
+    return AutoTokenizer.from_pretrained(tiny_peaked)
 
 
 @pytest.fixture

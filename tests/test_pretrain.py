@@ -370,10 +370,8 @@ def test_plot_rebuilds_figures(finished, cli, tmp_path):
     assert (tmp_path / "cmp" / "pretrain_compare.png").is_file()
 
 
-def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
-    """Stopped by an error after the step-40 checkpoint, then resumed: the same final tables
-    as the uninterrupted run."""
-    out = tmp_path / "run"
+def _killed_after_step_40(out) -> None:
+    """A run with a checkpoint every 20 steps, stopped by an error in step 45."""
     real_pack, calls = train.pack, {"n": 0}
 
     def dying_pack(*args, **kwargs):
@@ -382,10 +380,17 @@ def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real_pack(*args, **kwargs)
 
-    monkeypatch.setattr(train, "pack", dying_pack)
-    with pytest.raises(RuntimeError, match="killed"):
-        _invoke(*RUN, "--run-dir", out, "--save-every", "20")
-    monkeypatch.setattr(train, "pack", real_pack)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "pack", dying_pack)
+        with pytest.raises(RuntimeError, match="killed"):
+            _invoke(*RUN, "--run-dir", out, "--save-every", "20")
+
+
+def test_killed_run_resumes_to_the_same_tables(finished, tmp_path):
+    """Stopped by an error after the step-40 checkpoint, then resumed: the same final tables
+    as the uninterrupted run."""
+    out = tmp_path / "run"
+    _killed_after_step_40(out)
     assert read_manifest(out)["status"] == "failed"
     assert torch.load(out / "resume" / "state.pt", weights_only=True)["step"] == 40
     result = _invoke(*RUN, "--run-dir", out, "--save-every", "20", "--resume")
@@ -406,23 +411,12 @@ def test_killed_run_resumes_to_the_same_tables(finished, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "different settings" in result.output
 
 
-def test_a_lost_evaluation_before_the_saved_state_is_redone(finished, tmp_path, monkeypatch):
+def test_a_lost_evaluation_before_the_saved_state_is_redone(finished, tmp_path):
     """Stopped after the step-40 checkpoint with the step-20 evaluation's shard damaged: that
     evaluation cannot be redone from the step-40 state, so the run trains again from step 0
     (it ended done with step 20 missing from dynamics)."""
     out = tmp_path / "run"
-    real_pack, calls = train.pack, {"n": 0}
-
-    def dying_pack(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 45:
-            raise RuntimeError("killed")
-        return real_pack(*args, **kwargs)
-
-    monkeypatch.setattr(train, "pack", dying_pack)
-    with pytest.raises(RuntimeError, match="killed"):
-        _invoke(*RUN, "--run-dir", out, "--save-every", "20")
-    monkeypatch.setattr(train, "pack", real_pack)
+    _killed_after_step_40(out)
     shard = out / "tables" / "shards" / "eval" / "000001.parquet"
     assert set(pd.read_parquet(shard)["step"]) == {20}
     shard.write_bytes(shard.read_bytes()[:100])  # damaged

@@ -10,8 +10,6 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
-from entrainment_cli.engines import generate
-from entrainment_cli.engines.generate import Generation
 from entrainment_cli.runs.rundir import read_manifest
 from entrainment_cli.science.answers import grade_output
 
@@ -50,30 +48,10 @@ def test_grade_output_hand_worked(text, gold, prediction, how, correct):
 
 
 @pytest.fixture
-def scripted(monkeypatch, tiny_peaked):
+def scripted(script_engine, tiny_peaked):
     """An engine that replies with ROWS' scripted answers (the token probe still runs)."""
-    tok = AutoTokenizer.from_pretrained(tiny_peaked)
     reply = {f"q{i}": r for i, (_, _, r) in enumerate(ROWS)}
-    real, seen = generate.make_engine, []
-
-    def make(*args, **kwargs):
-        engine = real(*args, **kwargs)
-
-        def gen(prompts, keys, sampling, on_done=None):
-            seen.append(sampling.temperature)
-            out = []
-            for key in keys:
-                ids = tok(reply[key], add_special_tokens=False)["input_ids"]
-                out.append(Generation(ids, [-0.5] * len(ids), "stop"))
-            if on_done:
-                on_done(len(keys))
-            return out
-
-        engine.generate = gen
-        return engine
-
-    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
-    return seen
+    return script_engine(tiny_peaked, reply.__getitem__, logprob=-0.5)
 
 
 @pytest.fixture

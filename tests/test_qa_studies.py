@@ -13,8 +13,6 @@ from sklearn.metrics import roc_auc_score
 from transformers import AutoTokenizer
 
 from entrainment_cli.data import registry
-from entrainment_cli.engines import generate
-from entrainment_cli.engines.generate import Generation
 from entrainment_cli.errors import UserError
 from entrainment_cli.runs.rundir import RunDir, read_manifest
 from entrainment_cli.science import stats
@@ -354,30 +352,16 @@ def test_longreason_paired_splits(cli, tiny_llama, tmp_path):
 
 
 @pytest.fixture
-def scripted(monkeypatch, tiny_llama):
+def scripted(script_engine, tiny_llama):
     """An engine whose answers are known: the gold answer boxed for every other problem."""
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
     gold = {i: str(r["answer"]) for i, r in zip(*_math(), strict=True)}
-    real = generate.make_engine
     order = sorted(gold)
 
-    def make(*args, **kwargs):
-        engine = real(*args, **kwargs)
+    def reply(key):
+        answer = gold[key] if order.index(key) % 2 == 0 else "-1"
+        return f"So it is \\boxed{{{answer}}}."
 
-        def gen(prompts, keys, sampling, on_done=None):
-            out = []
-            for key in keys:
-                answer = gold[key] if order.index(key) % 2 == 0 else "-1"
-                ids = tok(f"So it is \\boxed{{{answer}}}.", add_special_tokens=False)["input_ids"]
-                out.append(Generation(ids, [0.0] * len(ids), "stop"))
-            if on_done:
-                on_done(len(keys))
-            return out
-
-        engine.generate = gen
-        return engine
-
-    monkeypatch.setattr("entrainment_cli.pipeline.make_engine", make)
+    script_engine(tiny_llama, reply)
     return order
 
 
