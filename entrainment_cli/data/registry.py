@@ -274,38 +274,23 @@ def _check_fields(rows: list, spec: DatasetSpec, where: str, line_of=None) -> No
                 )
 
 
-def _groups(text: str) -> dict[str, list[dict]] | None:
-    """The JSON object of ``text`` if it maps group names to lists of rows, else None (then the
-    file is read as JSON lines)."""
+def _object_rows(text: str) -> list[dict[str, Any]] | None:
+    """The rows of a JSON object file, parsed once: ``{"meta": ..., "data": [row, ...]}``
+    (upstream's noisy MMLU-Pro file, and ``qa robustness-export``'s .json), or ``{"group":
+    [row, ...], ...}`` (the knowledge-conflict data.json layout: rows in file order, each
+    keeping its group name in ``subject`` unless it has one). None for any other text (then
+    the file is read as JSON lines)."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if (
-        isinstance(obj, dict)
-        and obj
-        and all(isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in obj.values())
-    ):
-        return obj
-    return None
-
-
-def _data_list(text: str) -> list[dict] | None:
-    """The rows of a JSON object whose ``data`` is a list of rows beside a ``meta`` object
-    (upstream's noisy MMLU-Pro file, and ``qa robustness-export``'s .json), else None."""
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
+    if not isinstance(obj, dict) or not obj:
         return None
-    if isinstance(obj, dict) and set(obj) == {"meta", "data"} and isinstance(obj["data"], list):
+    if set(obj) == {"meta", "data"} and isinstance(obj["data"], list):
         return obj["data"]
+    if all(isinstance(v, list) and all(isinstance(r, dict) for r in v) for v in obj.values()):
+        return [{"subject": name, **r} for name, members in obj.items() for r in members]
     return None
-
-
-def _flatten_groups(groups: dict[str, list[dict]]) -> list[dict[str, Any]]:
-    """``{"group": [row, ...], ...}`` (the knowledge-conflict data.json layout) -> rows in file
-    order, each keeping its group name in ``subject`` unless it has one."""
-    return [{"subject": name, **r} for name, members in groups.items() for r in members]
 
 
 def read_data_file(
@@ -350,13 +335,8 @@ def read_data_file(
             raise UserError(f"{option} {path}: invalid JSON at line {e.lineno} ({e.msg})") from None
         _check_fields(rows, spec, str(path))
         return rows
-    rows = _data_list(text) if suffix == ".json" else None
-    if rows is not None:  # {"meta": ..., "data": [row, ...]}, as robustness-export writes
-        _check_fields(rows, spec, str(path))
-        return rows
-    groups = _groups(text) if suffix == ".json" else None
-    if groups is not None:
-        rows = _flatten_groups(groups)
+    rows = _object_rows(text) if suffix == ".json" else None
+    if rows is not None:
         _check_fields(rows, spec, str(path))
         return rows
     rows, lines = [], []
