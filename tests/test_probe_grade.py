@@ -97,6 +97,8 @@ def test_answers_graded_and_signals_scored(cli, tiny_peaked, scripted, data_file
     samples = pd.read_parquet(out / "tables" / "samples.parquet")
     last = samples[(samples["layer"] == -1) & (samples["position"] == "last-prompt")]
     hoyer = last.set_index("id")["hoyer"]
+    lengths = last.set_index("id")["n_prompt_tokens"]
+    assert answers.set_index("id")["n_prompt_tokens"].to_dict() == lengths.to_dict()
     assert values["prompt_h-1_hoyer"].to_dict() == pytest.approx(hoyer.to_dict())
     table = pd.read_csv(out / "tables" / "signals.csv").set_index("signal")
     err = ~values["correct"].to_numpy(dtype=bool)

@@ -281,7 +281,7 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
         graded, table = {}, None
         if golds is not None:
             gold = dict(zip(examples["id"], golds, strict=True))
-            table = grade_answers(generated, gold, tokenizer, samples)
+            table = grade_answers(generated, gold, tokenizer)
             rd.write_table("answers", table)
             signals.analyze_run(rd.path, cfg.seed, cfg.n_boot)
             graded = {"graded": len(table), "correct": int(table["correct"].sum())}
@@ -290,13 +290,10 @@ def execute(rd: RunDir, cfg: ProbeConfig, setup: pipeline.Setup, prep: Prepared)
     finish_counts(rd, probed=int(samples["id"].nunique()), nonfinite_values=nonfinite, **graded)
 
 
-def grade_answers(
-    generated: pd.DataFrame, gold: dict[str, str], tokenizer, samples: pd.DataFrame
-) -> pd.DataFrame:
+def grade_answers(generated: pd.DataFrame, gold: dict[str, str], tokenizer) -> pd.DataFrame:
     """tables/answers: each generation graded against its gold (:func:`answers.grade_output`),
     with the generated tokens that spell the answer (``answer_steps``, for the signals over
     the answer) and the prompt and response lengths (the baselines)."""
-    prompt_tokens = samples.drop_duplicates("id").set_index("id")["n_prompt_tokens"]
     records = []
     for row in generated.itertuples(index=False):
         text, offsets = answers.token_offsets(tokenizer, list(row.token_ids))
@@ -311,7 +308,7 @@ def grade_answers(
                 "correct": g.correct,
                 "answer_steps": steps,
                 "n_answer_tokens": len(steps),
-                "n_prompt_tokens": int(prompt_tokens[row.id]),
+                "n_prompt_tokens": len(row.prompt_token_ids),
                 "n_tokens": row.n_tokens,
             }
         )
