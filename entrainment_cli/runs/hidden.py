@@ -50,11 +50,12 @@ def estimate(n_examples: int, hidden_size: int, layers: Sequence, positions: Seq
 
 
 def _human(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
-    raise AssertionError  # unreachable
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
 
 
 def tensor_name(layer: int, position: str) -> str:
